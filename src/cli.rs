@@ -1,0 +1,423 @@
+//! The `qualcache` command line: argument types (clap) and what each
+//! subcommand does. The binary only parses and maps errors to exit codes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::answer::AnswerJson;
+use crate::build::{build_from_csv, BuildFailure, BuildOptions};
+use crate::gen::{generate, GenOptions};
+use crate::model::{CardKey, Date, InsuranceKey};
+use crate::probe::{check, read_probes};
+use crate::snapshot::{newest_generation, BuildError, Snapshot};
+
+/// Environment variable holding the card key (64 hex digits).
+pub const CARD_KEY_ENV: &str = "QUALCACHE_CARD_KEY";
+
+/// qualcache: memory-mapped qualification-lookup cache.
+#[derive(Debug, Parser)]
+#[command(name = "qualcache", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate synthetic enrollees (DIR/enrollees.csv) and probes (DIR/probes.jsonl).
+    Gen(GenArgs),
+    /// Build, inspect and verify snapshot files.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Look one patient up in a snapshot and print the answer as JSON.
+    Lookup(LookupArgs),
+    /// Run every probe of a probes.jsonl file against a snapshot.
+    Check(CheckArgs),
+    /// Demo: generate data, build a snapshot, check the probes, show a few answers.
+    Demo(DemoArgs),
+}
+
+/// Where the card key comes from (default: the public demo key).
+#[derive(Debug, Args, Clone)]
+pub struct KeyArgs {
+    /// File holding the card key as 64 hex digits [default: $QUALCACHE_CARD_KEY, else the demo key].
+    #[arg(long, value_name = "FILE", global = true)]
+    pub card_key_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    /// Loads the key: file, environment, or the demo key.
+    pub fn load(&self) -> Result<CardKey> {
+        if let Some(path) = &self.card_key_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading card key file {}", path.display()))?;
+            return text
+                .parse()
+                .with_context(|| format!("card key file {}", path.display()));
+        }
+        match std::env::var(CARD_KEY_ENV) {
+            Ok(v) => v.parse().with_context(|| format!("${CARD_KEY_ENV}")),
+            Err(_) => Ok(CardKey::demo()),
+        }
+    }
+}
+
+/// `gen` arguments.
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Qualification records (CSV rows) to write.
+    #[arg(long, default_value_t = 100_000)]
+    pub records: u64,
+    /// Seed: the same seed writes the same files.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Output directory.
+    #[arg(long, default_value = "data/demo")]
+    pub out: PathBuf,
+    /// Probes to write (spread over every case).
+    #[arg(long, default_value_t = 2_000)]
+    pub probes: usize,
+    /// Reference day of the data (YYYYMMDD); probes are made as of it.
+    #[arg(long, default_value = "20261101")]
+    pub as_of: Date,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+/// `snapshot` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Build a snapshot from a CSV export into DIR/<generation>.qcs; prints a JSON summary.
+    Build(BuildArgs),
+    /// Print a snapshot's header as JSON.
+    Inspect {
+        /// The snapshot file (or a directory: its newest snapshot).
+        file: PathBuf,
+    },
+    /// Fully validate a snapshot (checksum, bytecheck, every record and index); non-zero exit on corruption.
+    Verify {
+        /// The snapshot file (or a directory: its newest snapshot).
+        file: PathBuf,
+    },
+}
+
+/// `snapshot build` arguments.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The CSV export (see README.md for its columns).
+    #[arg(long, value_name = "FILE.csv")]
+    pub source: PathBuf,
+    /// Snapshot directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Build without invalid rows (each is reported on stderr) instead of failing.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+/// `lookup` arguments.
+#[derive(Debug, Args)]
+pub struct LookupArgs {
+    /// The snapshot file (or a directory: its newest snapshot).
+    #[arg(long)]
+    pub snapshot: PathBuf,
+    /// Day of the lookup, YYYYMMDD [default: today in Japan time].
+    #[arg(long)]
+    pub as_of: Option<Date>,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(subcommand)]
+    pub by: LookupBy,
+}
+
+/// The two lookup paths.
+#[derive(Debug, Subcommand)]
+pub enum LookupBy {
+    /// By My Number Card certificate serial.
+    Card {
+        /// The card certificate serial.
+        serial: String,
+    },
+    /// By insurance numbers and birth date.
+    Insurance {
+        /// Insurer number (6 or 8 digits).
+        #[arg(long)]
+        insurer: String,
+        /// Symbol (記号), if the card has one.
+        #[arg(long)]
+        symbol: Option<String>,
+        /// Number (番号).
+        #[arg(long)]
+        number: String,
+        /// Branch (枝番, 2 digits); without it a family may match.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Birth date, YYYYMMDD.
+        #[arg(long)]
+        birth: Date,
+    },
+}
+
+/// `check` arguments.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The snapshot file (or a directory: its newest snapshot).
+    #[arg(long)]
+    pub snapshot: PathBuf,
+    /// The probes file.
+    #[arg(long)]
+    pub probes: PathBuf,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+/// `demo` arguments.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Records to generate.
+    #[arg(long, default_value_t = 100_000)]
+    pub records: u64,
+    /// Working directory for data and snapshots.
+    #[arg(long, default_value = "data/demo")]
+    pub dir: PathBuf,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Gen(a) => {
+            let summary = generate(&GenOptions {
+                records: a.records,
+                seed: a.seed,
+                out: a.out,
+                probes: a.probes,
+                as_of: a.as_of,
+                card_key: a.key.load()?,
+            })?;
+            print_json(&summary)
+        }
+        Command::Snapshot(SnapshotCommand::Build(a)) => {
+            let key = a.key.load()?;
+            let summary = build(&a.source, &a.out, a.skip_invalid, &key)?;
+            print_json(&summary)
+        }
+        Command::Snapshot(SnapshotCommand::Inspect { file }) => {
+            let snap = open(&file)?;
+            print_json(snap.header())
+        }
+        Command::Snapshot(SnapshotCommand::Verify { file }) => {
+            let snap = open(&file)?;
+            let report = snap
+                .verify()
+                .with_context(|| format!("verifying {}", snap.path().display()))?;
+            print_json(&report)
+        }
+        Command::Lookup(a) => lookup(a),
+        Command::Check(a) => {
+            let snap = open(&a.snapshot)?;
+            let report = check_probes(&snap, &a.key.load()?, &a.probes)?;
+            print_json(&report)?;
+            if report.failed > 0 {
+                bail!("{} of {} probes failed", report.failed, report.total);
+            }
+            Ok(())
+        }
+        Command::Demo(a) => demo(a),
+    }
+}
+
+fn build(
+    source: &Path,
+    out: &Path,
+    skip_invalid: bool,
+    key: &CardKey,
+) -> Result<crate::build::BuildSummary> {
+    let opts = BuildOptions {
+        skip_invalid,
+        card_key_id: key.id(),
+    };
+    let stderr = std::io::stderr();
+    let result = build_from_csv(source, out, &opts, |e| {
+        let _ = writeln!(stderr.lock(), "skipped: {e}");
+    });
+    match result {
+        Ok(s) => Ok(s),
+        Err(BuildFailure::Build(BuildError::Rows { errors, count })) => {
+            let mut err = stderr.lock();
+            for e in &errors {
+                let _ = writeln!(err, "{}: {e}", source.display());
+            }
+            if count > errors.len() as u64 {
+                let _ = writeln!(err, "... and {} more", count - errors.len() as u64);
+            }
+            let hint = if skip_invalid {
+                ""
+            } else {
+                " (--skip-invalid builds without them)"
+            };
+            bail!(
+                "{count} invalid rows in {}; nothing written{hint}",
+                source.display()
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens a snapshot file, or the newest one in a directory.
+pub fn open(path: &Path) -> Result<Snapshot> {
+    let file = if path.is_dir() {
+        let gen = newest_generation(path)?
+            .with_context(|| format!("no snapshot (<generation>.qcs) in {}", path.display()))?;
+        crate::snapshot::write::snapshot_path(path, gen)
+    } else {
+        path.to_path_buf()
+    };
+    Snapshot::open(&file).with_context(|| format!("opening snapshot {}", file.display()))
+}
+
+fn lookup(a: LookupArgs) -> Result<()> {
+    let snap = open(&a.snapshot)?;
+    let as_of = a.as_of.unwrap_or_else(Date::today_jst);
+    let generation = snap.header().generation;
+    let answer = match &a.by {
+        LookupBy::Card { serial } => {
+            let key = a.key.load()?;
+            if key.id() != snap.header().card_key_id {
+                bail!("the card key differs from the one this snapshot was built with (key id {:016x}, snapshot {:016x})", key.id(), snap.header().card_key_id);
+            }
+            snap.lookup_card(&key.digest(serial), as_of)
+        }
+        LookupBy::Insurance {
+            insurer,
+            symbol,
+            number,
+            branch,
+            birth,
+        } => {
+            let key = InsuranceKey::parse(insurer, symbol.as_deref(), number, branch.as_deref())?;
+            snap.lookup_insurance(&key, *birth, as_of)
+        }
+    };
+    print_json(&AnswerJson::new(&answer, generation)?)
+}
+
+/// The result of running a probes file.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    /// Probes run.
+    pub total: usize,
+    /// Probes answered as expected.
+    pub passed: usize,
+    /// Probes answered otherwise.
+    pub failed: usize,
+    /// The first failures: probe line and what differed.
+    pub failures: Vec<String>,
+}
+
+/// Runs every probe in `probes` against `snap`.
+pub fn check_probes(snap: &Snapshot, key: &CardKey, probes: &Path) -> Result<CheckReport> {
+    let probes = read_probes(probes)?;
+    let mut report = CheckReport {
+        total: probes.len(),
+        passed: 0,
+        failed: 0,
+        failures: Vec::new(),
+    };
+    for (i, p) in probes.iter().enumerate() {
+        match check(snap, key, p) {
+            Ok(()) => report.passed += 1,
+            Err(why) => {
+                report.failed += 1;
+                if report.failures.len() < 20 {
+                    report
+                        .failures
+                        .push(format!("line {} ({}): {why}", i + 1, p.case));
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn demo(a: DemoArgs) -> Result<()> {
+    let key = CardKey::demo();
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    writeln!(
+        out,
+        "== generating {} synthetic records into {}",
+        a.records,
+        a.dir.display()
+    )?;
+    let g = generate(&GenOptions {
+        records: a.records,
+        seed: 1,
+        out: a.dir.clone(),
+        probes: 2_000,
+        as_of: "20261101".parse()?,
+        card_key: key.clone(),
+    })?;
+    writeln!(out, "{}", serde_json::to_string(&g)?)?;
+    let snapshots = a.dir.join("snapshots");
+    writeln!(out, "== building a snapshot in {}", snapshots.display())?;
+    let b = build(&g.csv, &snapshots, false, &key)?;
+    writeln!(out, "{}", serde_json::to_string(&b)?)?;
+    let snap = Snapshot::open(&b.path)?;
+    writeln!(out, "== checking {} probes", g.probe_count)?;
+    let report = check_probes(&snap, &key, &g.probes)?;
+    writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    writeln!(out, "== a few answers (one per status)")?;
+    let probes = read_probes(&g.probes)?;
+    let mut shown = std::collections::HashSet::new();
+    for p in &probes {
+        if !shown.insert(p.expect) {
+            continue;
+        }
+        let answer = match &p.lookup {
+            crate::probe::ProbeLookup::Card { serial } => {
+                snap.lookup_card(&key.digest(serial), p.as_of)
+            }
+            crate::probe::ProbeLookup::Insurance {
+                insurer,
+                symbol,
+                number,
+                branch,
+                birth,
+            } => {
+                let k = InsuranceKey::parse(insurer, symbol.as_deref(), number, branch.as_deref())?;
+                snap.lookup_insurance(&k, *birth, p.as_of)
+            }
+        };
+        writeln!(out, "-- probe case {} (as of {}):", p.case, p.as_of)?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&AnswerJson::new(&answer, b.generation)?)?
+        )?;
+    }
+    if report.failed > 0 {
+        bail!("{} of {} probes failed", report.failed, report.total);
+    }
+    writeln!(
+        out,
+        "== demo done: try `qualcache lookup --snapshot {} insurance --help`",
+        snapshots.display()
+    )?;
+    Ok(())
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}

@@ -1,0 +1,1150 @@
+//! Deterministic synthetic national-scale data: `qualcache gen`.
+//!
+//! Writes `enrollees.csv` (the CSV store) and `probes.jsonl` (lookups with
+//! their expected answers). The same seed gives the same bytes. Shares
+//! follow domain.md: 協会けんぽ 39, union 29, NHI 29, late-stage elderly 17,
+//! mutual aid 9, medical aid 2 (parts of 125). Every edge case the lookup
+//! semantics know is produced: 6- and 8-digit insurers, full-width and
+//! kanji symbols, scheme 39 without symbol, families with branch numbers
+//! (and twins, for multiple hits), job changes, medical aid (registered or
+//! not), withdrawn and restricted cards, age-dependent ratios and limits.
+
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::model::numbers::check_digit;
+use crate::model::{
+    Branch, CardClass, CardKey, CardLink, CardStatus, Certificate, Date, DiseaseKind,
+    ElderlyCertificate, EnrolleeRecord, InsurerNumber, KeyText, LimitCategory, Loss, LossReason,
+    PayerNumber, Percent, PublicExpense, Qualification, RecipientNumber, Relation, Sex,
+    SpecificDisease, Status,
+};
+use crate::probe::{key_id, Probe, ProbeLookup};
+use crate::store::csv::CsvWriter;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenOptions {
+    /// Qualification rows to write.
+    pub records: u64,
+    /// PRNG seed.
+    pub seed: u64,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Probes to aim for (every case gets its share).
+    pub probes: usize,
+    /// The reference day: data is "as of" this day, and so are most probes.
+    pub as_of: Date,
+    /// Key for the card digests written to the CSV.
+    pub card_key: CardKey,
+}
+
+/// What `gen` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenSummary {
+    /// The CSV.
+    pub csv: PathBuf,
+    /// The probes.
+    pub probes: PathBuf,
+    /// Rows written.
+    pub records: u64,
+    /// Persons written.
+    pub persons: u64,
+    /// Probes written.
+    pub probe_count: usize,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+/// SplitMix64: tiny, fast, and fixed forever, so a seed's output never
+/// changes with a dependency upgrade.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// True with probability `p`.
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 > 1.0 - p
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+const FAMILY: &[(&str, &str)] = &[
+    ("佐藤", "サトウ"),
+    ("鈴木", "スズキ"),
+    ("高橋", "タカハシ"),
+    ("田中", "タナカ"),
+    ("伊藤", "イトウ"),
+    ("渡辺", "ワタナベ"),
+    ("山本", "ヤマモト"),
+    ("中村", "ナカムラ"),
+    ("小林", "コバヤシ"),
+    ("加藤", "カトウ"),
+    ("吉田", "ヨシダ"),
+    ("山田", "ヤマダ"),
+    ("佐々木", "ササキ"),
+    ("山口", "ヤマグチ"),
+    ("松本", "マツモト"),
+    ("井上", "イノウエ"),
+    ("木村", "キムラ"),
+    ("林", "ハヤシ"),
+    ("斎藤", "サイトウ"),
+    ("清水", "シミズ"),
+    ("山崎", "ヤマザキ"),
+    ("森", "モリ"),
+    ("池田", "イケダ"),
+    ("橋本", "ハシモト"),
+    ("阿部", "アベ"),
+    ("石川", "イシカワ"),
+    ("山下", "ヤマシタ"),
+    ("中島", "ナカジマ"),
+    ("石井", "イシイ"),
+    ("小川", "オガワ"),
+    ("前田", "マエダ"),
+    ("岡田", "オカダ"),
+];
+const MALE: &[(&str, &str)] = &[
+    ("太郎", "タロウ"),
+    ("一郎", "イチロウ"),
+    ("健太", "ケンタ"),
+    ("翔太", "ショウタ"),
+    ("大輔", "ダイスケ"),
+    ("拓也", "タクヤ"),
+    ("蓮", "レン"),
+    ("悠真", "ユウマ"),
+    ("湊", "ミナト"),
+    ("陽翔", "ハルト"),
+    ("誠", "マコト"),
+    ("浩", "ヒロシ"),
+    ("茂", "シゲル"),
+    ("清", "キヨシ"),
+    ("修", "オサム"),
+    ("隆", "タカシ"),
+];
+const FEMALE: &[(&str, &str)] = &[
+    ("花子", "ハナコ"),
+    ("陽子", "ヨウコ"),
+    ("美咲", "ミサキ"),
+    ("結衣", "ユイ"),
+    ("陽菜", "ヒナ"),
+    ("葵", "アオイ"),
+    ("凛", "リン"),
+    ("芽依", "メイ"),
+    ("恵子", "ケイコ"),
+    ("幸子", "サチコ"),
+    ("和子", "カズコ"),
+    ("久美子", "クミコ"),
+    ("真由美", "マユミ"),
+    ("直美", "ナオミ"),
+    ("愛", "アイ"),
+    ("さくら", "サクラ"),
+];
+const PREFECTURES: &[&str] = &[
+    "北海道",
+    "青森",
+    "岩手",
+    "宮城",
+    "秋田",
+    "山形",
+    "福島",
+    "茨城",
+    "栃木",
+    "群馬",
+    "埼玉",
+    "千葉",
+    "東京",
+    "神奈川",
+    "新潟",
+    "富山",
+    "石川",
+    "福井",
+    "山梨",
+    "長野",
+    "岐阜",
+    "静岡",
+    "愛知",
+    "三重",
+    "滋賀",
+    "京都",
+    "大阪",
+    "兵庫",
+    "奈良",
+    "和歌山",
+    "鳥取",
+    "島根",
+    "岡山",
+    "広島",
+    "山口",
+    "徳島",
+    "香川",
+    "愛媛",
+    "高知",
+    "福岡",
+    "佐賀",
+    "長崎",
+    "熊本",
+    "大分",
+    "宮崎",
+    "鹿児島",
+    "沖縄",
+];
+
+/// The kinds of insurance, with their population weights (out of 125).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Kyokai,
+    Union,
+    Nhi,
+    Elderly,
+    Mutual,
+    MedicalAid,
+}
+
+const KINDS: &[(Kind, u64)] = &[
+    (Kind::Kyokai, 39),
+    (Kind::Union, 29),
+    (Kind::Nhi, 29),
+    (Kind::Elderly, 17),
+    (Kind::Mutual, 9),
+    (Kind::MedicalAid, 2),
+];
+
+/// One insurer of the synthetic population.
+#[derive(Debug, Clone)]
+struct Insurer {
+    number: InsurerNumber,
+    name: String,
+    kind: Kind,
+    /// Next household number; numbers are unique per insurer, so keys are.
+    next_number: u64,
+}
+
+/// Builds an insurer number from a body, appending its check digit.
+fn with_check(body: &str) -> String {
+    let digits: Vec<u8> = body.bytes().map(|b| b - b'0').collect();
+    format!("{body}{}", check_digit(&digits))
+}
+
+fn insurer_pool() -> Vec<Insurer> {
+    let mut pool = Vec::new();
+    let mut add = |body: String, name: String, kind: Kind| {
+        if let Ok(number) = with_check(&body).parse() {
+            pool.push(Insurer {
+                number,
+                name,
+                kind,
+                next_number: 1,
+            });
+        }
+    };
+    for (p, pref) in PREFECTURES.iter().enumerate() {
+        let pp = p + 1;
+        add(
+            format!("01{pp:02}001"),
+            format!("全国健康保険協会　{pref}支部"),
+            Kind::Kyokai,
+        );
+        add(
+            format!("39{pp:02}001"),
+            format!("{pref}後期高齢者医療広域連合"),
+            Kind::Elderly,
+        );
+        for i in 0..30 {
+            add(
+                format!("06{pp:02}{:03}", 100 + i),
+                format!("{pref}第{}健康保険組合", i + 1),
+                Kind::Union,
+            );
+        }
+        for i in 0..36 {
+            // Municipal NHI: 6 digits, no scheme code.
+            add(
+                format!("{pp:02}{:03}", 10 + i),
+                format!("{pref}第{}市国民健康保険", i + 1),
+                Kind::Nhi,
+            );
+        }
+        for (s, what) in [
+            (31, "国家公務員"),
+            (32, "地方職員"),
+            (33, "警察職員"),
+            (34, "公立学校"),
+        ] {
+            add(
+                format!("{s}{pp:02}{:03}", 1),
+                format!("{pref}{what}共済組合"),
+                Kind::Mutual,
+            );
+        }
+        add(
+            format!("12{pp:02}{:03}", 1),
+            format!("{pref}福祉事務所"),
+            Kind::MedicalAid,
+        );
+    }
+    pool
+}
+
+/// A household member being generated.
+struct Member {
+    birth: Date,
+    sex: Sex,
+    relation: Relation,
+    branch: u8,
+}
+
+/// Which probe cases exist, and their share of the probes.
+const CASES: &[&str] = &[
+    "card_hit",
+    "card_lost",
+    "card_withdrawn",
+    "card_restricted",
+    "card_unknown",
+    "card_aid_unregistered",
+    "ins_hit",
+    "ins_hit_full_width",
+    "ins_hit_no_branch",
+    "ins_lost",
+    "ins_lost_with_newer",
+    "ins_multiple",
+    "ins_wrong_birth",
+    "ins_unknown",
+    "ins_restricted_card",
+    "ins_aid_unregistered",
+    "ins_before_acquired",
+    "ins_before_loss",
+];
+
+struct Generator<W: Write> {
+    rng: Rng,
+    opts: GenOptions,
+    insurers: Vec<Insurer>,
+    /// Insurer indexes per kind, for drawing.
+    by_kind: Vec<(Kind, Vec<usize>)>,
+    csv: CsvWriter<W>,
+    probes: BufWriter<std::fs::File>,
+    rows: u64,
+    persons: u64,
+    per_case: usize,
+    emitted: Vec<usize>,
+    probe_count: usize,
+    /// Probability of sampling an ordinary case on a chance.
+    common_rate: f64,
+    /// The current household head's qualification (for household probes).
+    current_head: Option<Qualification>,
+}
+
+/// Generates the data set.
+pub fn generate(opts: &GenOptions) -> anyhow::Result<GenSummary> {
+    use anyhow::Context;
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let csv_path = opts.out.join("enrollees.csv");
+    let probes_path = opts.out.join("probes.jsonl");
+    let csv =
+        CsvWriter::create(&csv_path).with_context(|| format!("creating {}", csv_path.display()))?;
+    let probes = BufWriter::new(
+        std::fs::File::create(&probes_path)
+            .with_context(|| format!("creating {}", probes_path.display()))?,
+    );
+    let insurers = insurer_pool();
+    let by_kind = KINDS
+        .iter()
+        .map(|&(k, _)| {
+            let idx = insurers
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| i.kind == k)
+                .map(|(i, _)| i)
+                .collect();
+            (k, idx)
+        })
+        .collect();
+    let per_case = (opts.probes / CASES.len()).max(1);
+    let mut g = Generator {
+        rng: Rng(opts.seed ^ 0x5157_4C43_4143_4845),
+        opts: opts.clone(),
+        insurers,
+        by_kind,
+        csv,
+        probes,
+        rows: 0,
+        persons: 0,
+        per_case,
+        emitted: vec![0; CASES.len()],
+        probe_count: 0,
+        common_rate: ((opts.probes as f64 * 4.0) / opts.records.max(1) as f64).min(1.0),
+        current_head: None,
+    };
+    while g.rows < opts.records {
+        g.household()?;
+    }
+    g.csv.finish()?.flush()?;
+    g.probes.flush()?;
+    Ok(GenSummary {
+        csv: csv_path,
+        probes: probes_path,
+        records: g.rows,
+        persons: g.persons,
+        probe_count: g.probe_count,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+impl<W: Write> Generator<W> {
+    fn left(&self) -> u64 {
+        self.opts.records - self.rows
+    }
+
+    fn draw_kind(&mut self) -> Kind {
+        let mut r = self.rng.below(125);
+        for &(k, w) in KINDS {
+            if r < w {
+                return k;
+            }
+            r -= w;
+        }
+        Kind::Kyokai
+    }
+
+    fn draw_insurer(&mut self, kind: Kind) -> usize {
+        let list = &self
+            .by_kind
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .expect("every kind has insurers")
+            .1;
+        list[self.rng.below(list.len() as u64) as usize]
+    }
+
+    fn birth_for_age(&mut self, min: i32, max: i32) -> Date {
+        let age = min + self.rng.below((max - min + 1) as u64) as i32;
+        self.opts
+            .as_of
+            .add_years(-age)
+            .add_days(-(self.rng.below(365) as i32))
+    }
+
+    /// Writes one household: an insured person and dependents sharing the
+    /// insurer, symbol and number with their own branch numbers.
+    fn household(&mut self) -> io::Result<()> {
+        let kind = self.draw_kind();
+        let ins = self.draw_insurer(kind);
+        let (min_age, max_age) = match kind {
+            Kind::Elderly => (75, 100),
+            Kind::MedicalAid => (20, 90),
+            Kind::Nhi => (20, 74),
+            _ => (22, 69),
+        };
+        let head_birth = self.birth_for_age(min_age, max_age);
+        let mut members = vec![Member {
+            birth: head_birth,
+            sex: if self.rng.chance(0.5) {
+                Sex::Male
+            } else {
+                Sex::Female
+            },
+            relation: Relation::Insured,
+            branch: 0,
+        }];
+        let family = !matches!(kind, Kind::Elderly | Kind::MedicalAid) && self.left() > 4;
+        if family && self.rng.chance(0.45) {
+            let spouse_birth = head_birth.add_days(self.rng.below(3000) as i32 - 1500);
+            members.push(Member {
+                birth: spouse_birth.min(self.opts.as_of.add_years(-18)),
+                sex: if members[0].sex == Sex::Male {
+                    Sex::Female
+                } else {
+                    Sex::Male
+                },
+                relation: Relation::Dependent,
+                branch: 1,
+            });
+            let children = self.rng.below(3);
+            let twins = self.rng.chance(0.02);
+            for c in 0..children {
+                let birth = if twins && c == 1 {
+                    members[members.len() - 1].birth
+                } else {
+                    self.birth_for_age(0, 20).max(head_birth.add_years(20))
+                };
+                let branch = members.len() as u8;
+                members.push(Member {
+                    birth: birth.min(self.opts.as_of),
+                    sex: if self.rng.chance(0.5) {
+                        Sex::Male
+                    } else {
+                        Sex::Female
+                    },
+                    relation: Relation::Dependent,
+                    branch,
+                });
+            }
+        }
+        // Symbol: 協会けんぽ an office code, unions a small number, NHI a
+        // municipal code sometimes in kanji, mutual aid kanji; none for 39
+        // and medical aid.
+        let symbol = match kind {
+            Kind::Kyokai => Some(format!("{}", 1_000_000 + self.rng.below(9_000_000))),
+            Kind::Union => Some(format!("{}", 1 + self.rng.below(40))),
+            Kind::Nhi if self.rng.chance(0.3) => Some(format!(
+                "{}{}",
+                self.rng.pick(&["市", "町", "村"]),
+                1 + self.rng.below(20)
+            )),
+            Kind::Nhi => Some(format!("{:03}", self.rng.below(1000))),
+            Kind::Mutual => Some(format!(
+                "{}{}",
+                self.rng.pick(&["教", "警", "地"]),
+                1 + self.rng.below(99)
+            )),
+            Kind::Elderly | Kind::MedicalAid => None,
+        };
+        let insurer = &mut self.insurers[ins];
+        let number = match kind {
+            Kind::Elderly => format!("{:08}", insurer.next_number),
+            Kind::MedicalAid => format!("{:07}", insurer.next_number % 10_000_000),
+            _ => format!("{}", insurer.next_number),
+        };
+        insurer.next_number += 1;
+        let twins = members
+            .windows(2)
+            .find(|w| w[0].branch > 0 && w[0].birth == w[1].birth)
+            .map(|w| w[0].birth);
+        let mut written = 0;
+        for m in &members {
+            if self.left() == 0 {
+                break;
+            }
+            self.person(kind, ins, symbol.as_deref(), &number, m, members.len() == 1)?;
+            written += 1;
+        }
+        if let (Some(birth), true) = (twins, written == members.len()) {
+            // Twins share insurer, symbol, number and birth date: without a
+            // branch both match.
+            let head = self.current_head.clone();
+            if let Some(q) = head {
+                let expect = Expect {
+                    matches: Some(2),
+                    ..Expect::status(Status::MultipleHits)
+                };
+                self.probe_key(
+                    "ins_multiple",
+                    &q,
+                    None,
+                    false,
+                    birth,
+                    self.opts.as_of,
+                    expect,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn person(
+        &mut self,
+        kind: Kind,
+        ins: usize,
+        symbol: Option<&str>,
+        number: &str,
+        m: &Member,
+        alone: bool,
+    ) -> io::Result<()> {
+        self.persons += 1;
+        let person_id = self.persons;
+        let as_of = self.opts.as_of;
+        let age = as_of.years_since(m.birth);
+        let female = m.sex == Sex::Female;
+        let (fam, fam_k) = *self.rng.pick(FAMILY);
+        let (given, given_k) = *self.rng.pick(if female { FEMALE } else { MALE });
+        let name = format!("{fam}\u{3000}{given}");
+        let kana = format!("{fam_k}\u{3000}{given_k}");
+        let serial = format!("{:016X}", self.rng.next());
+        let card_status = {
+            let r = self.rng.below(1000);
+            match r {
+                0..=1 => Some(CardStatus::Restricted),
+                2..=11 => Some(CardStatus::Withdrawn),
+                12..=731 => Some(CardStatus::Registered),
+                _ => None,
+            }
+        };
+        let card = card_status.map(|status| CardLink {
+            digest: self.opts.card_key.digest(&serial),
+            status,
+        });
+
+        // History: a job change (old qualification lost, reason 03), medical
+        // aid after NHI (reason 02), or a qualification lost with nothing new.
+        let earliest = m.birth.max(as_of.add_years(-30));
+        let span = (as_of.day_number() - earliest.day_number()).max(2) as u64;
+        let mut acquired = if m.relation == Relation::Dependent && age < 20 {
+            m.birth
+        } else {
+            earliest.add_days(self.rng.below(span / 2) as i32)
+        };
+        if kind == Kind::Elderly {
+            acquired = m
+                .birth
+                .add_years(75)
+                .max(Date::from_ymd(2008, 4, 1).unwrap_or(acquired))
+                .min(as_of);
+        }
+        let history = m.relation == Relation::Insured && self.left() >= 2;
+        let job_change =
+            history && kind != Kind::Elderly && kind != Kind::MedicalAid && self.rng.chance(0.05);
+        let welfare = history && kind == Kind::MedicalAid && self.rng.chance(0.5);
+        let only_lost = !job_change && !welfare && self.rng.chance(0.01);
+
+        let mut rows: Vec<(EnrolleeRecord, bool)> = Vec::new();
+        if job_change || welfare {
+            // Leave room for the old qualification before the switch.
+            acquired = acquired.max(m.birth.add_days(400)).min(as_of);
+            let old_kind = if welfare {
+                Kind::Nhi
+            } else {
+                self.draw_kind_for_job()
+            };
+            let old_ins = self.draw_insurer(old_kind);
+            let start = earliest.min(acquired.add_days(-400));
+            let switch = acquired;
+            let old_symbol = if old_kind == Kind::Nhi {
+                Some(format!("{:03}", self.rng.below(1000)))
+            } else {
+                Some(format!("{}", 1 + self.rng.below(40)))
+            };
+            let old_number = format!("{}", self.insurers[old_ins].next_number);
+            self.insurers[old_ins].next_number += 1;
+            let reason = if welfare {
+                LossReason::WelfareStarted
+            } else {
+                LossReason::JoinedOtherInsurance
+            };
+            let old = self.qualification(
+                old_kind,
+                old_ins,
+                old_symbol.as_deref(),
+                &old_number,
+                m,
+                &name,
+                &kana,
+                start.max(m.birth),
+                Some(Loss {
+                    date: switch,
+                    reason,
+                }),
+                card,
+            );
+            rows.push((
+                EnrolleeRecord {
+                    person_id,
+                    card,
+                    qualification: old,
+                },
+                false,
+            ));
+        }
+        let loss = only_lost.then(|| Loss {
+            date: as_of
+                .add_days(-(1 + self.rng.below(300) as i32))
+                .max(acquired.add_days(1)),
+            reason: if age > 80 {
+                LossReason::Death
+            } else {
+                LossReason::Other
+            },
+        });
+        let current = self.qualification(
+            kind, ins, symbol, number, m, &name, &kana, acquired, loss, card,
+        );
+        rows.push((
+            EnrolleeRecord {
+                person_id,
+                card,
+                qualification: current,
+            },
+            self.rng.chance(0.1),
+        ));
+
+        for (rec, full_width) in &rows {
+            self.csv.write_styled(rec, *full_width)?;
+            self.rows += 1;
+        }
+        if m.relation == Relation::Insured {
+            self.current_head = Some(rows[rows.len() - 1].0.qualification.clone());
+        }
+        self.person_probes(&rows, &serial, alone)
+    }
+
+    fn draw_kind_for_job(&mut self) -> Kind {
+        *self
+            .rng
+            .pick(&[Kind::Kyokai, Kind::Union, Kind::Nhi, Kind::Mutual])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn qualification(
+        &mut self,
+        kind: Kind,
+        ins: usize,
+        symbol: Option<&str>,
+        number: &str,
+        m: &Member,
+        name: &str,
+        kana: &str,
+        acquired: Date,
+        loss: Option<Loss>,
+        card: Option<CardLink>,
+    ) -> Qualification {
+        let as_of = self.opts.as_of;
+        let age = as_of.years_since(m.birth);
+        let insurer = &self.insurers[ins];
+        let medical_aid = kind == Kind::MedicalAid;
+        let registered_card = card.is_some_and(|c| c.status == CardStatus::Registered);
+        let copay = match age {
+            _ if medical_aid => Percent::Zero,
+            0..=5 => Percent::Twenty,
+            6..=69 => Percent::Thirty,
+            70..=74 if self.rng.chance(0.1) => Percent::Thirty,
+            70..=74 => Percent::Twenty,
+            _ if self.rng.chance(0.08) => Percent::Thirty,
+            _ if self.rng.chance(0.2) => Percent::Twenty,
+            _ => Percent::Ten,
+        };
+        let limit_category = if age >= 70 {
+            Some(*self.rng.pick(&[
+                LimitCategory::B01,
+                LimitCategory::B02,
+                LimitCategory::B03,
+                LimitCategory::B04,
+                LimitCategory::B04,
+                LimitCategory::B05,
+                LimitCategory::B06,
+            ]))
+        } else if !medical_aid && self.rng.chance(0.3) {
+            Some(*self.rng.pick(&[
+                LimitCategory::A01,
+                LimitCategory::A02,
+                LimitCategory::A03,
+                LimitCategory::A03,
+                LimitCategory::A04,
+                LimitCategory::A05,
+            ]))
+        } else {
+            None
+        };
+        let elderly = (70..=74).contains(&age).then(|| ElderlyCertificate {
+            valid_from: m.birth.add_years(70).add_days(31),
+            valid_until: m.birth.add_years(75).add_days(-1),
+            percent: if copay == Percent::Thirty {
+                Percent::Thirty
+            } else {
+                Percent::Twenty
+            },
+        });
+        let certificate = (!registered_card && !medical_aid).then(|| {
+            let issued = as_of.add_days(-(self.rng.below(700) as i32)).max(acquired);
+            Certificate {
+                issued,
+                valid_from: issued,
+                valid_until: issued.add_years(5).add_days(-1),
+            }
+        });
+        let specific_disease = self.rng.chance(0.003).then(|| {
+            let kind = *self.rng.pick(&[
+                DiseaseKind::Dialysis,
+                DiseaseKind::Dialysis,
+                DiseaseKind::Haemophilia,
+                DiseaseKind::HivFromBloodProducts,
+            ]);
+            SpecificDisease {
+                kind,
+                monthly_cap_yen: if kind == DiseaseKind::Dialysis
+                    && age < 70
+                    && self.rng.chance(0.3)
+                {
+                    20_000
+                } else {
+                    10_000
+                },
+            }
+        });
+        let public_expense = medical_aid.then(|| PublicExpense {
+            payer: PayerNumber::from_value(insurer.number.value())
+                .expect("medical-aid insurers are built from valid payer numbers"),
+            recipient: RecipientNumber::from_value(number.parse().unwrap_or(0))
+                .expect("recipient numbers have 7 digits"),
+            welfare_office: insurer.name.clone(),
+            registered: !self.rng.chance(0.2),
+        });
+        let to_key = |s: &str| s.parse::<KeyText>().ok();
+        Qualification {
+            insurer_number: insurer.number,
+            insurer_name: insurer.name.clone(),
+            card_class: if medical_aid {
+                CardClass::MedicalAid
+            } else {
+                CardClass::General
+            },
+            symbol: symbol.and_then(to_key),
+            number: to_key(number).expect("generated numbers are digits"),
+            branch: if medical_aid || kind == Kind::Elderly {
+                None
+            } else {
+                Branch::new(m.branch)
+            },
+            relation: m.relation,
+            name: name.to_string(),
+            name_kana: kana.to_string(),
+            sex: m.sex,
+            birth_date: m.birth,
+            acquired_date: acquired,
+            loss,
+            certificate,
+            copay_percent: copay,
+            preschool: age < 6,
+            elderly,
+            limit_category,
+            specific_disease,
+            public_expense,
+        }
+    }
+
+    /// Probes for one person's rows (the last row is the current one).
+    fn person_probes(
+        &mut self,
+        rows: &[(EnrolleeRecord, bool)],
+        serial: &str,
+        alone: bool,
+    ) -> io::Result<()> {
+        let as_of = self.opts.as_of;
+        let (cur, full_width) = &rows[rows.len() - 1];
+        let q = &cur.qualification;
+        let lost_now = q.loss.is_some_and(|l| l.date <= as_of);
+        let unregistered_aid = q.public_expense.as_ref().is_some_and(|p| !p.registered);
+        let holding = if unregistered_aid {
+            Status::ValidUnregistered
+        } else {
+            Status::Valid
+        };
+        let cur_status = if lost_now { Status::Lost } else { holding };
+        let cur_id = key_id(q);
+
+        // Card path.
+        match cur.card.map(|c| c.status) {
+            Some(CardStatus::Registered) => {
+                let case = if unregistered_aid {
+                    "card_aid_unregistered"
+                } else if lost_now {
+                    "card_lost"
+                } else {
+                    "card_hit"
+                };
+                self.probe_card(case, serial, as_of, cur_status, Some(cur_id.clone()))?;
+            }
+            Some(CardStatus::Withdrawn) => self.probe_card(
+                "card_withdrawn",
+                serial,
+                as_of,
+                Status::CardNotRegistered,
+                None,
+            )?,
+            Some(CardStatus::Restricted) => {
+                self.probe_card(
+                    "card_restricted",
+                    serial,
+                    as_of,
+                    Status::CardRestricted,
+                    None,
+                )?;
+                self.probe_key(
+                    "ins_restricted_card",
+                    q,
+                    q.branch,
+                    *full_width,
+                    q.birth_date,
+                    as_of,
+                    Expect::key(cur_status, &cur_id),
+                )?;
+            }
+            None => {
+                if self.wants("card_unknown") {
+                    let unknown = format!("{:016X}", self.rng.next());
+                    self.probe_card(
+                        "card_unknown",
+                        &unknown,
+                        as_of,
+                        Status::CardNotRegistered,
+                        None,
+                    )?;
+                }
+            }
+        }
+        // Insurance path on the current qualification.
+        let case = if unregistered_aid {
+            "ins_aid_unregistered"
+        } else if lost_now {
+            "ins_lost"
+        } else if *full_width {
+            "ins_hit_full_width"
+        } else {
+            "ins_hit"
+        };
+        self.probe_key(
+            case,
+            q,
+            q.branch,
+            *full_width,
+            q.birth_date,
+            as_of,
+            Expect::key(cur_status, &cur_id),
+        )?;
+        if alone && q.branch.is_some() && !lost_now {
+            self.probe_key(
+                "ins_hit_no_branch",
+                q,
+                None,
+                false,
+                q.birth_date,
+                as_of,
+                Expect::key(cur_status, &cur_id),
+            )?;
+        }
+        if self.wants("ins_wrong_birth") {
+            let wrong = q.birth_date.add_days(1 + self.rng.below(30) as i32);
+            self.probe_key(
+                "ins_wrong_birth",
+                q,
+                q.branch,
+                false,
+                wrong,
+                as_of,
+                Expect::status(Status::NotFound),
+            )?;
+        }
+        if self.wants("ins_unknown") {
+            let mut unknown = q.clone();
+            unknown.number = "999999999".parse().unwrap_or(q.number);
+            self.probe_key(
+                "ins_unknown",
+                &unknown,
+                q.branch,
+                false,
+                q.birth_date,
+                as_of,
+                Expect::status(Status::NotFound),
+            )?;
+        }
+        if q.acquired_date > q.birth_date.add_days(1) && self.wants("ins_before_acquired") {
+            let before = q.acquired_date.add_days(-1);
+            // On that day an older qualification of the person may hold, but
+            // not this key's.
+            self.probe_key(
+                "ins_before_acquired",
+                q,
+                q.branch,
+                false,
+                q.birth_date,
+                before,
+                Expect::status(Status::NotFound),
+            )?;
+        }
+        // The old qualification of a job change or welfare start.
+        if rows.len() > 1 {
+            let old = &rows[0].0.qualification;
+            let expect = Expect {
+                newer: Some(cur_id.clone()),
+                ..Expect::key(Status::LostWithNewer, &key_id(old))
+            };
+            self.probe_key(
+                "ins_lost_with_newer",
+                old,
+                old.branch,
+                false,
+                old.birth_date,
+                as_of,
+                expect,
+            )?;
+            if let Some(l) = old.loss {
+                let day = l.date.add_days(-1);
+                if day >= old.acquired_date {
+                    self.probe_key(
+                        "ins_before_loss",
+                        old,
+                        old.branch,
+                        false,
+                        old.birth_date,
+                        day,
+                        Expect::key(Status::Valid, &key_id(old)),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a probe of `case` is still wanted, sampling common cases.
+    fn wants(&mut self, case: &str) -> bool {
+        let Some(i) = CASES.iter().position(|c| *c == case) else {
+            return false;
+        };
+        if self.emitted[i] >= self.per_case {
+            return false;
+        }
+        let rare = matches!(
+            case,
+            "card_restricted"
+                | "card_withdrawn"
+                | "card_lost"
+                | "ins_lost"
+                | "ins_lost_with_newer"
+                | "ins_multiple"
+                | "ins_restricted_card"
+                | "ins_aid_unregistered"
+                | "card_aid_unregistered"
+                | "ins_before_loss"
+                | "ins_hit_full_width"
+                | "ins_hit_no_branch"
+        );
+        rare || self.rng.chance(self.common_rate)
+    }
+
+    fn emit(&mut self, case: &str, p: &Probe) -> io::Result<()> {
+        if let Some(i) = CASES.iter().position(|c| *c == case) {
+            self.emitted[i] += 1;
+        }
+        self.probe_count += 1;
+        serde_json::to_writer(&mut self.probes, p)?;
+        self.probes.write_all(b"\n")
+    }
+
+    fn probe_card(
+        &mut self,
+        case: &str,
+        serial: &str,
+        as_of: Date,
+        expect: Status,
+        key: Option<String>,
+    ) -> io::Result<()> {
+        if !self.wants(case) {
+            return Ok(());
+        }
+        let p = Probe {
+            case: case.to_string(),
+            lookup: ProbeLookup::Card {
+                serial: serial.to_string(),
+            },
+            as_of,
+            expect,
+            expect_key: key,
+            expect_newer_key: None,
+            expect_matches: None,
+        };
+        self.emit(case, &p)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn probe_key(
+        &mut self,
+        case: &str,
+        q: &Qualification,
+        branch: Option<Branch>,
+        full_width: bool,
+        birth: Date,
+        as_of: Date,
+        expect: Expect,
+    ) -> io::Result<()> {
+        if !self.wants(case) {
+            return Ok(());
+        }
+        let symbol = q.symbol.map(|s| {
+            if full_width {
+                to_full_width(s.as_str())
+            } else {
+                s.to_string()
+            }
+        });
+        let p = Probe {
+            case: case.to_string(),
+            lookup: ProbeLookup::Insurance {
+                insurer: q.insurer_number.to_string(),
+                symbol,
+                number: q.number.to_string(),
+                branch: branch.map(|b| b.to_string()),
+                birth,
+            },
+            as_of,
+            expect: expect.status,
+            expect_key: expect.key,
+            expect_newer_key: expect.newer,
+            expect_matches: expect.matches,
+        };
+        self.emit(case, &p)
+    }
+}
+
+/// What a probe expects.
+#[derive(Debug)]
+struct Expect {
+    status: Status,
+    key: Option<String>,
+    newer: Option<String>,
+    matches: Option<usize>,
+}
+
+impl Expect {
+    fn status(status: Status) -> Expect {
+        Expect {
+            status,
+            key: None,
+            newer: None,
+            matches: None,
+        }
+    }
+
+    fn key(status: Status, key: &str) -> Expect {
+        Expect {
+            key: Some(key.to_string()),
+            ..Expect::status(status)
+        }
+    }
+}
+
+/// Full-width form of ASCII letters and digits (what some terminals send).
+pub fn to_full_width(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                char::from_u32(c as u32 - 0x21 + 0xFF01).unwrap_or(c)
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Default output directory for `gen`.
+pub fn default_out() -> &'static Path {
+    Path::new("data/demo")
+}

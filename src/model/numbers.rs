@@ -1,0 +1,360 @@
+//! Check-digit numbers: insurer numbers, medical institution codes and
+//! public-expense payer numbers. Each type can only hold a valid value.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::text::normalize_ascii;
+
+/// Why a number was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NumberError {
+    /// Wrong number of digits, or a character that is not a digit.
+    #[error("expected {expected}")]
+    Format {
+        /// What the number should look like.
+        expected: &'static str,
+    },
+    /// The digits are fine but the last one is not the check digit.
+    #[error("check digit does not match")]
+    CheckDigit,
+}
+
+/// The Luhn-style check digit the domain uses: weights 2,1,2,1,... from the
+/// rightmost digit of `body`, two-digit products replaced by their digit sum,
+/// check = (10 - sum mod 10) mod 10.
+pub fn check_digit(body: &[u8]) -> u8 {
+    let sum: u32 = body
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            let p = u32::from(d) * if i % 2 == 0 { 2 } else { 1 };
+            p / 10 + p % 10
+        })
+        .sum();
+    ((10 - sum % 10) % 10) as u8
+}
+
+/// Parses exactly `N` ASCII digits (after full-width normalisation) whose
+/// last one is the check digit of the others.
+fn parse_checked<const N: usize>(s: &str, expected: &'static str) -> Result<[u8; N], NumberError> {
+    let mut buf = [0u8; 64];
+    let norm = normalize_ascii(s, &mut buf).ok_or(NumberError::Format { expected })?;
+    let digits = digits_of::<N>(norm).ok_or(NumberError::Format { expected })?;
+    if check_digit(&digits[..N - 1]) != digits[N - 1] {
+        return Err(NumberError::CheckDigit);
+    }
+    Ok(digits)
+}
+
+fn digits_of<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != N || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (o, &c) in out.iter_mut().zip(s) {
+        *o = c - b'0';
+    }
+    Some(out)
+}
+
+fn to_u32(digits: &[u8]) -> u32 {
+    digits.iter().fold(0, |acc, &d| acc * 10 + u32::from(d))
+}
+
+/// An insurer number (保険者番号): 8 digits (scheme, prefecture, insurer,
+/// check) or, for municipal National Health Insurance, 6 digits
+/// (prefecture, insurer, check). A 6-digit number is also accepted zero- or
+/// space-padded to 8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InsurerNumber {
+    value: u32,
+    six: bool,
+}
+
+impl InsurerNumber {
+    /// The number as an integer (the 6 or 8 digits read in base 10).
+    pub fn value(self) -> u32 {
+        self.value
+    }
+
+    /// True for a 6-digit (municipal NHI) number.
+    pub fn is_six_digit(self) -> bool {
+        self.six
+    }
+
+    /// The scheme code (法別番号), absent for 6-digit numbers.
+    pub fn scheme(self) -> Option<u8> {
+        (!self.six).then_some((self.value / 1_000_000) as u8)
+    }
+
+    /// Rebuilds a number from [`value`](Self::value) and its width, checking
+    /// it again (used when reading snapshots).
+    pub fn from_parts(value: u32, six: bool) -> Option<InsurerNumber> {
+        let text = if six {
+            format!("{value:06}")
+        } else {
+            format!("{value:08}")
+        };
+        let n: InsurerNumber = text.parse().ok()?;
+        (n.six == six).then_some(n)
+    }
+
+    /// The snapshot encoding: the value, with bit 31 set for 6-digit numbers.
+    pub fn to_raw(self) -> u32 {
+        self.value | if self.six { 1 << 31 } else { 0 }
+    }
+
+    /// Inverse of [`to_raw`](Self::to_raw), without re-checking the digit
+    /// (snapshots are checksummed and verified as a whole).
+    pub fn from_raw(raw: u32) -> InsurerNumber {
+        InsurerNumber {
+            value: raw & !(1 << 31),
+            six: raw & (1 << 31) != 0,
+        }
+    }
+}
+
+impl FromStr for InsurerNumber {
+    type Err = NumberError;
+
+    fn from_str(s: &str) -> Result<InsurerNumber, NumberError> {
+        const EXPECTED: &str = "6 or 8 digits (6 may be zero- or space-padded to 8)";
+        // Normalisation trims spaces, so a space-padded 6-digit number
+        // ("  138057") arrives here as its 6 digits.
+        let mut buf = [0u8; 64];
+        let norm =
+            normalize_ascii(s, &mut buf).ok_or(NumberError::Format { expected: EXPECTED })?;
+        let text =
+            std::str::from_utf8(norm).map_err(|_| NumberError::Format { expected: EXPECTED })?;
+        match text.len() {
+            8 if text.starts_with("00") => {
+                let d: [u8; 6] = parse_checked(&text[2..], EXPECTED)?;
+                Ok(InsurerNumber {
+                    value: to_u32(&d),
+                    six: true,
+                })
+            }
+            8 => {
+                let d: [u8; 8] = parse_checked(text, EXPECTED)?;
+                Ok(InsurerNumber {
+                    value: to_u32(&d),
+                    six: false,
+                })
+            }
+            6 => {
+                let d: [u8; 6] = parse_checked(text, EXPECTED)?;
+                Ok(InsurerNumber {
+                    value: to_u32(&d),
+                    six: true,
+                })
+            }
+            _ => Err(NumberError::Format { expected: EXPECTED }),
+        }
+    }
+}
+
+impl fmt::Display for InsurerNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.six {
+            write!(f, "{:06}", self.value)
+        } else {
+            write!(f, "{:08}", self.value)
+        }
+    }
+}
+
+/// A medical institution code (医療機関コード): prefecture 2 + fee table 1 +
+/// district 2 + institution 4 + check 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstitutionCode(u64);
+
+impl InstitutionCode {
+    /// The fee table digit: 1 medical, 3 dental, 4 pharmacy.
+    pub fn fee_table(self) -> u8 {
+        ((self.0 / 10_000_000) % 10) as u8
+    }
+}
+
+impl FromStr for InstitutionCode {
+    type Err = NumberError;
+
+    fn from_str(s: &str) -> Result<InstitutionCode, NumberError> {
+        let d: [u8; 10] = parse_checked(s, "10 digits")?;
+        Ok(InstitutionCode(
+            d.iter().fold(0u64, |acc, &x| acc * 10 + u64::from(x)),
+        ))
+    }
+}
+
+impl fmt::Display for InstitutionCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:010}", self.0)
+    }
+}
+
+/// A public-expense payer number (公費負担者番号): scheme 2 + prefecture 2 +
+/// payer 3 + check 1. Scheme 12 is medical aid (生活保護).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PayerNumber(u32);
+
+impl PayerNumber {
+    /// The scheme code (法別番号).
+    pub fn scheme(self) -> u8 {
+        (self.0 / 1_000_000) as u8
+    }
+
+    /// The number as an integer.
+    pub fn value(self) -> u32 {
+        self.0
+    }
+
+    /// From [`value`](Self::value), re-checking the digit.
+    pub fn from_value(value: u32) -> Option<PayerNumber> {
+        format!("{value:08}").parse().ok()
+    }
+}
+
+impl FromStr for PayerNumber {
+    type Err = NumberError;
+
+    fn from_str(s: &str) -> Result<PayerNumber, NumberError> {
+        let d: [u8; 8] = parse_checked(s, "8 digits")?;
+        Ok(PayerNumber(to_u32(&d)))
+    }
+}
+
+impl fmt::Display for PayerNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08}", self.0)
+    }
+}
+
+/// A public-expense recipient number (受給者番号): 7 digits. It carries a
+/// check digit in practice, but the domain does not fix its scheme, so only
+/// the format is enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecipientNumber(u32);
+
+impl RecipientNumber {
+    /// The number as an integer.
+    pub fn value(self) -> u32 {
+        self.0
+    }
+
+    /// From [`value`](Self::value), if it has at most 7 digits.
+    pub fn from_value(value: u32) -> Option<RecipientNumber> {
+        (value < 10_000_000).then_some(RecipientNumber(value))
+    }
+}
+
+impl FromStr for RecipientNumber {
+    type Err = NumberError;
+
+    fn from_str(s: &str) -> Result<RecipientNumber, NumberError> {
+        let mut buf = [0u8; 64];
+        let norm = normalize_ascii(s, &mut buf).ok_or(NumberError::Format {
+            expected: "7 digits",
+        })?;
+        let d: [u8; 7] = digits_of(norm).ok_or(NumberError::Format {
+            expected: "7 digits",
+        })?;
+        Ok(RecipientNumber(to_u32(&d)))
+    }
+}
+
+impl fmt::Display for RecipientNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:07}", self.0)
+    }
+}
+
+macro_rules! serialize_display {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_display!(InsurerNumber, InstitutionCode, PayerNumber, RecipientNumber);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_digits() {
+        for (body, check) in [
+            ("0613048", 8), // domain.md's worked example: 06130488
+            ("0113001", 2),
+            ("13805", 7),
+            ("391301", 9),
+            ("131234567", 9),
+            ("0000000", 0),
+        ] {
+            let digits: Vec<u8> = body.bytes().map(|b| b - b'0').collect();
+            assert_eq!(check_digit(&digits), check, "{body}");
+        }
+    }
+
+    #[test]
+    fn insurer_numbers() {
+        let ok = |s: &str, shown: &str, six: bool| {
+            let n: InsurerNumber = s.parse().unwrap_or_else(|e| panic!("{s:?}: {e}"));
+            assert_eq!(n.to_string(), shown, "{s:?}");
+            assert_eq!(n.is_six_digit(), six, "{s:?}");
+            assert_eq!(InsurerNumber::from_raw(n.to_raw()), n);
+        };
+        ok("06130488", "06130488", false);
+        ok("０６１３０４８８", "06130488", false);
+        ok(" 06130488 ", "06130488", false);
+        ok("138057", "138057", true);
+        ok("00138057", "138057", true);
+        ok("  138057", "138057", true);
+        ok("\u{3000}138057", "138057", true);
+        assert_eq!(
+            "06130488".parse::<InsurerNumber>().unwrap().scheme(),
+            Some(6)
+        );
+        assert_eq!("138057".parse::<InsurerNumber>().unwrap().scheme(), None);
+
+        let bad = |s: &str, e: NumberError| assert_eq!(s.parse::<InsurerNumber>(), Err(e), "{s:?}");
+        let format = NumberError::Format {
+            expected: "6 or 8 digits (6 may be zero- or space-padded to 8)",
+        };
+        bad("06130487", NumberError::CheckDigit);
+        bad("138058", NumberError::CheckDigit);
+        bad("00138058", NumberError::CheckDigit);
+        bad("0613048", format.clone());
+        bad("061304881", format.clone());
+        bad("0613O488", format.clone());
+        bad("", format);
+    }
+
+    #[test]
+    fn institution_codes() {
+        let body: Vec<u8> = "131012345".bytes().map(|b| b - b'0').collect();
+        let good = format!("131012345{}", check_digit(&body));
+        assert_eq!(good.parse::<InstitutionCode>().unwrap().fee_table(), 1);
+        let bad = format!("131012345{}", (check_digit(&body) + 1) % 10);
+        assert!(good.parse::<InstitutionCode>().is_ok());
+        assert_eq!(bad.parse::<InstitutionCode>(), Err(NumberError::CheckDigit));
+        assert!("13101234".parse::<InstitutionCode>().is_err());
+    }
+
+    #[test]
+    fn payer_numbers() {
+        let body: Vec<u8> = "1213001".bytes().map(|b| b - b'0').collect();
+        let text = format!("1213001{}", check_digit(&body));
+        let p: PayerNumber = text.parse().unwrap();
+        assert_eq!(p.scheme(), 12);
+        assert_eq!(p.to_string(), text);
+        assert_eq!(PayerNumber::from_value(p.value()), Some(p));
+        assert!("1213001".parse::<PayerNumber>().is_err());
+        assert!("1234567".parse::<RecipientNumber>().is_ok());
+        assert!("123456".parse::<RecipientNumber>().is_err());
+    }
+}

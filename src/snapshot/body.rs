@@ -1,0 +1,211 @@
+//! The rkyv archive inside a snapshot file.
+//!
+//! Every record is a fixed-size struct of integers and byte arrays, so the
+//! archive is a handful of flat arrays: bytecheck validation of it is cheap,
+//! and a lookup touches three or four cache lines. Variable-length text
+//! lives in two byte pools; code-table values are stored as their
+//! `to_byte()` form and decoded (and checked) when read.
+//!
+//! Layout choices, all recorded by `SCHEMA_VERSION`:
+//! - `persons` and `quals` are in input order; a person's qualifications are
+//!   the contiguous run `first_qual .. first_qual + qual_count`.
+//! - Both indexes are open-addressing tables with linear probing at load
+//!   factor <= 3/4, slot = fastrange(64-bit hash, table length). A slot holds
+//!   a 32-bit tag and the target row; `EMPTY` marks a free slot.
+
+use rkyv::{Archive, Serialize};
+
+/// Version of the types in this file; bump on any change to them.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Marks an absent row index, date or string.
+pub const NONE: u32 = u32::MAX;
+/// Marks an absent date.
+pub const NO_DATE: i32 = i32::MIN;
+/// Marks an absent branch or code byte.
+pub const NO_BYTE: u8 = 0;
+
+/// The archive root.
+#[derive(Archive, Serialize, Debug, Default)]
+pub struct Body {
+    /// Insurers referenced by `QualRec::insurer`.
+    pub insurers: Vec<InsurerRec>,
+    /// Interned strings (names, kana, insurer and welfare office names):
+    /// string `i` is `strings[string_ends[i-1]..string_ends[i]]`.
+    pub strings: Vec<u8>,
+    /// End offsets of the interned strings in `strings`.
+    pub string_ends: Vec<u32>,
+    /// Key texts: for each qualification, its symbol then its number.
+    pub keytext: Vec<u8>,
+    /// Persons, in input order.
+    pub persons: Vec<PersonRec>,
+    /// Qualifications, grouped by person.
+    pub quals: Vec<QualRec>,
+    /// Optional certificate and public-expense data.
+    pub extras: Vec<ExtraRec>,
+    /// Card index: slots over `persons` keyed by the card digest.
+    pub card_slots: Vec<Slot>,
+    /// Insurance index: slots over `quals` keyed by (insurer, symbol, number).
+    pub key_slots: Vec<Slot>,
+}
+
+/// One insurer.
+#[derive(Archive, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InsurerRec {
+    /// `InsurerNumber::to_raw`.
+    pub number: u32,
+    /// Interned name.
+    pub name: u32,
+}
+
+/// One person.
+#[derive(Archive, Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PersonRec {
+    /// Keyed card digest; all zero when `card_status` is `NO_BYTE`.
+    pub card: [u8; 16],
+    /// Interned name: family part, given part (`NONE` if the name has no
+    /// U+3000 separator).
+    pub name: [u32; 2],
+    /// Interned kana name, split the same way.
+    pub kana: [u32; 2],
+    /// Birth date (day number).
+    pub birth: i32,
+    /// First qualification of this person.
+    pub first_qual: u32,
+    /// Number of qualifications.
+    pub qual_count: u16,
+    /// `Sex::to_byte`.
+    pub sex: u8,
+    /// `CardStatus::to_byte`, or `NO_BYTE` when no card is linked.
+    pub card_status: u8,
+}
+
+/// One qualification.
+#[derive(Archive, Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QualRec {
+    /// Offset of this qualification's symbol+number in `keytext`.
+    pub key_off: u32,
+    /// The person.
+    pub person: u32,
+    /// Index into `insurers`.
+    pub insurer: u32,
+    /// Birth date, copied from the person so that a wrong birth date is
+    /// rejected without touching the person.
+    pub birth: i32,
+    /// Acquisition date.
+    pub acquired: i32,
+    /// Loss date or `NO_DATE`.
+    pub lost: i32,
+    /// Index into `extras`, or `NONE`.
+    pub extra: u32,
+    /// Symbol length in bytes (0: no symbol).
+    pub symbol_len: u8,
+    /// Number length in bytes.
+    pub number_len: u8,
+    /// Branch + 1, or `NO_BYTE` when absent.
+    pub branch: u8,
+    /// `Relation::to_byte`.
+    pub relation: u8,
+    /// `CardClass::to_byte`.
+    pub card_class: u8,
+    /// `Percent::to_byte` of the co-payment.
+    pub copay: u8,
+    /// Bit 0: preschool.
+    pub flags: u8,
+    /// `LossReason::to_byte`, or `NO_BYTE`.
+    pub loss_reason: u8,
+    /// `LimitCategory::to_byte`, or `NO_BYTE`.
+    pub limit: u8,
+}
+
+/// Optional parts of a qualification.
+#[derive(Archive, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtraRec {
+    /// Certificate issue, valid-from, valid-until (`NO_DATE` if none).
+    pub cert: [i32; 3],
+    /// Elderly certificate valid-from, valid-until (`NO_DATE` if none).
+    pub elderly: [i32; 2],
+    /// Specific-disease monthly cap, yen.
+    pub disease_cap: u32,
+    /// Public-expense payer number value, or `NONE`.
+    pub payer: u32,
+    /// Public-expense recipient number value.
+    pub recipient: u32,
+    /// Interned welfare office name, or `NONE`.
+    pub welfare_office: u32,
+    /// `Percent::to_byte` of the elderly ratio, or `NO_BYTE`.
+    pub elderly_percent: u8,
+    /// `DiseaseKind::to_byte`, or `NO_BYTE`.
+    pub disease: u8,
+    /// 1 when the medical-aid ticket is registered online.
+    pub aid_registered: u8,
+}
+
+impl Default for ExtraRec {
+    fn default() -> ExtraRec {
+        ExtraRec {
+            cert: [NO_DATE; 3],
+            elderly: [NO_DATE; 2],
+            disease_cap: 0,
+            payer: NONE,
+            recipient: 0,
+            welfare_office: NONE,
+            elderly_percent: NO_BYTE,
+            disease: NO_BYTE,
+            aid_registered: 0,
+        }
+    }
+}
+
+/// One index slot.
+#[derive(Archive, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// 32 bits of the key's hash not used to choose the slot.
+    pub tag: u32,
+    /// The row the key names, or `NONE` for a free slot.
+    pub row: u32,
+}
+
+impl Slot {
+    /// A free slot.
+    pub const EMPTY: Slot = Slot { tag: 0, row: NONE };
+}
+
+/// The slot a 64-bit hash starts probing at, in a table of `len` slots.
+#[inline]
+pub fn home_slot(hash: u64, len: usize) -> usize {
+    ((u128::from(hash) * len as u128) >> 64) as usize
+}
+
+/// The tag stored for a 64-bit hash.
+#[inline]
+pub fn tag_of(hash: u64) -> u32 {
+    hash as u32
+}
+
+/// Hash of a card digest for the card index.
+#[inline]
+pub fn card_hash(digest: &[u8; 16]) -> u64 {
+    // The digest is already uniformly distributed: use its bytes directly.
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// Hash of an insurance key without its branch.
+#[inline]
+pub fn key_hash(insurer_raw: u32, symbol: &[u8], number: &[u8]) -> u64 {
+    let mut buf = [0u8; 4 + 1 + 2 * crate::model::text::MAX_KEY_TEXT];
+    buf[..4].copy_from_slice(&insurer_raw.to_le_bytes());
+    buf[4] = symbol.len() as u8;
+    let s_end = 5 + symbol.len();
+    buf[5..s_end].copy_from_slice(symbol);
+    let n_end = s_end + number.len();
+    buf[s_end..n_end].copy_from_slice(number);
+    xxhash_rust::xxh3::xxh3_64(&buf[..n_end])
+}
+
+/// Number of slots for `n` keys: load factor at most 3/4, at least one free.
+pub fn table_len(n: usize) -> usize {
+    n + n.div_ceil(3) + 1
+}

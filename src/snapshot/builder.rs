@@ -1,0 +1,437 @@
+//! Turns a stream of [`EnrolleeRecord`]s into a snapshot [`Body`].
+//!
+//! Rows are folded into compact fixed-size records as they arrive; nothing
+//! keeps the rows themselves. A person's rows must be adjacent (the CSV
+//! export and the database export both order by person). Person-level
+//! fields must agree across a person's rows. Duplicate insurance keys and
+//! duplicate card digests are found while the indexes are filled.
+
+use std::collections::HashMap;
+
+use xxhash_rust::xxh3::Xxh3Builder;
+
+use super::body::{
+    card_hash, home_slot, key_hash, table_len, tag_of, Body, ExtraRec, InsurerRec, PersonRec,
+    QualRec, Slot, NONE, NO_BYTE, NO_DATE,
+};
+use crate::model::{CardLink, EnrolleeRecord, KeyText, Qualification};
+use crate::store::csv::RowError;
+
+/// The most duplicate errors collected before giving up on listing them.
+const MAX_REPORTED: usize = 100;
+
+/// Why a build failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Rows that must not go into a snapshot (see the listed errors).
+    #[error("{count} invalid rows; nothing written")]
+    Rows {
+        /// The first errors, in input order (at most 100).
+        errors: Vec<RowError>,
+        /// How many in all.
+        count: u64,
+    },
+    /// A capacity limit of the snapshot format.
+    #[error("{0}")]
+    Capacity(String),
+}
+
+/// Accumulates records into a snapshot body.
+#[derive(Debug)]
+pub struct Builder {
+    body: Body,
+    /// Interned strings: text -> id. Names repeat a lot (family and given
+    /// names are drawn from small vocabularies), so this keeps `strings` small.
+    interned: HashMap<Box<str>, u32, Xxh3Builder>,
+    /// Insurer number (raw) -> index in `body.insurers`.
+    insurers: HashMap<u32, u32, Xxh3Builder>,
+    /// The store's id of each person, in person order; checked for
+    /// non-adjacent repeats at `finish`.
+    person_ids: Vec<u64>,
+    /// The current person's first row, to check its other rows against.
+    current: Option<(u64, EnrolleeRecord)>,
+    /// (first qualification, its line) wherever line numbers stop running
+    /// on from the previous row; maps a qualification back to its line.
+    line_marks: Vec<(u32, u64)>,
+    last_line: u64,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl Builder {
+    /// An empty builder.
+    pub fn new() -> Builder {
+        Builder {
+            body: Body::default(),
+            interned: HashMap::with_hasher(Xxh3Builder::new()),
+            insurers: HashMap::with_hasher(Xxh3Builder::new()),
+            person_ids: Vec::new(),
+            current: None,
+            line_marks: Vec::new(),
+            last_line: 0,
+        }
+    }
+
+    /// Qualifications added so far.
+    pub fn records(&self) -> u64 {
+        self.body.quals.len() as u64
+    }
+
+    /// Adds one row, read at `line`. A row that contradicts its person's
+    /// earlier rows is refused and leaves the builder unchanged.
+    pub fn push(&mut self, line: u64, rec: EnrolleeRecord) -> Result<(), RowError> {
+        let same_person =
+            matches!(&self.current, Some((_, first)) if first.person_id == rec.person_id);
+        if same_person {
+            self.check_same_person(line, &rec)?;
+        }
+        let q = &rec.qualification;
+        let quals = self.body.quals.len();
+        if quals >= NONE as usize {
+            return Err(capacity_row(line, "more than 4,294,967,294 qualifications"));
+        }
+        let key_off = self.body.keytext.len();
+        let symbol = q.symbol.as_ref().map_or(&[][..], KeyText::as_bytes);
+        if key_off + symbol.len() + q.number.as_bytes().len() > u32::MAX as usize {
+            return Err(capacity_row(line, "key texts exceed 4 GiB"));
+        }
+        if !same_person {
+            self.start_person(line, &rec)?;
+        }
+        let person = (self.body.persons.len() - 1) as u32;
+        let insurer = self.insurer(line, q)?;
+        self.body.keytext.extend_from_slice(symbol);
+        self.body.keytext.extend_from_slice(q.number.as_bytes());
+        let extra = self.extra(q);
+        let p = self
+            .body
+            .persons
+            .last_mut()
+            .expect("start_person pushed a person");
+        p.qual_count += 1;
+        self.body.quals.push(QualRec {
+            key_off: key_off as u32,
+            person,
+            insurer,
+            birth: q.birth_date.day_number(),
+            acquired: q.acquired_date.day_number(),
+            lost: q.loss.map_or(NO_DATE, |l| l.date.day_number()),
+            extra,
+            symbol_len: symbol.len() as u8,
+            number_len: q.number.as_bytes().len() as u8,
+            branch: q.branch.map_or(NO_BYTE, |b| b.value() + 1),
+            relation: q.relation.to_byte(),
+            card_class: q.card_class.to_byte(),
+            copay: q.copay_percent.to_byte(),
+            flags: u8::from(q.preschool),
+            loss_reason: q.loss.map_or(NO_BYTE, |l| l.reason.to_byte()),
+            limit: q.limit_category.map_or(NO_BYTE, |l| l.to_byte()),
+        });
+        if line != self.last_line + 1 {
+            self.line_marks.push((quals as u32, line));
+        }
+        self.last_line = line;
+        if !same_person {
+            self.current = Some((line, rec));
+        }
+        Ok(())
+    }
+
+    fn check_same_person(&self, line: u64, rec: &EnrolleeRecord) -> Result<(), RowError> {
+        let Some((first_line, first)) = &self.current else {
+            return Ok(());
+        };
+        let (a, b) = (&first.qualification, &rec.qualification);
+        let differs = |column| RowError {
+            line,
+            column: Some(column),
+            reason: format!("differs from line {first_line} for the same person_id"),
+        };
+        let (ca, cb) = (first.card, rec.card);
+        if ca.map(|c| c.digest) != cb.map(|c| c.digest) {
+            return Err(differs("card_digest"));
+        }
+        if ca.map(|c| c.status) != cb.map(|c| c.status) {
+            return Err(differs("card_status"));
+        }
+        if a.name != b.name {
+            return Err(differs("name"));
+        }
+        if a.name_kana != b.name_kana {
+            return Err(differs("name_kana"));
+        }
+        if a.sex != b.sex {
+            return Err(differs("sex"));
+        }
+        if a.birth_date != b.birth_date {
+            return Err(differs("birth_date"));
+        }
+        if self
+            .body
+            .persons
+            .last()
+            .is_some_and(|p| p.qual_count == u16::MAX)
+        {
+            return Err(capacity_row(
+                line,
+                "more than 65,535 qualifications for one person",
+            ));
+        }
+        Ok(())
+    }
+
+    fn start_person(&mut self, _line: u64, rec: &EnrolleeRecord) -> Result<(), RowError> {
+        let q = &rec.qualification;
+        let name = self.intern_name(&q.name);
+        let kana = self.intern_name(&q.name_kana);
+        let (card, card_status) = match rec.card {
+            Some(CardLink { digest, status }) => (*digest.as_bytes(), status.to_byte()),
+            None => ([0; 16], NO_BYTE),
+        };
+        self.body.persons.push(PersonRec {
+            card,
+            name,
+            kana,
+            birth: q.birth_date.day_number(),
+            first_qual: self.body.quals.len() as u32,
+            qual_count: 0,
+            sex: q.sex.to_byte(),
+            card_status,
+        });
+        self.person_ids.push(rec.person_id);
+        Ok(())
+    }
+
+    fn insurer(&mut self, line: u64, q: &Qualification) -> Result<u32, RowError> {
+        let raw = q.insurer_number.to_raw();
+        if let Some(&i) = self.insurers.get(&raw) {
+            let name = self.body.insurers[i as usize].name;
+            if super::lookup_string(&self.body, name) != Some(q.insurer_name.as_str()) {
+                return Err(RowError {
+                    line,
+                    column: Some("insurer_name"),
+                    reason: "differs from an earlier row with the same insurer_number".into(),
+                });
+            }
+            return Ok(i);
+        }
+        let i = self.body.insurers.len() as u32;
+        let name = self.intern(&q.insurer_name);
+        self.body.insurers.push(InsurerRec { number: raw, name });
+        self.insurers.insert(raw, i);
+        Ok(i)
+    }
+
+    fn extra(&mut self, q: &Qualification) -> u32 {
+        if q.certificate.is_none()
+            && q.elderly.is_none()
+            && q.specific_disease.is_none()
+            && q.public_expense.is_none()
+        {
+            return NONE;
+        }
+        let mut e = ExtraRec::default();
+        if let Some(c) = q.certificate {
+            e.cert = [c.issued, c.valid_from, c.valid_until].map(|d| d.day_number());
+        }
+        if let Some(el) = q.elderly {
+            e.elderly = [el.valid_from.day_number(), el.valid_until.day_number()];
+            e.elderly_percent = el.percent.to_byte();
+        }
+        if let Some(d) = q.specific_disease {
+            e.disease = d.kind.to_byte();
+            e.disease_cap = d.monthly_cap_yen;
+        }
+        if let Some(p) = &q.public_expense {
+            e.payer = p.payer.value();
+            e.recipient = p.recipient.value();
+            e.welfare_office = self.intern(&p.welfare_office);
+            e.aid_registered = u8::from(p.registered);
+        }
+        self.body.extras.push(e);
+        (self.body.extras.len() - 1) as u32
+    }
+
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.interned.get(s) {
+            return id;
+        }
+        let id = self.body.string_ends.len() as u32;
+        self.body.strings.extend_from_slice(s.as_bytes());
+        self.body.string_ends.push(self.body.strings.len() as u32);
+        self.interned.insert(s.into(), id);
+        id
+    }
+
+    fn intern_name(&mut self, name: &str) -> [u32; 2] {
+        match name.split_once('\u{3000}') {
+            Some((family, given)) => [self.intern(family), self.intern(given)],
+            None => [self.intern(name), NONE],
+        }
+    }
+
+    /// The line a qualification was read from.
+    fn line_of(&self, qual: u32) -> u64 {
+        let i = self.line_marks.partition_point(|&(q, _)| q <= qual);
+        match i.checked_sub(1).map(|i| self.line_marks[i]) {
+            Some((q, line)) => line + u64::from(qual - q),
+            None => u64::from(qual) + 1,
+        }
+    }
+
+    /// Checks person adjacency and builds both indexes.
+    pub fn finish(mut self) -> Result<Body, BuildError> {
+        self.check_adjacent_persons()?;
+        if self.body.strings.len() > u32::MAX as usize {
+            return Err(BuildError::Capacity("interned strings exceed 4 GiB".into()));
+        }
+        let mut errors = Vec::new();
+        let mut count = 0u64;
+        let mut report = |e: RowError| {
+            count += 1;
+            if errors.len() < MAX_REPORTED {
+                errors.push(e);
+            }
+        };
+        self.body.card_slots = self.card_index(&mut report);
+        self.body.key_slots = self.key_index(&mut report);
+        if count > 0 {
+            errors.sort_by_key(|e| e.line);
+            return Err(BuildError::Rows { errors, count });
+        }
+        Ok(self.body)
+    }
+
+    fn check_adjacent_persons(&mut self) -> Result<(), BuildError> {
+        let ids = std::mem::take(&mut self.person_ids);
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        let repeated: std::collections::HashSet<u64> = sorted
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0])
+            .collect();
+        drop(sorted);
+        if repeated.is_empty() {
+            return Ok(());
+        }
+        // Only on failure: name the rows where a person_id comes back.
+        let mut first_seen: HashMap<u64, u64> = HashMap::new();
+        let mut errors = Vec::new();
+        let mut count = 0;
+        for (p, id) in ids.iter().enumerate() {
+            if !repeated.contains(id) {
+                continue;
+            }
+            let line = self.line_of(self.body.persons[p].first_qual);
+            match first_seen.get(id) {
+                None => {
+                    first_seen.insert(*id, line);
+                }
+                Some(first) => {
+                    count += 1;
+                    if errors.len() < MAX_REPORTED {
+                        errors.push(RowError {
+                            line,
+                            column: Some("person_id"),
+                            reason: format!(
+                                "rows of this person are not adjacent (also at line {first}); \
+                                 the export must be ordered by person_id"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        Err(BuildError::Rows { errors, count })
+    }
+
+    fn card_index(&self, report: &mut impl FnMut(RowError)) -> Vec<Slot> {
+        let persons = &self.body.persons;
+        let carded = persons.iter().filter(|p| p.card_status != NO_BYTE).count();
+        let mut slots = vec![Slot::EMPTY; table_len(carded)];
+        for (row, p) in persons.iter().enumerate() {
+            if p.card_status == NO_BYTE {
+                continue;
+            }
+            let hash = card_hash(&p.card);
+            let dup = insert(&mut slots, hash, row as u32, |other| {
+                persons[other as usize].card == p.card
+            });
+            if let Some(other) = dup {
+                let first = self.line_of(persons[other as usize].first_qual);
+                report(RowError {
+                    line: self.line_of(p.first_qual),
+                    column: Some("card_digest"),
+                    reason: format!("same card as the person at line {first}"),
+                });
+            }
+        }
+        slots
+    }
+
+    fn key_index(&self, report: &mut impl FnMut(RowError)) -> Vec<Slot> {
+        let body = &self.body;
+        let key_of = |q: &QualRec| {
+            let off = q.key_off as usize;
+            let s_end = off + usize::from(q.symbol_len);
+            let n_end = s_end + usize::from(q.number_len);
+            (&body.keytext[off..s_end], &body.keytext[s_end..n_end])
+        };
+        let mut slots = vec![Slot::EMPTY; table_len(body.quals.len())];
+        for (row, q) in body.quals.iter().enumerate() {
+            let (symbol, number) = key_of(q);
+            let raw = body.insurers[q.insurer as usize].number;
+            let hash = key_hash(raw, symbol, number);
+            let dup = insert(&mut slots, hash, row as u32, |other| {
+                let o = &body.quals[other as usize];
+                o.insurer == q.insurer && o.branch == q.branch && key_of(o) == (symbol, number)
+            });
+            if let Some(other) = dup {
+                report(RowError {
+                    line: self.line_of(row as u32),
+                    column: Some("number"),
+                    reason: format!(
+                        "duplicate insurance key (insurer, symbol, number, branch) of line {}",
+                        self.line_of(other)
+                    ),
+                });
+            }
+        }
+        slots
+    }
+}
+
+/// Inserts `row` under `hash`; if a row `same` says is the same key is
+/// already there, returns it instead of inserting.
+fn insert(slots: &mut [Slot], hash: u64, row: u32, same: impl Fn(u32) -> bool) -> Option<u32> {
+    let len = slots.len();
+    let tag = tag_of(hash);
+    let mut i = home_slot(hash, len);
+    loop {
+        let s = slots[i];
+        if s.row == NONE {
+            slots[i] = Slot { tag, row };
+            return None;
+        }
+        if s.tag == tag && same(s.row) {
+            return Some(s.row);
+        }
+        i += 1;
+        if i == len {
+            i = 0;
+        }
+    }
+}
+
+fn capacity_row(line: u64, what: &str) -> RowError {
+    RowError {
+        line,
+        column: None,
+        reason: format!("snapshot capacity exceeded: {what}"),
+    }
+}

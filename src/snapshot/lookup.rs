@@ -1,0 +1,486 @@
+//! Lookups over an archived body: pure functions, no I/O, no allocation, no
+//! lock. They read the archive in place and return views into it.
+
+use std::fmt;
+
+use super::body::{
+    card_hash, home_slot, key_hash, tag_of, ArchivedBody, ArchivedQualRec, ArchivedSlot, NONE,
+    NO_BYTE, NO_DATE,
+};
+use crate::model::{
+    Branch, CardClass, CardDigest, CardStatus, Certificate, Date, DiseaseKind, ElderlyCertificate,
+    InsuranceKey, InsurerNumber, KeyText, LimitCategory, Loss, LossReason, PayerNumber, Percent,
+    PublicExpense, Qualification, RecipientNumber, Relation, Sex, SpecificDisease, Status,
+};
+
+/// Scheme code of medical aid (生活保護) payer numbers.
+const MEDICAL_AID_SCHEME: u32 = 12;
+
+/// The answer to one lookup.
+#[derive(Clone, Copy, Debug)]
+pub enum Answer<'a> {
+    /// A qualification was found; `status` is 1, 2, 3 or 6. With status 3,
+    /// `newer` is the newer qualification of the same person.
+    Found {
+        /// 1 valid, 2 lost, 3 lost with newer, 6 valid unregistered.
+        status: Status,
+        /// The qualification the key or card resolved to.
+        qualification: QualView<'a>,
+        /// The newer qualification (status 3 only).
+        newer: Option<QualView<'a>>,
+    },
+    /// Status 5: several persons match (insurance path without branch).
+    Multiple(Matches<'a>),
+    /// Status 4.
+    NotFound,
+    /// Status 7: the card is not registered, or was withdrawn.
+    CardNotRegistered,
+    /// Status 8: the card's use is restricted; no qualification is given.
+    CardRestricted,
+}
+
+impl Answer<'_> {
+    /// The status code of this answer.
+    pub fn status(&self) -> Status {
+        match self {
+            Answer::Found { status, .. } => *status,
+            Answer::Multiple(_) => Status::MultipleHits,
+            Answer::NotFound => Status::NotFound,
+            Answer::CardNotRegistered => Status::CardNotRegistered,
+            Answer::CardRestricted => Status::CardRestricted,
+        }
+    }
+}
+
+/// A qualification inside the archive.
+#[derive(Clone, Copy)]
+pub struct QualView<'a> {
+    body: &'a ArchivedBody,
+    index: u32,
+    rec: &'a ArchivedQualRec,
+}
+
+impl fmt::Debug for QualView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No personal data in debug output.
+        write!(f, "QualView(#{})", self.index)
+    }
+}
+
+/// The matches of a multiple-hit answer, produced on demand (no allocation).
+#[derive(Clone, Copy)]
+pub struct Matches<'a> {
+    body: &'a ArchivedBody,
+    key: InsuranceKey,
+    birth: Date,
+    as_of: Date,
+}
+
+impl fmt::Debug for Matches<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Matches")
+    }
+}
+
+impl<'a> Matches<'a> {
+    /// Each matching qualification.
+    pub fn iter(&self) -> impl Iterator<Item = QualView<'a>> + 'a {
+        let (body, key, birth, as_of) = (self.body, self.key, self.birth, self.as_of);
+        key_candidates(body, &key).filter_map(move |row| {
+            let rec = body.quals.get(row as usize)?;
+            key_matches(body, rec, &key, birth, as_of).then_some(QualView {
+                body,
+                index: row,
+                rec,
+            })
+        })
+    }
+}
+
+/// Looks a card digest up as of a day.
+pub fn by_card<'a>(body: &'a ArchivedBody, digest: &CardDigest, as_of: Date) -> Answer<'a> {
+    let hash = card_hash(digest.as_bytes());
+    for row in probe(&body.card_slots, hash) {
+        let Some(person) = body.persons.get(row as usize) else {
+            continue;
+        };
+        if person.card != *digest.as_bytes() {
+            continue;
+        }
+        return match CardStatus::from_byte(person.card_status) {
+            Some(CardStatus::Registered) => current_of_person(
+                body,
+                person.first_qual.to_native(),
+                person.qual_count.to_native(),
+                as_of,
+            ),
+            Some(CardStatus::Restricted) => Answer::CardRestricted,
+            _ => Answer::CardNotRegistered,
+        };
+    }
+    Answer::CardNotRegistered
+}
+
+/// Looks an insurance key and birth date up as of a day. A wrong birth date
+/// answers exactly like an unknown key.
+pub fn by_insurance<'a>(
+    body: &'a ArchivedBody,
+    key: &InsuranceKey,
+    birth: Date,
+    as_of: Date,
+) -> Answer<'a> {
+    let mut best: Option<(u32, &ArchivedQualRec)> = None;
+    for row in key_candidates(body, key) {
+        let Some(rec) = body.quals.get(row as usize) else {
+            continue;
+        };
+        if !key_matches(body, rec, key, birth, as_of) {
+            continue;
+        }
+        match best {
+            Some((_, b)) if b.person != rec.person => {
+                return Answer::Multiple(Matches {
+                    body,
+                    key: *key,
+                    birth,
+                    as_of,
+                });
+            }
+            Some((_, b)) if b.acquired >= rec.acquired => {}
+            _ => best = Some((row, rec)),
+        }
+    }
+    match best {
+        Some((index, rec)) => evaluate(body, index, rec, as_of),
+        None => Answer::NotFound,
+    }
+}
+
+/// Rows of the insurance index whose tag matches the key (without branch).
+fn key_candidates<'a>(
+    body: &'a ArchivedBody,
+    key: &InsuranceKey,
+) -> impl Iterator<Item = u32> + 'a {
+    let symbol = key.symbol.as_ref().map_or(&[][..], KeyText::as_bytes);
+    let hash = key_hash(key.insurer.to_raw(), symbol, key.number.as_bytes());
+    probe(&body.key_slots, hash)
+}
+
+/// Linear probing from the home slot until a free slot; yields the rows of
+/// slots whose tag matches.
+pub(super) fn probe(slots: &[ArchivedSlot], hash: u64) -> impl Iterator<Item = u32> + '_ {
+    let len = slots.len();
+    let start = if len == 0 { 0 } else { home_slot(hash, len) };
+    let tag = tag_of(hash);
+    slots[start..]
+        .iter()
+        .chain(&slots[..start])
+        .take_while(|s| s.row != NONE)
+        .filter(move |s| s.tag == tag)
+        .map(|s| s.row.to_native())
+}
+
+/// Whether `rec` is the key's qualification, with this birth date, visible
+/// (acquired) on `as_of`.
+#[inline]
+fn key_matches(
+    body: &ArchivedBody,
+    rec: &ArchivedQualRec,
+    key: &InsuranceKey,
+    birth: Date,
+    as_of: Date,
+) -> bool {
+    if rec.birth != birth.day_number() || rec.acquired.to_native() > as_of.day_number() {
+        return false;
+    }
+    if let Some(b) = key.branch {
+        if rec.branch != b.value() + 1 {
+            return false;
+        }
+    }
+    let Some(ins) = body.insurers.get(rec.insurer.to_native() as usize) else {
+        return false;
+    };
+    if ins.number != key.insurer.to_raw() {
+        return false;
+    }
+    let symbol = key.symbol.as_ref().map_or(&[][..], KeyText::as_bytes);
+    let (s, n) = key_texts(body, rec);
+    s == symbol && n == key.number.as_bytes()
+}
+
+/// The symbol and number bytes of a qualification.
+fn key_texts<'a>(body: &'a ArchivedBody, rec: &ArchivedQualRec) -> (&'a [u8], &'a [u8]) {
+    let off = rec.key_off.to_native() as usize;
+    let s_end = off + usize::from(rec.symbol_len);
+    let n_end = s_end + usize::from(rec.number_len);
+    match (body.keytext.get(off..s_end), body.keytext.get(s_end..n_end)) {
+        (Some(s), Some(n)) => (s, n),
+        _ => (&[], &[]),
+    }
+}
+
+/// The status of one qualification on `as_of`, with the newer one of the
+/// same person if it was lost.
+fn evaluate<'a>(
+    body: &'a ArchivedBody,
+    index: u32,
+    rec: &'a ArchivedQualRec,
+    as_of: Date,
+) -> Answer<'a> {
+    let qualification = QualView { body, index, rec };
+    let lost = rec.lost.to_native();
+    if lost == NO_DATE || lost > as_of.day_number() {
+        return Answer::Found {
+            status: holding_status(body, rec),
+            qualification,
+            newer: None,
+        };
+    }
+    let newer = body
+        .persons
+        .get(rec.person.to_native() as usize)
+        .and_then(|p| {
+            quals_of(body, p.first_qual.to_native(), p.qual_count.to_native())
+                .filter(|(_, q)| {
+                    q.acquired > rec.acquired && q.acquired.to_native() <= as_of.day_number()
+                })
+                .max_by_key(|(_, q)| q.acquired.to_native())
+        })
+        .map(|(index, rec)| QualView { body, index, rec });
+    Answer::Found {
+        status: if newer.is_some() {
+            Status::LostWithNewer
+        } else {
+            Status::Lost
+        },
+        qualification,
+        newer,
+    }
+}
+
+/// The qualification a card resolves to: the newest one holding on `as_of`,
+/// else the newest one acquired by then (lost), else none.
+fn current_of_person(body: &ArchivedBody, first: u32, count: u16, as_of: Date) -> Answer<'_> {
+    let day = as_of.day_number();
+    let holds = |q: &ArchivedQualRec| {
+        let lost = q.lost.to_native();
+        lost == NO_DATE || lost > day
+    };
+    let mut best: Option<(u32, &ArchivedQualRec)> = None;
+    for (i, q) in quals_of(body, first, count) {
+        if q.acquired.to_native() > day {
+            continue;
+        }
+        let better = match best {
+            None => true,
+            Some((_, b)) => (holds(q), q.acquired.to_native()) > (holds(b), b.acquired.to_native()),
+        };
+        if better {
+            best = Some((i, q));
+        }
+    }
+    match best {
+        Some((index, rec)) => evaluate(body, index, rec, as_of),
+        None => Answer::NotFound,
+    }
+}
+
+fn quals_of(
+    body: &ArchivedBody,
+    first: u32,
+    count: u16,
+) -> impl Iterator<Item = (u32, &ArchivedQualRec)> {
+    let start = first as usize;
+    let end = start + usize::from(count);
+    body.quals
+        .get(start..end)
+        .unwrap_or(&[])
+        .iter()
+        .zip(first..)
+        .map(|(q, i)| (i, q))
+}
+
+/// 1, or 6 for a medical-aid qualification whose ticket is not registered.
+fn holding_status(body: &ArchivedBody, rec: &ArchivedQualRec) -> Status {
+    let unregistered_aid = body
+        .extras
+        .get(rec.extra.to_native() as usize)
+        .is_some_and(|e| {
+            e.payer != NONE
+                && e.payer.to_native() / 1_000_000 == MEDICAL_AID_SCHEME
+                && e.aid_registered == 0
+        });
+    if unregistered_aid {
+        Status::ValidUnregistered
+    } else {
+        Status::Valid
+    }
+}
+
+/// A record field that does not decode: the archive is corrupt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("qualification #{index}: {field} does not decode")]
+pub struct CorruptRecord {
+    /// Which qualification.
+    pub index: u32,
+    /// Which field.
+    pub field: &'static str,
+}
+
+impl<'a> QualView<'a> {
+    /// The qualification at row `index`, if there is one.
+    pub fn at(body: &'a ArchivedBody, index: u32) -> Option<QualView<'a>> {
+        let rec = body.quals.get(index as usize)?;
+        Some(QualView { body, index, rec })
+    }
+
+    /// The qualification's row in the snapshot.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Decodes every field into an owned [`Qualification`] (allocates; for
+    /// answers being sent or printed, not for the lookup itself).
+    pub fn to_qualification(&self) -> Result<Qualification, CorruptRecord> {
+        let body = self.body;
+        let rec = self.rec;
+        let bad = |field| CorruptRecord {
+            index: self.index,
+            field,
+        };
+        let person = body
+            .persons
+            .get(rec.person.to_native() as usize)
+            .ok_or(bad("person"))?;
+        let insurer = body
+            .insurers
+            .get(rec.insurer.to_native() as usize)
+            .ok_or(bad("insurer"))?;
+        let date = |d: i32, field| Date::from_day_number(d).ok_or(bad(field));
+        let opt_date = |d: i32, field| {
+            if d == NO_DATE {
+                Ok(None)
+            } else {
+                date(d, field).map(Some)
+            }
+        };
+        let (symbol, number) = key_texts(body, rec);
+        let key_text = |b: &[u8], field| {
+            std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse::<KeyText>().ok())
+                .ok_or(bad(field))
+        };
+        let extra = body.extras.get(rec.extra.to_native() as usize);
+        let loss = opt_date(rec.lost.to_native(), "lost")?
+            .map(|date| {
+                LossReason::from_byte(rec.loss_reason)
+                    .map(|reason| Loss { date, reason })
+                    .ok_or(bad("loss_reason"))
+            })
+            .transpose()?;
+        let mut q = Qualification {
+            insurer_number: InsurerNumber::from_parts(
+                InsurerNumber::from_raw(insurer.number.to_native()).value(),
+                InsurerNumber::from_raw(insurer.number.to_native()).is_six_digit(),
+            )
+            .ok_or(bad("insurer_number"))?,
+            insurer_name: string(body, insurer.name.to_native())
+                .ok_or(bad("insurer_name"))?
+                .to_string(),
+            card_class: CardClass::from_byte(rec.card_class).ok_or(bad("card_class"))?,
+            symbol: if symbol.is_empty() {
+                None
+            } else {
+                Some(key_text(symbol, "symbol")?)
+            },
+            number: key_text(number, "number")?,
+            branch: match rec.branch {
+                NO_BYTE => None,
+                b => Some(Branch::new(b - 1).ok_or(bad("branch"))?),
+            },
+            relation: Relation::from_byte(rec.relation).ok_or(bad("relation"))?,
+            name: joined(
+                body,
+                [person.name[0].to_native(), person.name[1].to_native()],
+            )
+            .ok_or(bad("name"))?,
+            name_kana: joined(
+                body,
+                [person.kana[0].to_native(), person.kana[1].to_native()],
+            )
+            .ok_or(bad("name_kana"))?,
+            sex: Sex::from_byte(person.sex).ok_or(bad("sex"))?,
+            birth_date: date(rec.birth.to_native(), "birth_date")?,
+            acquired_date: date(rec.acquired.to_native(), "acquired_date")?,
+            loss,
+            certificate: None,
+            copay_percent: Percent::from_byte(rec.copay).ok_or(bad("copay_percent"))?,
+            preschool: rec.flags & 1 != 0,
+            elderly: None,
+            limit_category: match rec.limit {
+                NO_BYTE => None,
+                b => Some(LimitCategory::from_byte(b).ok_or(bad("limit_category"))?),
+            },
+            specific_disease: None,
+            public_expense: None,
+        };
+        if rec.extra != NONE {
+            let e = extra.ok_or(bad("extra"))?;
+            if e.cert[0] != NO_DATE {
+                q.certificate = Some(Certificate {
+                    issued: date(e.cert[0].to_native(), "cert_issued")?,
+                    valid_from: date(e.cert[1].to_native(), "cert_valid_from")?,
+                    valid_until: date(e.cert[2].to_native(), "cert_valid_until")?,
+                });
+            }
+            if e.elderly_percent != NO_BYTE {
+                q.elderly = Some(ElderlyCertificate {
+                    valid_from: date(e.elderly[0].to_native(), "elderly_valid_from")?,
+                    valid_until: date(e.elderly[1].to_native(), "elderly_valid_until")?,
+                    percent: Percent::from_byte(e.elderly_percent).ok_or(bad("elderly_percent"))?,
+                });
+            }
+            if e.disease != NO_BYTE {
+                q.specific_disease = Some(SpecificDisease {
+                    kind: DiseaseKind::from_byte(e.disease).ok_or(bad("disease"))?,
+                    monthly_cap_yen: e.disease_cap.to_native(),
+                });
+            }
+            if e.payer != NONE {
+                q.public_expense = Some(PublicExpense {
+                    payer: PayerNumber::from_value(e.payer.to_native())
+                        .ok_or(bad("public_payer"))?,
+                    recipient: RecipientNumber::from_value(e.recipient.to_native())
+                        .ok_or(bad("public_recipient"))?,
+                    welfare_office: string(body, e.welfare_office.to_native())
+                        .ok_or(bad("welfare_office"))?
+                        .to_string(),
+                    registered: e.aid_registered != 0,
+                });
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// Interned string `id`.
+pub(crate) fn string(body: &ArchivedBody, id: u32) -> Option<&str> {
+    let i = id as usize;
+    let end = body.string_ends.get(i)?.to_native() as usize;
+    let start = match i {
+        0 => 0,
+        _ => body.string_ends.get(i - 1)?.to_native() as usize,
+    };
+    std::str::from_utf8(body.strings.get(start..end)?).ok()
+}
+
+/// A name stored as two interned parts, joined by U+3000.
+fn joined(body: &ArchivedBody, parts: [u32; 2]) -> Option<String> {
+    let first = string(body, parts[0])?;
+    if parts[1] == NONE {
+        return Some(first.to_string());
+    }
+    Some(format!("{first}\u{3000}{}", string(body, parts[1])?))
+}

@@ -1,0 +1,205 @@
+//! Snapshot files: writing, opening, verifying, and lookups over them.
+//!
+//! A snapshot is `<generation>.qcs` in a snapshot directory: a 512-byte
+//! [`Header`] followed by an rkyv archive of a [`body::Body`]. Files are
+//! written to a temporary name, fsynced and linked into place, so a reader
+//! never sees a partial file and an existing snapshot is never replaced.
+//! [`Snapshot::open`] maps the file, checks the header and the archive
+//! checksum once, validates the archive with bytecheck, and from then on
+//! answers lookups from the mapping without copying.
+
+pub mod body;
+pub mod builder;
+pub mod header;
+pub mod lookup;
+mod map;
+mod verify;
+pub mod write;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+pub use builder::{BuildError, Builder};
+pub use header::Header;
+pub use lookup::{Answer, CorruptRecord, Matches, QualView};
+pub use verify::VerifyReport;
+pub use write::{list_generations, newest_generation, write_snapshot, SnapshotMeta, Written};
+
+use crate::model::{CardDigest, Date, InsuranceKey};
+use body::ArchivedBody;
+use map::MappedArchive;
+
+/// Why a snapshot file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Reading, writing or mapping failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not a qualcache snapshot at all.
+    #[error("not a qualcache snapshot (bad magic)")]
+    BadMagic,
+    /// A version this build does not read.
+    #[error("{what} version {found} is not supported (this build reads version {supported})")]
+    Version {
+        /// `"format"` or `"schema"`.
+        what: &'static str,
+        /// Version in the file.
+        found: u32,
+        /// Version this build reads.
+        supported: u32,
+    },
+    /// Pointer width, endianness, alignment or checksum algorithm differ.
+    #[error("incompatible layout: {0}")]
+    Layout(String),
+    /// The header's own checksum does not match.
+    #[error("header checksum mismatch (corrupt header)")]
+    HeaderChecksum,
+    /// Shorter than the header says.
+    #[error("truncated {what}: expected {expected} bytes, found {found}")]
+    Truncated {
+        /// What is cut short.
+        what: &'static str,
+        /// Expected length.
+        expected: u64,
+        /// Actual length.
+        found: u64,
+    },
+    /// Longer than the header says.
+    #[error("trailing data: file is {found} bytes, header says {expected}")]
+    Trailing {
+        /// Length from the header.
+        expected: u64,
+        /// Actual length.
+        found: u64,
+    },
+    /// The archive's checksum does not match the header.
+    #[error("archive checksum mismatch (corrupt data)")]
+    Checksum,
+    /// The archive fails validation.
+    #[error("invalid archive: {0}")]
+    Invalid(String),
+}
+
+impl SnapshotError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> SnapshotError {
+        SnapshotError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// An open, verified snapshot. Lookups borrow from it; it is `Send + Sync`
+/// and is shared behind an `Arc` by the daemon.
+#[derive(Debug)]
+pub struct Snapshot {
+    header: Header,
+    path: PathBuf,
+    /// The mapping and its validated archive.
+    archive: MappedArchive,
+}
+
+impl Snapshot {
+    /// Opens a snapshot: header, file length, archive checksum, bytecheck.
+    pub fn open(path: &Path) -> Result<Snapshot, SnapshotError> {
+        let file = File::open(path).map_err(|e| SnapshotError::io(path, e))?;
+        let map = map::map_file(&file).map_err(|e| SnapshotError::io(path, e))?;
+        let header = Header::decode(&map)?;
+        let start = header.archive_offset;
+        let expected = start.saturating_add(header.archive_len);
+        let found = map.len() as u64;
+        if found < expected {
+            return Err(SnapshotError::Truncated {
+                what: "archive",
+                expected,
+                found,
+            });
+        }
+        if found > expected {
+            return Err(SnapshotError::Trailing { expected, found });
+        }
+        let range = start as usize..expected as usize;
+        if xxhash_rust::xxh3::xxh3_128(&map[range.clone()]) != header.checksum {
+            return Err(SnapshotError::Checksum);
+        }
+        let archive = MappedArchive::open(map, range).map_err(SnapshotError::Invalid)?;
+        let snapshot = Snapshot {
+            header,
+            path: path.to_path_buf(),
+            archive,
+        };
+        snapshot.check_counts()?;
+        Ok(snapshot)
+    }
+
+    /// Cheap consistency checks of the archive against the header.
+    fn check_counts(&self) -> Result<(), SnapshotError> {
+        let b = self.body();
+        if b.quals.len() as u64 != self.header.records
+            || b.persons.len() as u64 != self.header.persons
+        {
+            return Err(SnapshotError::Invalid(
+                "record or person count differs from the header".into(),
+            ));
+        }
+        if b.key_slots.len() <= b.quals.len() {
+            return Err(SnapshotError::Invalid(
+                "insurance index has no free slot".into(),
+            ));
+        }
+        if b.card_slots.is_empty() {
+            return Err(SnapshotError::Invalid("card index has no free slot".into()));
+        }
+        Ok(())
+    }
+
+    /// The decoded header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The file this snapshot was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The archived body.
+    pub fn body(&self) -> &ArchivedBody {
+        self.archive.body()
+    }
+
+    /// Lookup by card digest (see [`lookup::by_card`]).
+    #[inline]
+    pub fn lookup_card(&self, digest: &CardDigest, as_of: Date) -> Answer<'_> {
+        lookup::by_card(self.body(), digest, as_of)
+    }
+
+    /// Lookup by insurance key and birth date (see [`lookup::by_insurance`]).
+    #[inline]
+    pub fn lookup_insurance(&self, key: &InsuranceKey, birth: Date, as_of: Date) -> Answer<'_> {
+        lookup::by_insurance(self.body(), key, birth, as_of)
+    }
+
+    /// Full validation: everything `open` checks, then every record decoded
+    /// and every index entry checked.
+    pub fn verify(&self) -> Result<VerifyReport, SnapshotError> {
+        verify::verify(self.body(), self.archive.file_bytes().len() as u64)
+    }
+}
+
+/// Interned string lookup over an owned body (used by the builder).
+pub(crate) fn lookup_string(body: &body::Body, id: u32) -> Option<&str> {
+    let i = id as usize;
+    let end = *body.string_ends.get(i)? as usize;
+    let start = if i == 0 {
+        0
+    } else {
+        *body.string_ends.get(i - 1)? as usize
+    };
+    std::str::from_utf8(body.strings.get(start..end)?).ok()
+}

@@ -1,0 +1,122 @@
+//! Full semantic validation of an archive, beyond bytecheck: every record
+//! decodes, every reference is in range, and both indexes find every row
+//! they should.
+
+use serde::Serialize;
+
+use super::body::{card_hash, key_hash, ArchivedBody, NONE, NO_BYTE};
+use super::lookup::{probe, string, QualView};
+use super::SnapshotError;
+use crate::model::text::MAX_KEY_TEXT;
+
+/// What `verify` checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Qualifications decoded and found through the insurance index.
+    pub records: u64,
+    /// Persons checked.
+    pub persons: u64,
+    /// Card links found through the card index.
+    pub cards: u64,
+    /// File size.
+    pub bytes: u64,
+}
+
+fn invalid(msg: impl Into<String>) -> SnapshotError {
+    SnapshotError::Invalid(msg.into())
+}
+
+pub(super) fn verify(body: &ArchivedBody, bytes: u64) -> Result<VerifyReport, SnapshotError> {
+    // Strings.
+    let mut prev = 0u32;
+    for (i, end) in body.string_ends.iter().enumerate() {
+        let end = end.to_native();
+        if end < prev || end as usize > body.strings.len() {
+            return Err(invalid(format!("string #{i} lies outside the string pool")));
+        }
+        prev = end;
+        if string(body, i as u32).is_none() {
+            return Err(invalid(format!("string #{i} is not UTF-8")));
+        }
+    }
+    for (i, ins) in body.insurers.iter().enumerate() {
+        if string(body, ins.name.to_native()).is_none() {
+            return Err(invalid(format!("insurer #{i}: name out of range")));
+        }
+    }
+    // Persons: their qualification runs tile `quals` in order.
+    let mut next = 0u64;
+    let mut cards = 0u64;
+    for (p, person) in body.persons.iter().enumerate() {
+        let first = u64::from(person.first_qual.to_native());
+        let count = u64::from(person.qual_count.to_native());
+        if first != next || count == 0 {
+            return Err(invalid(format!(
+                "person #{p}: qualification run out of order"
+            )));
+        }
+        next = first + count;
+        for q in first..first + count {
+            let rec = body
+                .quals
+                .get(q as usize)
+                .ok_or_else(|| invalid(format!("person #{p}: qualification out of range")))?;
+            if rec.person.to_native() as usize != p || rec.birth != person.birth {
+                return Err(invalid(format!("qualification #{q}: person link broken")));
+            }
+        }
+        if person.card_status != NO_BYTE {
+            cards += 1;
+            let found = card_hash(&person.card);
+            let hit = probe(&body.card_slots, found).any(|r| r as usize == p);
+            if !hit {
+                return Err(invalid(format!(
+                    "person #{p}: not reachable through the card index"
+                )));
+            }
+        }
+    }
+    if next != body.quals.len() as u64 {
+        return Err(invalid("qualifications not covered by persons"));
+    }
+    // Qualifications: decode fully and find through the insurance index.
+    for (q, rec) in body.quals.iter().enumerate() {
+        let view = QualView::at(body, q as u32)
+            .ok_or_else(|| invalid(format!("qualification #{q}: out of range")))?;
+        if usize::from(rec.symbol_len) > MAX_KEY_TEXT || usize::from(rec.number_len) > MAX_KEY_TEXT
+        {
+            return Err(invalid(format!("qualification #{q}: key text too long")));
+        }
+        let qual = view
+            .to_qualification()
+            .map_err(|e| invalid(e.to_string()))?;
+        let symbol = qual.symbol.as_ref().map_or(&[][..], |s| s.as_bytes());
+        let hash = key_hash(qual.insurer_number.to_raw(), symbol, qual.number.as_bytes());
+        if !probe(&body.key_slots, hash).any(|r| r as usize == q) {
+            return Err(invalid(format!(
+                "qualification #{q}: not reachable through the insurance index"
+            )));
+        }
+    }
+    // Slots point at existing rows.
+    for (name, slots, rows) in [
+        ("card", &body.card_slots, body.persons.len()),
+        ("insurance", &body.key_slots, body.quals.len()),
+    ] {
+        if !slots.iter().any(|s| s.row == NONE) {
+            return Err(invalid(format!("{name} index has no free slot")));
+        }
+        if slots
+            .iter()
+            .any(|s| s.row != NONE && s.row.to_native() as usize >= rows)
+        {
+            return Err(invalid(format!("{name} index points outside its table")));
+        }
+    }
+    Ok(VerifyReport {
+        records: body.quals.len() as u64,
+        persons: body.persons.len() as u64,
+        cards,
+        bytes,
+    })
+}

@@ -1,0 +1,201 @@
+//! Writing snapshot files into a snapshot directory, atomically.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rkyv::ser::writer::IoWriter;
+use serde::Serialize;
+use xxhash_rust::xxh3::Xxh3;
+
+use super::body::{Body, SCHEMA_VERSION};
+use super::header::{Header, FORMAT_VERSION, HEADER_LEN, POINTER_WIDTH};
+use super::SnapshotError;
+
+/// File name extension of snapshots.
+pub const EXTENSION: &str = "qcs";
+
+/// What the header records about where a snapshot came from.
+#[derive(Debug, Clone)]
+pub struct SnapshotMeta {
+    /// Human-readable source, e.g. `csv:/data/enrollees.csv`.
+    pub source: String,
+    /// The source's change counter at build time (0 if it has none).
+    pub source_version: u64,
+    /// `CardKey::id` of the key the card digests were made with.
+    pub card_key_id: u64,
+}
+
+/// A snapshot that was written.
+#[derive(Debug, Clone, Serialize)]
+pub struct Written {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its generation.
+    pub generation: u64,
+    /// Qualification records.
+    pub records: u64,
+    /// Persons.
+    pub persons: u64,
+    /// File size.
+    pub bytes: u64,
+}
+
+/// The generations present in `dir`, ascending (files named `<n>.qcs`).
+pub fn list_generations(dir: &Path) -> Result<Vec<u64>, SnapshotError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(SnapshotError::io(dir, e)),
+    };
+    let mut gens = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| SnapshotError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(n) = name
+            .strip_suffix(".qcs")
+            .and_then(|stem| stem.parse::<u64>().ok())
+        {
+            gens.push(n);
+        }
+    }
+    gens.sort_unstable();
+    Ok(gens)
+}
+
+/// The newest generation in `dir`, if any.
+pub fn newest_generation(dir: &Path) -> Result<Option<u64>, SnapshotError> {
+    Ok(list_generations(dir)?.last().copied())
+}
+
+/// Path of generation `n` in `dir`.
+pub fn snapshot_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("{generation}.{EXTENSION}"))
+}
+
+/// Writes `body` as the next generation in `dir` (created if missing).
+///
+/// The file is written under a temporary name, fsynced, then hard-linked to
+/// `<generation>.qcs`, which fails rather than replaces if that name exists
+/// (a concurrent builder took it; the next generation is tried). The
+/// directory is fsynced after the link.
+pub fn write_snapshot(
+    dir: &Path,
+    body: &Body,
+    meta: &SnapshotMeta,
+) -> Result<Written, SnapshotError> {
+    fs::create_dir_all(dir).map_err(|e| SnapshotError::io(dir, e))?;
+    let tmp = dir.join(format!(
+        ".build-{}-{}.qcs.tmp",
+        std::process::id(),
+        unique()
+    ));
+    let result = write_tmp_and_link(dir, &tmp, body, meta);
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
+fn unique() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn write_tmp_and_link(
+    dir: &Path,
+    tmp: &Path,
+    body: &Body,
+    meta: &SnapshotMeta,
+) -> Result<Written, SnapshotError> {
+    let io_err = |e| SnapshotError::io(tmp, e);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(io_err)?;
+    file.write_all(&[0u8; HEADER_LEN]).map_err(io_err)?;
+    let mut out = HashingWriter {
+        inner: BufWriter::with_capacity(4 << 20, &mut file),
+        hasher: Xxh3::new(),
+        len: 0,
+    };
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(body, IoWriter::new(&mut out))
+        .map_err(|e| SnapshotError::Invalid(format!("serialising the archive: {e}")))?;
+    out.inner.flush().map_err(io_err)?;
+    let (archive_len, checksum) = (out.len, out.hasher.digest128());
+    drop(out);
+
+    let mut header = Header {
+        format_version: FORMAT_VERSION,
+        schema_version: SCHEMA_VERSION,
+        pointer_width: POINTER_WIDTH,
+        endianness: "little",
+        aligned: true,
+        generation: 0,
+        created_at_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        records: body.quals.len() as u64,
+        persons: body.persons.len() as u64,
+        archive_offset: HEADER_LEN as u64,
+        archive_len,
+        checksum_algorithm: "xxh3-128",
+        checksum,
+        card_key_id: meta.card_key_id,
+        source_version: meta.source_version,
+        source: meta.source.clone(),
+    };
+    // Take the next free generation; retry if another builder wins a race.
+    let mut generation = newest_generation(dir)?.unwrap_or(0) + 1;
+    loop {
+        header.generation = generation;
+        file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+        file.write_all(&header.encode()).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        let path = snapshot_path(dir, generation);
+        match fs::hard_link(tmp, &path) {
+            Ok(()) => {
+                sync_dir(dir)?;
+                return Ok(Written {
+                    path,
+                    generation,
+                    records: header.records,
+                    persons: header.persons,
+                    bytes: HEADER_LEN as u64 + archive_len,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => generation += 1,
+            Err(e) => return Err(SnapshotError::io(&path, e)),
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| SnapshotError::io(dir, e))
+}
+
+/// Counts and checksums the archive bytes on their way to the file.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Xxh3,
+    len: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,509 @@
+//! The embedded default authoritative store: a UTF-8 CSV export with a
+//! header row, one row per qualification. README.md documents the columns.
+//!
+//! [`CsvReader`] streams rows (one reused record buffer, nothing else held),
+//! and [`CsvWriter`] writes them; the column list lives only here.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::str::FromStr;
+
+use crate::model::{
+    CardClass, CardDigest, CardLink, CardStatus, Certificate, Date, DiseaseKind,
+    ElderlyCertificate, EnrolleeRecord, LimitCategory, Loss, LossReason, Percent, PublicExpense,
+    Qualification, Relation, Sex, SpecificDisease,
+};
+
+/// The columns, in the order [`CsvWriter`] writes them. A reader accepts
+/// them in any order but requires every one, exactly once.
+pub const COLUMNS: [&str; 32] = [
+    "person_id",
+    "card_digest",
+    "card_status",
+    "insurer_number",
+    "insurer_name",
+    "card_class",
+    "symbol",
+    "number",
+    "branch",
+    "relation",
+    "name",
+    "name_kana",
+    "sex",
+    "birth_date",
+    "acquired_date",
+    "lost_date",
+    "loss_reason",
+    "cert_issued",
+    "cert_valid_from",
+    "cert_valid_until",
+    "copay_percent",
+    "preschool",
+    "elderly_valid_from",
+    "elderly_valid_until",
+    "elderly_percent",
+    "limit_category",
+    "disease",
+    "disease_cap_yen",
+    "public_payer",
+    "public_recipient",
+    "welfare_office",
+    "aid_registered",
+];
+
+/// The position of `name` in [`COLUMNS`]. Every call site passes a literal,
+/// so with inlining this folds to a constant.
+#[inline(always)]
+const fn column_index(name: &str) -> usize {
+    let mut i = 0;
+    while i < COLUMNS.len() {
+        if const_eq(COLUMNS[i].as_bytes(), name.as_bytes()) {
+            return i;
+        }
+        i += 1;
+    }
+    0
+}
+
+#[inline(always)]
+const fn const_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// A row that could not be read: where and why. The reason never repeats
+/// the field's value (it may be personal data).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}{}: {reason}", column.map(|c| format!(", column {c}")).unwrap_or_default())]
+pub struct RowError {
+    /// 1-based line of the CSV file where the row starts.
+    pub line: u64,
+    /// The column at fault, when one is.
+    pub column: Option<&'static str>,
+    /// Why.
+    pub reason: String,
+}
+
+/// A CSV file that cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum CsvError {
+    /// Opening or reading failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The header row is missing a column, repeats one or has an unknown one.
+    #[error("{path}: header row: {reason}")]
+    Header {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Streams the rows of a CSV export.
+#[derive(Debug)]
+pub struct CsvReader<R> {
+    inner: csv::Reader<R>,
+    /// Position of each of [`COLUMNS`] in the file's rows.
+    index: [usize; COLUMNS.len()],
+    record: csv::StringRecord,
+}
+
+impl CsvReader<BufReader<File>> {
+    /// Opens a CSV file and checks its header row.
+    pub fn open(path: &Path) -> Result<Self, CsvError> {
+        let file = File::open(path).map_err(|source| CsvError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        CsvReader::new(
+            BufReader::with_capacity(1 << 20, file),
+            &path.display().to_string(),
+        )
+    }
+}
+
+impl<R: io::Read> CsvReader<R> {
+    /// Reads the header row of `reader`; `name` is used in errors.
+    pub fn new(reader: R, name: &str) -> Result<Self, CsvError> {
+        let mut inner = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(true)
+            .from_reader(reader);
+        let header_err = |reason: String| CsvError::Header {
+            path: name.to_string(),
+            reason,
+        };
+        let headers = inner
+            .headers()
+            .map_err(|e| header_err(e.to_string()))?
+            .clone();
+        let mut index = [usize::MAX; COLUMNS.len()];
+        for (pos, h) in headers.iter().enumerate() {
+            let h = h.trim_start_matches('\u{feff}').trim();
+            let Some(col) = COLUMNS.iter().position(|c| *c == h) else {
+                return Err(header_err(format!("unknown column {h:?}")));
+            };
+            if index[col] != usize::MAX {
+                return Err(header_err(format!("column {h:?} appears twice")));
+            }
+            index[col] = pos;
+        }
+        let missing: Vec<&str> = COLUMNS
+            .iter()
+            .zip(index)
+            .filter(|(_, i)| *i == usize::MAX)
+            .map(|(c, _)| *c)
+            .collect();
+        if !missing.is_empty() {
+            return Err(header_err(format!(
+                "missing columns: {}",
+                missing.join(", ")
+            )));
+        }
+        Ok(CsvReader {
+            inner,
+            index,
+            record: csv::StringRecord::new(),
+        })
+    }
+
+    /// The next row: `None` at the end, `Some(Err)` for a bad row (reading
+    /// continues with the next one).
+    pub fn next_record(&mut self) -> Option<Result<(u64, EnrolleeRecord), RowError>> {
+        let line = self.inner.position().line() + 1;
+        match self.inner.read_record(&mut self.record) {
+            Ok(false) => None,
+            Ok(true) => {
+                let line = self.record.position().map_or(line, |p| p.line());
+                Some(self.parse(line).map(|r| (line, r)))
+            }
+            Err(e) => {
+                let line = e.position().map_or(line, |p| p.line());
+                let reason = match e.kind() {
+                    csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".to_string(),
+                    csv::ErrorKind::Io(io) => format!("read error: {io}"),
+                    _ => "malformed CSV".to_string(),
+                };
+                Some(Err(RowError {
+                    line,
+                    column: None,
+                    reason,
+                }))
+            }
+        }
+    }
+
+    fn parse(&self, line: u64) -> Result<EnrolleeRecord, RowError> {
+        if self.record.len() != COLUMNS.len() {
+            return Err(RowError {
+                line,
+                column: None,
+                reason: format!(
+                    "expected {} fields, found {}",
+                    COLUMNS.len(),
+                    self.record.len()
+                ),
+            });
+        }
+        let row = Row {
+            record: &self.record,
+            index: &self.index,
+            line,
+        };
+        row.parse()
+    }
+}
+
+/// One row being parsed: field access by column name with precise errors.
+struct Row<'a> {
+    record: &'a csv::StringRecord,
+    index: &'a [usize; COLUMNS.len()],
+    line: u64,
+}
+
+impl Row<'_> {
+    fn raw(&self, column: &'static str) -> &str {
+        self.record
+            .get(self.index[column_index(column)])
+            .unwrap_or("")
+            .trim()
+    }
+
+    fn err(&self, column: &'static str, reason: impl std::fmt::Display) -> RowError {
+        RowError {
+            line: self.line,
+            column: Some(column),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// An optional field: empty means absent.
+    fn opt<T: FromStr>(&self, column: &'static str) -> Result<Option<T>, RowError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let s = self.raw(column);
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse().map(Some).map_err(|e| self.err(column, e))
+    }
+
+    fn req<T: FromStr>(&self, column: &'static str) -> Result<T, RowError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.opt(column)?
+            .ok_or_else(|| self.err(column, "required"))
+    }
+
+    fn text(&self, column: &'static str) -> Result<String, RowError> {
+        let s = self.raw(column);
+        if s.is_empty() {
+            return Err(self.err(column, "required"));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(self.err(column, "contains a control character"));
+        }
+        Ok(s.to_string())
+    }
+
+    fn flag(&self, column: &'static str) -> Result<bool, RowError> {
+        match self.raw(column) {
+            "0" => Ok(false),
+            "1" => Ok(true),
+            _ => Err(self.err(column, "expected 0 or 1")),
+        }
+    }
+
+    /// A group of columns that are all present or all empty.
+    fn group(&self, columns: &[&'static str]) -> Result<bool, RowError> {
+        let present: Vec<bool> = columns.iter().map(|c| !self.raw(c).is_empty()).collect();
+        if present.iter().all(|p| *p) {
+            return Ok(true);
+        }
+        if let Some(i) = present
+            .iter()
+            .position(|p| !p)
+            .filter(|_| present.contains(&true))
+        {
+            let given: Vec<&str> = columns
+                .iter()
+                .zip(&present)
+                .filter(|(_, p)| **p)
+                .map(|(c, _)| *c)
+                .collect();
+            return Err(self.err(
+                columns[i],
+                format!("required when {} is given", given.join(", ")),
+            ));
+        }
+        Ok(false)
+    }
+
+    fn parse(&self) -> Result<EnrolleeRecord, RowError> {
+        let person_id = self.req::<u64>("person_id")?;
+        let card = if self.group(&["card_digest", "card_status"])? {
+            Some(CardLink {
+                digest: self.req::<CardDigest>("card_digest")?,
+                status: self.req::<CardStatus>("card_status")?,
+            })
+        } else {
+            None
+        };
+        let birth_date: Date = self.req("birth_date")?;
+        let acquired_date: Date = self.req("acquired_date")?;
+        if acquired_date < birth_date {
+            return Err(self.err("acquired_date", "before birth_date"));
+        }
+        let loss = if self.group(&["lost_date", "loss_reason"])? {
+            let date: Date = self.req("lost_date")?;
+            if date <= acquired_date {
+                return Err(self.err("lost_date", "not after acquired_date"));
+            }
+            Some(Loss {
+                date,
+                reason: self.req::<LossReason>("loss_reason")?,
+            })
+        } else {
+            None
+        };
+        let certificate = if self.group(&["cert_issued", "cert_valid_from", "cert_valid_until"])? {
+            let c = Certificate {
+                issued: self.req("cert_issued")?,
+                valid_from: self.req("cert_valid_from")?,
+                valid_until: self.req("cert_valid_until")?,
+            };
+            if c.valid_until < c.valid_from {
+                return Err(self.err("cert_valid_until", "before cert_valid_from"));
+            }
+            Some(c)
+        } else {
+            None
+        };
+        let elderly = if self.group(&[
+            "elderly_valid_from",
+            "elderly_valid_until",
+            "elderly_percent",
+        ])? {
+            let e = ElderlyCertificate {
+                valid_from: self.req("elderly_valid_from")?,
+                valid_until: self.req("elderly_valid_until")?,
+                percent: self.req("elderly_percent")?,
+            };
+            if e.valid_until < e.valid_from {
+                return Err(self.err("elderly_valid_until", "before elderly_valid_from"));
+            }
+            Some(e)
+        } else {
+            None
+        };
+        let specific_disease = if self.group(&["disease", "disease_cap_yen"])? {
+            Some(SpecificDisease {
+                kind: self.req::<DiseaseKind>("disease")?,
+                monthly_cap_yen: self.req("disease_cap_yen")?,
+            })
+        } else {
+            None
+        };
+        let public_expense = if self.group(&[
+            "public_payer",
+            "public_recipient",
+            "welfare_office",
+            "aid_registered",
+        ])? {
+            Some(PublicExpense {
+                payer: self.req("public_payer")?,
+                recipient: self.req("public_recipient")?,
+                welfare_office: self.text("welfare_office")?,
+                registered: self.flag("aid_registered")?,
+            })
+        } else {
+            None
+        };
+        let qualification = Qualification {
+            insurer_number: self.req("insurer_number")?,
+            insurer_name: self.text("insurer_name")?,
+            card_class: self.req::<CardClass>("card_class")?,
+            symbol: self.opt("symbol")?,
+            number: self.req("number")?,
+            branch: self.opt("branch")?,
+            relation: self.req::<Relation>("relation")?,
+            name: self.text("name")?,
+            name_kana: self.text("name_kana")?,
+            sex: self.req::<Sex>("sex")?,
+            birth_date,
+            acquired_date,
+            loss,
+            certificate,
+            copay_percent: self.req::<Percent>("copay_percent")?,
+            preschool: self.flag("preschool")?,
+            elderly,
+            limit_category: self.opt::<LimitCategory>("limit_category")?,
+            specific_disease,
+            public_expense,
+        };
+        Ok(EnrolleeRecord {
+            person_id,
+            card,
+            qualification,
+        })
+    }
+}
+
+/// Writes rows in [`COLUMNS`] order.
+#[derive(Debug)]
+pub struct CsvWriter<W: Write> {
+    inner: csv::Writer<W>,
+}
+
+impl CsvWriter<BufWriter<File>> {
+    /// Creates (or truncates) a CSV file and writes the header row.
+    pub fn create(path: &Path) -> io::Result<Self> {
+        CsvWriter::new(BufWriter::with_capacity(1 << 20, File::create(path)?))
+    }
+}
+
+impl<W: Write> CsvWriter<W> {
+    /// Wraps a writer and writes the header row.
+    pub fn new(writer: W) -> io::Result<Self> {
+        let mut inner = csv::WriterBuilder::new().from_writer(writer);
+        inner.write_record(COLUMNS)?;
+        Ok(CsvWriter { inner })
+    }
+
+    /// Writes one row.
+    pub fn write(&mut self, r: &EnrolleeRecord) -> io::Result<()> {
+        self.write_styled(r, false)
+    }
+
+    /// Writes one row; with `full_width_symbol`, the symbol's letters and
+    /// digits are written full-width, as some insurers' exports do.
+    pub fn write_styled(&mut self, r: &EnrolleeRecord, full_width_symbol: bool) -> io::Result<()> {
+        fn s<T: ToString>(v: Option<T>) -> String {
+            v.map(|v| v.to_string()).unwrap_or_default()
+        }
+        let q = &r.qualification;
+        let fields: [String; COLUMNS.len()] = [
+            r.person_id.to_string(),
+            s(r.card.map(|c| c.digest)),
+            s(r.card.map(|c| c.status)),
+            q.insurer_number.to_string(),
+            q.insurer_name.clone(),
+            q.card_class.to_string(),
+            match q.symbol {
+                Some(sym) if full_width_symbol => crate::gen::to_full_width(sym.as_str()),
+                sym => s(sym),
+            },
+            q.number.to_string(),
+            s(q.branch),
+            q.relation.to_string(),
+            q.name.clone(),
+            q.name_kana.clone(),
+            q.sex.to_string(),
+            q.birth_date.to_string(),
+            q.acquired_date.to_string(),
+            s(q.loss.map(|l| l.date)),
+            s(q.loss.map(|l| l.reason)),
+            s(q.certificate.map(|c| c.issued)),
+            s(q.certificate.map(|c| c.valid_from)),
+            s(q.certificate.map(|c| c.valid_until)),
+            q.copay_percent.to_string(),
+            u8::from(q.preschool).to_string(),
+            s(q.elderly.map(|e| e.valid_from)),
+            s(q.elderly.map(|e| e.valid_until)),
+            s(q.elderly.map(|e| e.percent)),
+            s(q.limit_category),
+            s(q.specific_disease.map(|d| d.kind)),
+            s(q.specific_disease.map(|d| d.monthly_cap_yen)),
+            s(q.public_expense.as_ref().map(|p| p.payer)),
+            s(q.public_expense.as_ref().map(|p| p.recipient)),
+            s(q.public_expense.as_ref().map(|p| p.welfare_office.clone())),
+            s(q.public_expense.as_ref().map(|p| u8::from(p.registered))),
+        ];
+        self.inner.write_record(&fields).map_err(io::Error::other)
+    }
+
+    /// Flushes and returns the inner writer.
+    pub fn finish(self) -> io::Result<W> {
+        self.inner
+            .into_inner()
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+}

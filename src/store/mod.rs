@@ -1,0 +1,4 @@
+//! Authoritative stores snapshots are built from. The CSV export is the
+//! embedded default.
+
+pub mod csv;
