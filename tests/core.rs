@@ -1,0 +1,1209 @@
+//! Integration tests of the snapshot core: lookup semantics on both paths,
+//! the snapshot file (round trip, corruption), the CSV store, generated
+//! probes, and the `qualcache` command line.
+
+mod util;
+
+use std::fs;
+
+use qualcache::model::{CardKey, CardStatus, Date, InsuranceKey, Status};
+use qualcache::probe::key_id;
+use qualcache::snapshot::{Answer, Snapshot, SnapshotError};
+use util::*;
+
+const AS_OF: &str = "20261101";
+
+/// One person per feature of the lookup semantics.
+fn fixture(dir: &std::path::Path) -> Snapshot {
+    use CardStatus::*;
+    let mut six = qual("600", Some(0), "19600101", "20000401");
+    six.insurer_number = "138057".parse().unwrap();
+    six.insurer_name = "東京第1市国民健康保険".into();
+    snapshot(
+        dir,
+        vec![
+            // 1: valid, registered card.
+            rec(
+                1,
+                card("S1", Registered),
+                qual("100", Some(0), "19800101", "20100401"),
+            ),
+            // 2: job change: 200 lost on 2020-04-01, 201 from then on.
+            rec(
+                2,
+                card("S2", Registered),
+                lost(qual("200", Some(0), "19750101", "20050401"), "20200401"),
+            ),
+            rec(
+                2,
+                card("S2", Registered),
+                qual("201", Some(0), "19750101", "20200401"),
+            ),
+            // 3: lost, nothing newer.
+            rec(
+                3,
+                card("S3", Registered),
+                lost(qual("300", Some(0), "19700101", "20000401"), "20250101"),
+            ),
+            // 4: a family; the twins share a birth date.
+            rec(40, None, qual("400", Some(0), "19700101", "20000401")),
+            rec(41, None, qual("400", Some(1), "20100505", "20100505")),
+            rec(42, None, qual("400", Some(2), "20100505", "20100505")),
+            // 5, 6: medical aid, ticket not registered / registered.
+            rec(
+                5,
+                card("S5", Registered),
+                medical_aid("5000001", "19900101", "20200101", false),
+            ),
+            rec(
+                6,
+                None,
+                medical_aid("6000001", "19900202", "20200101", true),
+            ),
+            // 7: card withdrawn; 8: card use restricted.
+            rec(
+                7,
+                card("S7", Withdrawn),
+                qual("700", Some(0), "19810101", "20100401"),
+            ),
+            rec(
+                8,
+                card("S8", Restricted),
+                qual("800", Some(0), "19820101", "20100401"),
+            ),
+            // 9: a 6-digit NHI insurer number.
+            rec(9, None, six),
+        ],
+    )
+}
+
+fn by_card<'a>(s: &'a Snapshot, serial: &str, as_of: &str) -> Answer<'a> {
+    s.lookup_card(&CardKey::demo().digest(serial), date(as_of))
+}
+
+fn by_key<'a>(
+    s: &'a Snapshot,
+    insurer: &str,
+    symbol: Option<&str>,
+    number: &str,
+    branch: Option<&str>,
+    birth: &str,
+    as_of: &str,
+) -> Answer<'a> {
+    let key = InsuranceKey::parse(insurer, symbol, number, branch).unwrap();
+    s.lookup_insurance(&key, date(birth), date(as_of))
+}
+
+/// The key identity of the answer's qualification, or "" if none.
+fn id(a: &Answer<'_>) -> String {
+    match a {
+        Answer::Found { qualification, .. } => key_id(&qualification.to_qualification().unwrap()),
+        _ => String::new(),
+    }
+}
+
+#[test]
+fn every_status_by_card() {
+    let dir = tempdir();
+    let s = fixture(dir.path());
+    // (serial, as_of, expected status, expected number of the qualification)
+    let cases: &[(&str, &str, Status, &str)] = &[
+        ("S1", AS_OF, Status::Valid, "01130012:1234:100:00"),
+        ("S2", AS_OF, Status::Valid, "01130012:1234:201:00"),
+        ("S2", "20200331", Status::Valid, "01130012:1234:200:00"),
+        ("S3", AS_OF, Status::Lost, "01130012:1234:300:00"),
+        ("S5", AS_OF, Status::ValidUnregistered, "12130019::5000001:"),
+        ("S1", "20100331", Status::NotFound, ""),
+        ("S7", AS_OF, Status::CardNotRegistered, ""),
+        ("S8", AS_OF, Status::CardRestricted, ""),
+        ("never-linked", AS_OF, Status::CardNotRegistered, ""),
+        (" S1 ", AS_OF, Status::Valid, "01130012:1234:100:00"),
+    ];
+    for &(serial, as_of, status, key) in cases {
+        let a = by_card(&s, serial, as_of);
+        assert_eq!(a.status(), status, "card {serial:?} as of {as_of}");
+        assert_eq!(id(&a), key, "card {serial:?} as of {as_of}");
+    }
+}
+
+#[test]
+fn every_status_by_insurance_key() {
+    let dir = tempdir();
+    let s = fixture(dir.path());
+    let k = "01130012";
+    // (insurer, symbol, number, branch, birth, as_of, status, key)
+    #[allow(clippy::type_complexity)]
+    let cases: &[(
+        &str,
+        Option<&str>,
+        &str,
+        Option<&str>,
+        &str,
+        &str,
+        Status,
+        &str,
+    )] = &[
+        (
+            k,
+            Some("1234"),
+            "100",
+            Some("00"),
+            "19800101",
+            AS_OF,
+            Status::Valid,
+            "01130012:1234:100:00",
+        ),
+        // Full-width and padded input is normalised.
+        (
+            k,
+            Some("１２３４"),
+            "１００",
+            Some("００"),
+            "19800101",
+            AS_OF,
+            Status::Valid,
+            "01130012:1234:100:00",
+        ),
+        (
+            k,
+            Some(" 1234\u{3000}"),
+            "100",
+            None,
+            "19800101",
+            AS_OF,
+            Status::Valid,
+            "01130012:1234:100:00",
+        ),
+        (
+            "00138057",
+            Some("1234"),
+            "600",
+            Some("00"),
+            "19600101",
+            AS_OF,
+            Status::Valid,
+            "138057:1234:600:00",
+        ),
+        (
+            "  138057",
+            Some("1234"),
+            "600",
+            None,
+            "19600101",
+            AS_OF,
+            Status::Valid,
+            "138057:1234:600:00",
+        ),
+        // Lost with a newer qualification, lost, and valid before the loss.
+        (
+            k,
+            Some("1234"),
+            "200",
+            Some("00"),
+            "19750101",
+            AS_OF,
+            Status::LostWithNewer,
+            "01130012:1234:200:00",
+        ),
+        (
+            k,
+            Some("1234"),
+            "200",
+            Some("00"),
+            "19750101",
+            "20200331",
+            Status::Valid,
+            "01130012:1234:200:00",
+        ),
+        (
+            k,
+            Some("1234"),
+            "300",
+            Some("00"),
+            "19700101",
+            AS_OF,
+            Status::Lost,
+            "01130012:1234:300:00",
+        ),
+        // Not found: unknown number, wrong symbol, wrong birth date, not yet acquired.
+        (
+            k,
+            Some("1234"),
+            "999",
+            None,
+            "19800101",
+            AS_OF,
+            Status::NotFound,
+            "",
+        ),
+        (
+            k,
+            Some("1235"),
+            "100",
+            None,
+            "19800101",
+            AS_OF,
+            Status::NotFound,
+            "",
+        ),
+        (
+            k,
+            None,
+            "100",
+            None,
+            "19800101",
+            AS_OF,
+            Status::NotFound,
+            "",
+        ),
+        (
+            k,
+            Some("1234"),
+            "100",
+            Some("00"),
+            "19800102",
+            AS_OF,
+            Status::NotFound,
+            "",
+        ),
+        (
+            k,
+            Some("1234"),
+            "100",
+            Some("01"),
+            "19800101",
+            AS_OF,
+            Status::NotFound,
+            "",
+        ),
+        (
+            k,
+            Some("1234"),
+            "100",
+            Some("00"),
+            "19800101",
+            "20100331",
+            Status::NotFound,
+            "",
+        ),
+        // A family: the twins match together without a branch.
+        (
+            k,
+            Some("1234"),
+            "400",
+            None,
+            "20100505",
+            AS_OF,
+            Status::MultipleHits,
+            "",
+        ),
+        (
+            k,
+            Some("1234"),
+            "400",
+            Some("02"),
+            "20100505",
+            AS_OF,
+            Status::Valid,
+            "01130012:1234:400:02",
+        ),
+        (
+            k,
+            Some("1234"),
+            "400",
+            None,
+            "19700101",
+            AS_OF,
+            Status::Valid,
+            "01130012:1234:400:00",
+        ),
+        // Medical aid: unregistered ticket answers 6, registered 1.
+        (
+            "12130019",
+            None,
+            "5000001",
+            None,
+            "19900101",
+            AS_OF,
+            Status::ValidUnregistered,
+            "12130019::5000001:",
+        ),
+        (
+            "12130019",
+            None,
+            "6000001",
+            None,
+            "19900202",
+            AS_OF,
+            Status::Valid,
+            "12130019::6000001:",
+        ),
+        // Withdrawn or restricted cards do not affect the numbers path.
+        (
+            k,
+            Some("1234"),
+            "700",
+            Some("00"),
+            "19810101",
+            AS_OF,
+            Status::Valid,
+            "01130012:1234:700:00",
+        ),
+        (
+            k,
+            Some("1234"),
+            "800",
+            Some("00"),
+            "19820101",
+            AS_OF,
+            Status::Valid,
+            "01130012:1234:800:00",
+        ),
+    ];
+    for &(insurer, symbol, number, branch, birth, as_of, status, key) in cases {
+        let a = by_key(&s, insurer, symbol, number, branch, birth, as_of);
+        let what = format!("{insurer}/{symbol:?}/{number}/{branch:?} born {birth} as of {as_of}");
+        assert_eq!(a.status(), status, "{what}");
+        assert_eq!(id(&a), key, "{what}");
+    }
+}
+
+#[test]
+fn lost_with_newer_carries_the_newer_one() {
+    let dir = tempdir();
+    let s = fixture(dir.path());
+    let a = by_key(
+        &s,
+        "01130012",
+        Some("1234"),
+        "200",
+        Some("00"),
+        "19750101",
+        AS_OF,
+    );
+    let Answer::Found { newer: Some(n), .. } = a else {
+        panic!("expected a newer qualification, got {a:?}");
+    };
+    assert_eq!(
+        key_id(&n.to_qualification().unwrap()),
+        "01130012:1234:201:00"
+    );
+}
+
+#[test]
+fn multiple_hits_list_the_matches() {
+    let dir = tempdir();
+    let s = fixture(dir.path());
+    let a = by_key(&s, "01130012", Some("1234"), "400", None, "20100505", AS_OF);
+    let Answer::Multiple(m) = a else {
+        panic!("expected multiple hits, got {a:?}");
+    };
+    let mut keys: Vec<String> = m
+        .iter()
+        .map(|v| key_id(&v.to_qualification().unwrap()))
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["01130012:1234:400:01", "01130012:1234:400:02"]);
+}
+
+#[test]
+fn a_wrong_birth_date_answers_like_an_unknown_key() {
+    let dir = tempdir();
+    let s = fixture(dir.path());
+    let wrong = by_key(
+        &s,
+        "01130012",
+        Some("1234"),
+        "100",
+        Some("00"),
+        "19800102",
+        AS_OF,
+    );
+    let unknown = by_key(
+        &s,
+        "01130012",
+        Some("1234"),
+        "101",
+        Some("00"),
+        "19800101",
+        AS_OF,
+    );
+    assert!(matches!(wrong, Answer::NotFound));
+    assert!(matches!(unknown, Answer::NotFound));
+    // Nor does a family reveal its members to a wrong birth date.
+    let family = by_key(&s, "01130012", Some("1234"), "400", None, "20100506", AS_OF);
+    assert!(matches!(family, Answer::NotFound));
+}
+
+#[test]
+fn a_restricted_card_never_returns_the_qualification() {
+    let dir = tempdir();
+    let s = fixture(dir.path());
+    for as_of in ["20100401", AS_OF, "20300101"] {
+        assert!(matches!(by_card(&s, "S8", as_of), Answer::CardRestricted));
+    }
+}
+
+#[test]
+fn snapshots_are_new_files_and_never_replaced() {
+    let dir = tempdir();
+    let first = fixture(dir.path());
+    let before = fs::read(first.path()).unwrap();
+    let second = fixture(dir.path());
+    assert_eq!(first.header().generation, 1);
+    assert_eq!(second.header().generation, 2);
+    assert_eq!(second.path(), dir.path().join("2.qcs"));
+    assert_eq!(fs::read(first.path()).unwrap(), before);
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "no temporary files left: {names:?}");
+}
+
+#[test]
+fn header_describes_the_snapshot() {
+    let dir = tempdir();
+    let s = fixture(dir.path());
+    let h = s.header();
+    assert_eq!(h.records, 12);
+    assert_eq!(h.persons, 11);
+    assert_eq!(h.pointer_width, 64);
+    assert_eq!(h.endianness, "little");
+    assert_eq!(h.card_key_id, CardKey::demo().id());
+    assert_eq!(h.archive_offset, 512);
+    assert_eq!(
+        h.archive_offset + h.archive_len,
+        fs::metadata(s.path()).unwrap().len()
+    );
+    let report = s.verify().unwrap();
+    assert_eq!((report.records, report.persons, report.cards), (12, 11, 6));
+}
+
+/// Copies the fixture snapshot, applies `damage`, and opens the copy.
+fn open_damaged(damage: impl FnOnce(&mut Vec<u8>)) -> SnapshotError {
+    let dir = tempdir();
+    let s = fixture(dir.path());
+    let mut bytes = fs::read(s.path()).unwrap();
+    damage(&mut bytes);
+    let path = dir.path().join("damaged.qcs");
+    fs::write(&path, &bytes).unwrap();
+    Snapshot::open(&path).expect_err("a damaged snapshot must be refused")
+}
+
+/// Rewrites the header with `edit` applied and a correct header checksum.
+fn reheader(bytes: &mut [u8], edit: impl FnOnce(&mut [u8])) {
+    edit(&mut bytes[..512]);
+    let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..504]);
+    bytes[504..512].copy_from_slice(&sum.to_le_bytes());
+}
+
+#[test]
+fn corrupt_snapshots_are_refused_with_a_clear_error() {
+    let cases: Vec<(&str, SnapshotError, &str)> = vec![
+        ("empty", open_damaged(|b| b.clear()), "truncated header"),
+        (
+            "truncated",
+            open_damaged(|b| b.truncate(b.len() - 100)),
+            "truncated archive",
+        ),
+        (
+            "trailing",
+            open_damaged(|b| b.extend_from_slice(b"x")),
+            "trailing data",
+        ),
+        (
+            "flipped archive byte",
+            open_damaged(|b| {
+                let i = b.len() - 700;
+                b[i] ^= 0x10
+            }),
+            "checksum mismatch",
+        ),
+        (
+            "flipped header byte",
+            open_damaged(|b| b[30] ^= 1),
+            "header checksum",
+        ),
+        ("wrong magic", open_damaged(|b| b[0] = b'X'), "bad magic"),
+        (
+            "wrong format version",
+            open_damaged(|b| b[8] = 9),
+            "format version 9",
+        ),
+        (
+            "wrong schema version",
+            open_damaged(|b| reheader(b, |h| h[12] = 7)),
+            "schema version 7",
+        ),
+        (
+            "32-bit pointers",
+            open_damaged(|b| reheader(b, |h| h[16] = 32)),
+            "32-bit pointers",
+        ),
+        (
+            "big endian",
+            open_damaged(|b| reheader(b, |h| h[17] = b'B')),
+            "big endian",
+        ),
+        (
+            "archive past the end",
+            open_damaged(|b| reheader(b, |h| h[64] = h[64].wrapping_add(8))),
+            "truncated archive",
+        ),
+    ];
+    for (what, err, expected) in cases {
+        let msg = err.to_string();
+        assert!(
+            msg.contains(expected),
+            "{what}: {msg:?} should mention {expected:?}"
+        );
+    }
+}
+
+#[test]
+fn a_checksummed_but_invalid_archive_is_refused_by_bytecheck() {
+    // Damage the archive, then fix the checksum: only validation can tell.
+    let err = open_damaged(|b| {
+        let n = b.len();
+        // The root (last bytes) holds relative pointers; point one far away.
+        for x in &mut b[n - 16..n - 8] {
+            *x = 0x7f;
+        }
+        let sum = xxhash_rust::xxh3::xxh3_128(&b[512..]);
+        reheader(b, |h| h[72..88].copy_from_slice(&sum.to_le_bytes()));
+    });
+    assert!(err.to_string().contains("invalid archive"), "{err}");
+}
+
+mod csv_store {
+    use super::*;
+    use qualcache::build::{build_from_csv, BuildFailure, BuildOptions};
+    use qualcache::snapshot::BuildError;
+    use qualcache::store::csv::{CsvReader, CsvWriter, RowError};
+
+    fn csv_of(records: &[qualcache::model::EnrolleeRecord]) -> String {
+        let mut w = CsvWriter::new(Vec::new()).unwrap();
+        for r in records {
+            w.write(r).unwrap();
+        }
+        String::from_utf8(w.finish().unwrap()).unwrap()
+    }
+
+    fn sample() -> Vec<qualcache::model::EnrolleeRecord> {
+        vec![
+            rec(
+                1,
+                card("S1", CardStatus::Registered),
+                qual("100", Some(0), "19800101", "20100401"),
+            ),
+            rec(
+                2,
+                None,
+                lost(qual("200", Some(0), "19750101", "20050401"), "20200401"),
+            ),
+            rec(2, None, qual("201", Some(0), "19750101", "20200401")),
+            rec(
+                5,
+                None,
+                medical_aid("5000001", "19900101", "20200101", false),
+            ),
+        ]
+    }
+
+    fn build(text: &str, skip_invalid: bool) -> (Result<u64, BuildFailure>, Vec<RowError>) {
+        let dir = tempdir();
+        let path = dir.path().join("in.csv");
+        fs::write(&path, text).unwrap();
+        let mut skipped = Vec::new();
+        let opts = BuildOptions {
+            skip_invalid,
+            card_key_id: CardKey::demo().id(),
+        };
+        let r = build_from_csv(&path, &dir.path().join("snap"), &opts, |e| {
+            skipped.push(e.clone())
+        });
+        (r.map(|s| s.records), skipped)
+    }
+
+    fn row_errors(r: Result<u64, BuildFailure>) -> Vec<RowError> {
+        match r {
+            Err(BuildFailure::Build(BuildError::Rows { errors, .. })) => errors,
+            other => panic!("expected row errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_through_csv() {
+        let records = sample();
+        let text = csv_of(&records);
+        let mut r = CsvReader::new(text.as_bytes(), "mem").unwrap();
+        let mut back = Vec::new();
+        while let Some(row) = r.next_record() {
+            back.push(row.unwrap().1);
+        }
+        assert_eq!(back, records);
+    }
+
+    /// Replaces one field of data row `row` (0-based) in CSV text.
+    fn edit(text: &str, row: usize, column: &str, value: &str) -> String {
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        let col = qualcache::store::csv::COLUMNS
+            .iter()
+            .position(|c| *c == column)
+            .unwrap();
+        let mut fields: Vec<String> = lines[row + 1].split(',').map(String::from).collect();
+        fields[col] = value.to_string();
+        lines[row + 1] = fields.join(",");
+        lines.join("\n") + "\n"
+    }
+
+    #[test]
+    fn bad_rows_are_reported_by_line_and_column() {
+        let text = csv_of(&sample());
+        // (row, column, value, expected reason)
+        let cases = [
+            (0, "insurer_number", "01130013", "check digit"),
+            (0, "insurer_number", "0113001", "6 or 8 digits"),
+            (0, "birth_date", "19800230", "no such calendar day"),
+            (0, "branch", "1", "2 digits"),
+            (0, "card_status", "lost", "card status"),
+            (0, "card_digest", "", "required when card_status is given"),
+            (0, "sex", "4", "sex"),
+            (0, "number", "", "required"),
+            (1, "lost_date", "20050401", "not after acquired_date"),
+            (1, "loss_reason", "", "required when lost_date is given"),
+            (3, "public_payer", "12130018", "check digit"),
+            (3, "aid_registered", "yes", "expected 0 or 1"),
+            (2, "name", "別人　花子", "differs from line 3"),
+        ];
+        for (row, column, value, reason) in cases {
+            let (r, _) = build(&edit(&text, row, column, value), false);
+            let errors = row_errors(r);
+            assert_eq!(errors.len(), 1, "{column}={value:?}: {errors:?}");
+            let e = &errors[0];
+            assert_eq!(e.line, row as u64 + 2, "{column}={value:?}");
+            assert_eq!(e.column, Some(column), "{column}={value:?}");
+            assert!(e.to_string().contains(reason), "{column}={value:?}: {e}");
+            // Personal data is never echoed.
+            assert!(!e.to_string().contains(value) || value.len() < 2, "{e}");
+        }
+    }
+
+    #[test]
+    fn skip_invalid_builds_without_the_bad_rows() {
+        let text = edit(&csv_of(&sample()), 0, "birth_date", "1980");
+        let (r, _) = build(&text, false);
+        assert_eq!(row_errors(r).len(), 1);
+        let (r, skipped) = build(&text, true);
+        assert_eq!(r.unwrap(), 3);
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(
+            (skipped[0].line, skipped[0].column),
+            (2, Some("birth_date"))
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_and_split_persons_are_errors() {
+        let mut records = sample();
+        let mut dup = records[0].clone();
+        dup.person_id = 9;
+        dup.card = None;
+        records.push(dup);
+        let errors = row_errors(build(&csv_of(&records), true).0);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, 6);
+        assert!(
+            errors[0].reason.contains("duplicate insurance key"),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[0].reason.contains("line 2"), "{}", errors[0]);
+
+        let mut records = sample();
+        let mut again = records[0].clone();
+        again.qualification.number = "101".parse().unwrap();
+        records.push(again);
+        let errors = row_errors(build(&csv_of(&records), false).0);
+        assert_eq!(errors[0].column, Some("person_id"));
+        assert!(errors[0].reason.contains("not adjacent"), "{}", errors[0]);
+
+        let mut records = sample();
+        let mut same_card = records[3].clone();
+        same_card.person_id = 6;
+        same_card.card = records[0].card;
+        same_card.qualification.number = "5000002".parse().unwrap();
+        records.push(same_card);
+        let errors = row_errors(build(&csv_of(&records), false).0);
+        assert!(errors[0].reason.contains("same card"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn bad_headers_and_malformed_csv() {
+        let text = csv_of(&sample());
+        let no_sex = text.replacen("sex,", "gender,", 1);
+        let err = CsvReader::new(no_sex.as_bytes(), "in.csv")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown column \"gender\""), "{err}");
+        let short = text.replacen(",sex", "", 1);
+        let err = CsvReader::new(short.as_bytes(), "in.csv")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing columns: sex"), "{err}");
+
+        let mut bad = text.into_bytes();
+        bad.extend_from_slice(b"1,2,3\n");
+        bad.extend_from_slice(b"\xff\xfe\n");
+        let (r, _) = build(std::str::from_utf8(&bad[..bad.len() - 3]).unwrap(), false);
+        let errors = row_errors(r);
+        assert_eq!(errors[0].line, 6);
+        assert!(
+            errors[0].reason.contains("expected 32 fields, found 3"),
+            "{}",
+            errors[0]
+        );
+        let dir = tempdir();
+        let p = dir.path().join("bad.csv");
+        fs::write(&p, &bad).unwrap();
+        let mut reader = CsvReader::open(&p).unwrap();
+        let mut errs = Vec::new();
+        while let Some(r) = reader.next_record() {
+            if let Err(e) = r {
+                errs.push(e);
+            }
+        }
+        assert_eq!(errs.len(), 2);
+        assert_eq!(
+            (errs[1].line, errs[1].reason.as_str()),
+            (7, "not valid UTF-8")
+        );
+    }
+}
+
+mod generated {
+    use super::*;
+    use qualcache::gen::{generate, GenOptions};
+    use qualcache::probe::{check, read_probes};
+
+    fn gen(dir: &std::path::Path, records: u64, seed: u64) -> qualcache::gen::GenSummary {
+        generate(&GenOptions {
+            records,
+            seed,
+            out: dir.to_path_buf(),
+            probes: 3_000,
+            as_of: date(AS_OF),
+            card_key: CardKey::demo(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn every_generated_probe_answers_as_expected() {
+        let dir = tempdir();
+        let g = gen(dir.path(), 60_000, 11);
+        assert_eq!(g.records, 60_000);
+        let opts = qualcache::build::BuildOptions {
+            skip_invalid: false,
+            card_key_id: CardKey::demo().id(),
+        };
+        let built =
+            qualcache::build::build_from_csv(&g.csv, &dir.path().join("snap"), &opts, |e| {
+                panic!("generated data has a bad row: {e}")
+            })
+            .unwrap();
+        assert_eq!(built.records, 60_000);
+        assert!(
+            built.bytes_per_record < 200.0,
+            "{} B/record",
+            built.bytes_per_record
+        );
+        let snap = Snapshot::open(&built.path).unwrap();
+        snap.verify().unwrap();
+        let probes = read_probes(&g.probes).unwrap();
+        let mut cases = std::collections::BTreeMap::new();
+        for (i, p) in probes.iter().enumerate() {
+            if let Err(why) = check(&snap, &CardKey::demo(), p) {
+                panic!("probe line {} ({}): {why}", i + 1, p.case);
+            }
+            *cases.entry(p.case.as_str()).or_insert(0) += 1;
+        }
+        // Every case the generator knows is covered.
+        for case in [
+            "card_hit",
+            "card_lost",
+            "card_withdrawn",
+            "card_restricted",
+            "card_unknown",
+            "card_aid_unregistered",
+            "ins_hit",
+            "ins_hit_full_width",
+            "ins_hit_no_branch",
+            "ins_lost",
+            "ins_lost_with_newer",
+            "ins_multiple",
+            "ins_wrong_birth",
+            "ins_unknown",
+            "ins_restricted_card",
+            "ins_aid_unregistered",
+            "ins_before_acquired",
+            "ins_before_loss",
+        ] {
+            assert!(
+                cases.get(case).copied().unwrap_or(0) > 0,
+                "no probe for {case}: {cases:?}"
+            );
+        }
+        // Every status is expected somewhere.
+        for status in Status::ALL {
+            assert!(
+                probes.iter().any(|p| p.expect == status),
+                "no probe expects {status}"
+            );
+        }
+    }
+
+    #[test]
+    fn generation_is_deterministic_per_seed() {
+        let (a, b, c) = (tempdir(), tempdir(), tempdir());
+        gen(a.path(), 5_000, 3);
+        gen(b.path(), 5_000, 3);
+        gen(c.path(), 5_000, 4);
+        for f in ["enrollees.csv", "probes.jsonl"] {
+            let read = |d: &tempfile::TempDir| fs::read(d.path().join(f)).unwrap();
+            assert_eq!(read(&a), read(&b), "{f} differs for the same seed");
+            assert_ne!(read(&a), read(&c), "{f} is the same for another seed");
+        }
+        let csv = fs::read_to_string(a.path().join("enrollees.csv")).unwrap();
+        // Edge cases of domain.md are present.
+        assert!(
+            csv.contains("ＡＢ") || csv.chars().any(|c| ('\u{FF10}'..='\u{FF19}').contains(&c)),
+            "full-width symbols"
+        );
+        assert!(
+            csv.lines()
+                .any(|l| l.split(',').nth(3).is_some_and(|n| n.len() == 6)),
+            "6-digit insurers"
+        );
+        assert!(
+            csv.lines()
+                .any(|l| l.split(',').nth(3).is_some_and(|n| n.starts_with("39"))),
+            "late elderly"
+        );
+        assert!(csv.contains(",A1,"), "medical aid");
+        assert!(
+            csv.contains(",withdrawn,") && csv.contains(",restricted,"),
+            "card states"
+        );
+    }
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use qualcache::model::{
+        Branch, Certificate, DiseaseKind, ElderlyCertificate, KeyText, LimitCategory, Loss,
+        LossReason, Percent, SpecificDisease,
+    };
+
+    fn day(lo: i32, hi: i32) -> impl Strategy<Value = Date> {
+        (lo..hi).prop_map(|d| Date::from_day_number(d).unwrap())
+    }
+
+    prop_compose! {
+        fn arb_qual(i: usize)(
+            symbol in proptest::option::of("[0-9A-Za-z０-９Ａ-Ｚ記号東京]{1,8}"),
+            branch in proptest::option::of(0u8..100),
+            birth in day(-20000, 19000),
+            acquired_after in 0i32..10000,
+            lost_after in proptest::option::of(1i32..5000),
+            cert in proptest::option::of((0i32..3000, 0i32..2000)),
+            elderly in proptest::option::of(0i32..2000),
+            limit in proptest::option::of(0usize..LimitCategory::ALL.len()),
+            disease in proptest::option::of((0usize..3, 0u32..100_000)),
+            name in "[一-龠]{1,3}(　[ぁ-ん]{1,4})?",
+            preschool in any::<bool>(),
+        ) -> qualcache::model::Qualification {
+            let mut q = qual(&format!("{}", 10_000 + i), branch, "19700101", "19900101");
+            q.symbol = symbol.map(|s| s.parse::<KeyText>().unwrap());
+            q.branch = branch.map(|b| Branch::new(b).unwrap());
+            q.birth_date = birth;
+            q.acquired_date = birth.add_days(acquired_after);
+            q.loss = lost_after.map(|d| Loss { date: q.acquired_date.add_days(d), reason: LossReason::Other });
+            q.certificate = cert.map(|(a, b)| Certificate {
+                issued: q.acquired_date.add_days(a),
+                valid_from: q.acquired_date.add_days(a),
+                valid_until: q.acquired_date.add_days(a + b),
+            });
+            q.elderly = elderly.map(|d| ElderlyCertificate {
+                valid_from: birth.add_years(70),
+                valid_until: birth.add_years(70).add_days(d),
+                percent: Percent::Twenty,
+            });
+            q.limit_category = limit.map(|i| LimitCategory::ALL[i]);
+            q.specific_disease = disease.map(|(k, cap)| SpecificDisease { kind: DiseaseKind::ALL[k], monthly_cap_yen: cap });
+            q.name = name.clone();
+            q.name_kana = name;
+            q.preschool = preschool;
+            q
+        }
+    }
+
+    fn arb_records() -> impl Strategy<Value = Vec<qualcache::model::EnrolleeRecord>> {
+        (1usize..40).prop_flat_map(|n| {
+            (0..n)
+                .map(|i| (arb_qual(i), any::<bool>(), 0u8..4))
+                .collect::<Vec<_>>()
+                .prop_map(|quals| {
+                    let mut person = 0;
+                    quals
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (q, new_person, card_state))| {
+                            if new_person || i == 0 {
+                                person = i as u64 + 1;
+                            }
+                            let status = [
+                                None,
+                                Some(CardStatus::Registered),
+                                Some(CardStatus::Withdrawn),
+                                Some(CardStatus::Restricted),
+                            ][card_state as usize];
+                            (person, q, status)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .prop_map(|rows| {
+                    // Person-level fields must agree across a person's rows.
+                    let mut out: Vec<qualcache::model::EnrolleeRecord> = Vec::new();
+                    for (person, mut q, status) in rows {
+                        let card = status.and_then(|s| card(&format!("serial-{person}"), s));
+                        if let Some(prev) = out.last().filter(|r| r.person_id == person) {
+                            let p = &prev.qualification;
+                            q.name = p.name.clone();
+                            q.name_kana = p.name_kana.clone();
+                            q.sex = p.sex;
+                            q.birth_date = p.birth_date;
+                            q.acquired_date = q.acquired_date.max(q.birth_date);
+                            if let Some(l) = q.loss.as_mut() {
+                                l.date = l.date.max(q.acquired_date.add_days(1));
+                            }
+                            if let Some(e) = q.elderly.as_mut() {
+                                e.valid_from = q.birth_date.add_years(70);
+                                e.valid_until = e.valid_until.max(e.valid_from);
+                            }
+                            let card = prev.card;
+                            out.push(rec(person, card, q));
+                        } else {
+                            out.push(rec(person, card, q));
+                        }
+                    }
+                    out
+                })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Build from generated records, then look each one up by its key
+        /// and birth date and get it back exactly.
+        #[test]
+        fn every_record_comes_back_exactly(records in arb_records()) {
+            let dir = tempdir();
+            let snap = snapshot(dir.path(), records.clone());
+            snap.verify().unwrap();
+            let far = date("29991231");
+            for r in &records {
+                let q = &r.qualification;
+                let key = InsuranceKey {
+                    insurer: q.insurer_number,
+                    symbol: q.symbol,
+                    number: q.number,
+                    branch: q.branch,
+                };
+                let a = snap.lookup_insurance(&key, q.birth_date, far);
+                let Answer::Found { qualification, .. } = a else {
+                    panic!("not found: {a:?}");
+                };
+                prop_assert_eq!(&qualification.to_qualification().unwrap(), q);
+            }
+        }
+    }
+}
+
+mod cli {
+    use super::*;
+
+    #[test]
+    fn every_subcommand_has_help() {
+        for args in [
+            &["--help"][..],
+            &["gen", "--help"],
+            &["snapshot", "--help"],
+            &["snapshot", "build", "--help"],
+            &["snapshot", "inspect", "--help"],
+            &["snapshot", "verify", "--help"],
+            &["lookup", "--help"],
+            &["lookup", "card", "--help"],
+            &["lookup", "insurance", "--help"],
+            &["check", "--help"],
+            &["demo", "--help"],
+        ] {
+            let (ok, out, _) = run(args);
+            assert!(ok && out.contains("Usage:"), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn gen_build_inspect_verify_lookup() {
+        let dir = tempdir();
+        let d = dir.path().to_str().unwrap();
+        let (ok, out, err) = run(&["gen", "--records", "3000", "--seed", "5", "--out", d]);
+        assert!(ok, "{err}");
+        assert!(out.contains("\"records\": 3000"), "{out}");
+        let csv = format!("{d}/enrollees.csv");
+        let snaps = format!("{d}/snaps");
+        let (ok, out, err) = run(&["snapshot", "build", "--source", &csv, "--out", &snaps]);
+        assert!(ok, "{err}");
+        let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+        for field in ["path", "generation", "records", "bytes", "seconds"] {
+            assert!(summary.get(field).is_some(), "summary lacks {field}: {out}");
+        }
+        let file = summary["path"].as_str().unwrap().to_string();
+        let (ok, out, _) = run(&["snapshot", "inspect", &file]);
+        assert!(ok);
+        let header: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(header["records"], 3000);
+        assert_eq!(header["pointer_width"], 64);
+        let (ok, out, _) = run(&["snapshot", "verify", &snaps]);
+        assert!(ok && out.contains("\"records\": 3000"), "{out}");
+        let probes = format!("{d}/probes.jsonl");
+        let (ok, out, _) = run(&["check", "--snapshot", &snaps, "--probes", &probes]);
+        assert!(ok && out.contains("\"failed\": 0"), "{out}");
+
+        // A lookup by numbers of the first probe of that kind.
+        let line = fs::read_to_string(&probes).unwrap();
+        let p: serde_json::Value = line
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|p| {
+                p["case"] == "ins_hit" && p.get("symbol").is_some() && p.get("branch").is_some()
+            })
+            .unwrap();
+        let (ok, out, err) = run(&[
+            "lookup",
+            "--snapshot",
+            &snaps,
+            "--as-of",
+            p["as_of"].as_str().unwrap(),
+            "insurance",
+            "--insurer",
+            p["insurer"].as_str().unwrap(),
+            "--symbol",
+            p["symbol"].as_str().unwrap(),
+            "--number",
+            p["number"].as_str().unwrap(),
+            "--branch",
+            p["branch"].as_str().unwrap(),
+            "--birth",
+            p["birth"].as_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(answer["status"], 1);
+        assert_eq!(answer["qualification"]["number"], p["number"]);
+
+        let p: serde_json::Value = line
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|p| p["case"] == "card_restricted")
+            .unwrap();
+        let (ok, out, _) = run(&[
+            "lookup",
+            "--snapshot",
+            &snaps,
+            "--as-of",
+            AS_OF,
+            "card",
+            p["serial"].as_str().unwrap(),
+        ]);
+        assert!(ok);
+        assert!(
+            out.contains("\"status\": 8") && !out.contains("qualification"),
+            "{out}"
+        );
+
+        // Corrupt the snapshot: verify and lookup fail with one line.
+        let mut bytes = fs::read(&file).unwrap();
+        let n = bytes.len();
+        bytes[n / 2] ^= 0xff;
+        fs::write(&file, bytes).unwrap();
+        let (ok, _, err) = run(&["snapshot", "verify", &file]);
+        assert!(!ok);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn errors_are_one_line_without_personal_data() {
+        let dir = tempdir();
+        let missing = dir.path().join("none.qcs");
+        let (ok, _, err) = run(&[
+            "lookup",
+            "--snapshot",
+            missing.to_str().unwrap(),
+            "card",
+            "ABC",
+        ]);
+        assert!(!ok);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("none.qcs"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+
+        let s = fixture(dir.path());
+        let path = s.path().to_str().unwrap();
+        let (ok, _, err) = run(&[
+            "lookup",
+            "--snapshot",
+            path,
+            "insurance",
+            "--insurer",
+            "01130013",
+            "--number",
+            "100",
+            "--birth",
+            "19800101",
+        ]);
+        assert!(!ok);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("insurer number: check digit") && !err.contains("01130013"),
+            "{err}"
+        );
+        let (ok, _, err) = run(&[
+            "lookup",
+            "--snapshot",
+            path,
+            "--as-of",
+            "20261301",
+            "card",
+            "S1",
+        ]);
+        assert!(!ok && !err.contains("panicked"), "{err}");
+
+        let csv = dir.path().join("bad.csv");
+        fs::write(&csv, "person_id\n1\n").unwrap();
+        let (ok, _, err) = run(&[
+            "snapshot",
+            "build",
+            "--source",
+            csv.to_str().unwrap(),
+            "--out",
+            dir.path().to_str().unwrap(),
+        ]);
+        assert!(!ok);
+        assert!(err.contains("missing columns"), "{err}");
+    }
+}

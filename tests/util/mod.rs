@@ -1,0 +1,127 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use qualcache::model::{
+    Branch, CardClass, CardKey, CardLink, CardStatus, Date, EnrolleeRecord, InsurerNumber, KeyText,
+    Loss, LossReason, PayerNumber, Percent, PublicExpense, Qualification, RecipientNumber,
+    Relation, Sex,
+};
+use qualcache::snapshot::{write_snapshot, Builder, Snapshot, SnapshotMeta};
+
+pub fn date(s: &str) -> Date {
+    s.parse().unwrap()
+}
+
+/// A plain valid qualification: 協会けんぽ 東京 (01130012), symbol "1234",
+/// number and branch as given.
+pub fn qual(number: &str, branch: Option<u8>, birth: &str, acquired: &str) -> Qualification {
+    Qualification {
+        insurer_number: "01130012".parse::<InsurerNumber>().unwrap(),
+        insurer_name: "全国健康保険協会　東京支部".into(),
+        card_class: CardClass::General,
+        symbol: Some("1234".parse::<KeyText>().unwrap()),
+        number: number.parse().unwrap(),
+        branch: branch.map(|b| Branch::new(b).unwrap()),
+        relation: if branch.unwrap_or(0) == 0 {
+            Relation::Insured
+        } else {
+            Relation::Dependent
+        },
+        name: "山田　太郎".into(),
+        name_kana: "ヤマダ　タロウ".into(),
+        sex: Sex::Male,
+        birth_date: date(birth),
+        acquired_date: date(acquired),
+        loss: None,
+        certificate: None,
+        copay_percent: Percent::Thirty,
+        preschool: false,
+        elderly: None,
+        limit_category: None,
+        specific_disease: None,
+        public_expense: None,
+    }
+}
+
+/// `q`, lost on `on` (reason 03).
+pub fn lost(mut q: Qualification, on: &str) -> Qualification {
+    q.loss = Some(Loss {
+        date: date(on),
+        reason: LossReason::JoinedOtherInsurance,
+    });
+    q
+}
+
+/// A medical-aid qualification (payer 12130019, scheme 12).
+pub fn medical_aid(number: &str, birth: &str, acquired: &str, registered: bool) -> Qualification {
+    let payer: PayerNumber = "12130019".parse().unwrap();
+    let mut q = qual(number, None, birth, acquired);
+    q.insurer_number = "12130019".parse().unwrap();
+    q.insurer_name = "東京福祉事務所".into();
+    q.card_class = CardClass::MedicalAid;
+    q.symbol = None;
+    q.copay_percent = Percent::Zero;
+    q.public_expense = Some(PublicExpense {
+        payer,
+        recipient: RecipientNumber::from_value(number.parse().unwrap()).unwrap(),
+        welfare_office: "東京福祉事務所".into(),
+        registered,
+    });
+    q
+}
+
+/// A card link under the demo key.
+pub fn card(serial: &str, status: CardStatus) -> Option<CardLink> {
+    Some(CardLink {
+        digest: CardKey::demo().digest(serial),
+        status,
+    })
+}
+
+pub fn rec(person_id: u64, card: Option<CardLink>, q: Qualification) -> EnrolleeRecord {
+    EnrolleeRecord {
+        person_id,
+        card,
+        qualification: q,
+    }
+}
+
+/// Builds and writes a snapshot of `records` into `dir`, and opens it.
+pub fn snapshot(dir: &Path, records: Vec<EnrolleeRecord>) -> Snapshot {
+    let mut b = Builder::new();
+    for (i, r) in records.into_iter().enumerate() {
+        b.push(i as u64 + 2, r).unwrap();
+    }
+    let body = b.finish().unwrap();
+    let meta = SnapshotMeta {
+        source: "test".into(),
+        source_version: 0,
+        card_key_id: CardKey::demo().id(),
+    };
+    let written = write_snapshot(dir, &body, &meta).unwrap();
+    Snapshot::open(&written.path).unwrap()
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_qualcache"))
+}
+
+/// Runs the `qualcache` binary; returns (exit ok, stdout, stderr).
+pub fn run(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .env_remove("QUALCACHE_CARD_KEY")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
