@@ -721,6 +721,16 @@ mod csv_store {
         );
         assert!(errors[0].reason.contains("line 2"), "{}", errors[0]);
 
+        // Same key, another person with another birth date: still a duplicate.
+        let mut records = sample();
+        let mut dup = records[0].clone();
+        dup.person_id = 9;
+        dup.card = None;
+        dup.qualification.birth_date = date("19990909");
+        records.push(dup);
+        let errors = row_errors(build(&csv_of(&records), false).0);
+        assert!(errors[0].reason.contains("duplicate insurance key"), "{}", errors[0]);
+
         let mut records = sample();
         let mut again = records[0].clone();
         again.qualification.number = "101".parse().unwrap();

@@ -16,7 +16,7 @@
 use rkyv::{Archive, Serialize};
 
 /// Version of the types in this file; bump on any change to them.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Marks an absent row index, date or string.
 pub const NONE: u32 = u32::MAX;
@@ -24,6 +24,14 @@ pub const NONE: u32 = u32::MAX;
 pub const NO_DATE: i32 = i32::MIN;
 /// Marks an absent branch or code byte.
 pub const NO_BYTE: u8 = 0;
+/// Scheme code of medical-aid (生活保護) payer numbers.
+pub const MEDICAL_AID_SCHEME: u8 = 12;
+/// Bytes of key text stored inline in a `QualRec`.
+pub const INLINE_KEY: usize = 16;
+/// `QualRec::flags`: preschool.
+pub const FLAG_PRESCHOOL: u8 = 1;
+/// `QualRec::flags`: medical aid, ticket not registered (status 6).
+pub const FLAG_AID_UNREGISTERED: u8 = 2;
 
 /// The archive root.
 #[derive(Archive, Serialize, Debug, Default)]
@@ -35,7 +43,7 @@ pub struct Body {
     pub strings: Vec<u8>,
     /// End offsets of the interned strings in `strings`.
     pub string_ends: Vec<u32>,
-    /// Key texts: for each qualification, its symbol then its number.
+    /// Key texts too long to fit in `QualRec::key`: symbol then number.
     pub keytext: Vec<u8>,
     /// Persons, in input order.
     pub persons: Vec<PersonRec>,
@@ -83,8 +91,11 @@ pub struct PersonRec {
 /// One qualification.
 #[derive(Archive, Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QualRec {
-    /// Offset of this qualification's symbol+number in `keytext`.
-    pub key_off: u32,
+    /// Symbol then number, inline when together at most `INLINE_KEY`
+    /// bytes (most keys, so verifying a key costs no extra cache miss);
+    /// otherwise the first four bytes are the little-endian offset of
+    /// symbol+number in `keytext`.
+    pub key: [u8; INLINE_KEY],
     /// The person.
     pub person: u32,
     /// Index into `insurers`.
@@ -110,7 +121,9 @@ pub struct QualRec {
     pub card_class: u8,
     /// `Percent::to_byte` of the co-payment.
     pub copay: u8,
-    /// Bit 0: preschool.
+    /// Bit 0 (`FLAG_PRESCHOOL`): preschool. Bit 1 (`FLAG_AID_UNREGISTERED`):
+    /// medical aid whose ticket is not registered online (a copy of the
+    /// extra record's state, so status 6 needs no extra cache miss).
     pub flags: u8,
     /// `LossReason::to_byte`, or `NO_BYTE`.
     pub loss_reason: u8,
@@ -177,11 +190,29 @@ pub fn home_slot(hash: u64, len: usize) -> usize {
     ((u128::from(hash) * len as u128) >> 64) as usize
 }
 
-/// The tag stored for a 64-bit hash.
+/// The tag stored in a card index slot.
 #[inline]
 pub fn tag_of(hash: u64) -> u32 {
     hash as u32
 }
+
+/// The tag stored in an insurance index slot: 16 bits of the key hash, the
+/// branch byte (`QualRec::branch`) and 8 bits of the birth date. A lookup
+/// with a branch compares all 32 bits, one without a branch ignores the
+/// branch byte (`TAG_ANY_BRANCH`); so other family members and wrong birth
+/// dates are almost always passed over without touching their records.
+#[inline]
+pub fn key_tag(hash: u64, branch: u8, birth: i32) -> u32 {
+    let birth8 = (birth as u32).wrapping_mul(0x9E37_79B1) >> 24;
+    ((hash as u32) & 0xFFFF_0000) | (u32::from(branch) << 8) | birth8
+}
+
+/// Compare every bit of a tag.
+pub const TAG_ALL: u32 = u32::MAX;
+/// Compare a tag but its branch byte.
+pub const TAG_ANY_BRANCH: u32 = 0xFFFF_00FF;
+/// Compare a tag but its birth byte (same key and branch: a duplicate).
+pub const TAG_ANY_BIRTH: u32 = 0xFFFF_FF00;
 
 /// Hash of a card digest for the card index.
 #[inline]
@@ -203,6 +234,25 @@ pub fn key_hash(insurer_raw: u32, symbol: &[u8], number: &[u8]) -> u64 {
     let n_end = s_end + number.len();
     buf[s_end..n_end].copy_from_slice(number);
     xxhash_rust::xxh3::xxh3_64(&buf[..n_end])
+}
+
+/// The symbol and number of a qualification, from its inline key or the
+/// spill pool; `None` if a spilled key lies outside the pool.
+#[inline]
+pub fn split_key<'a>(
+    key: &'a [u8; INLINE_KEY],
+    symbol_len: u8,
+    number_len: u8,
+    keytext: &'a [u8],
+) -> Option<(&'a [u8], &'a [u8])> {
+    let (s, n) = (usize::from(symbol_len), usize::from(number_len));
+    let bytes = if s + n <= INLINE_KEY {
+        &key[..s + n]
+    } else {
+        let off = u32::from_le_bytes([key[0], key[1], key[2], key[3]]) as usize;
+        keytext.get(off..off + s + n)?
+    };
+    Some(bytes.split_at(s))
 }
 
 /// Number of slots for `n` keys: load factor at most 3/4, at least one free.

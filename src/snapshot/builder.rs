@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use xxhash_rust::xxh3::Xxh3Builder;
 
 use super::body::{
-    card_hash, home_slot, key_hash, table_len, tag_of, Body, ExtraRec, InsurerRec, PersonRec,
-    QualRec, Slot, NONE, NO_BYTE, NO_DATE,
+    card_hash, home_slot, key_hash, key_tag, split_key, table_len, tag_of, Body, ExtraRec, InsurerRec,
+    PersonRec, QualRec, Slot, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL, INLINE_KEY,
+    MEDICAL_AID_SCHEME, NONE, NO_BYTE, NO_DATE, TAG_ALL, TAG_ANY_BIRTH,
 };
 use crate::model::{CardLink, EnrolleeRecord, KeyText, Qualification};
 use crate::store::csv::RowError;
@@ -76,6 +77,19 @@ impl Builder {
         }
     }
 
+    /// An empty builder with room reserved for the rows of a CSV export of
+    /// `source_bytes` bytes (about 190 bytes a row), so the big arrays are
+    /// not copied as they grow. Reserved but untouched memory costs nothing.
+    pub fn with_capacity_for(source_bytes: u64) -> Builder {
+        let rows = (source_bytes / 150) as usize;
+        let mut b = Builder::new();
+        b.body.quals.reserve(rows);
+        b.body.persons.reserve(rows);
+        b.body.extras.reserve(rows / 2);
+        b.person_ids.reserve(rows);
+        b
+    }
+
     /// Qualifications added so far.
     pub fn records(&self) -> u64 {
         self.body.quals.len() as u64
@@ -94,18 +108,31 @@ impl Builder {
         if quals >= NONE as usize {
             return Err(capacity_row(line, "more than 4,294,967,294 qualifications"));
         }
-        let key_off = self.body.keytext.len();
         let symbol = q.symbol.as_ref().map_or(&[][..], KeyText::as_bytes);
-        if key_off + symbol.len() + q.number.as_bytes().len() > u32::MAX as usize {
-            return Err(capacity_row(line, "key texts exceed 4 GiB"));
+        let number = q.number.as_bytes();
+        let key_len = symbol.len() + number.len();
+        let spill = self.body.keytext.len();
+        if key_len > INLINE_KEY && spill + key_len > u32::MAX as usize {
+            return Err(capacity_row(line, "long key texts exceed 4 GiB"));
         }
         if !same_person {
             self.start_person(line, &rec)?;
         }
         let person = (self.body.persons.len() - 1) as u32;
         let insurer = self.insurer(line, q)?;
-        self.body.keytext.extend_from_slice(symbol);
-        self.body.keytext.extend_from_slice(q.number.as_bytes());
+        let mut key = [0u8; INLINE_KEY];
+        if key_len <= INLINE_KEY {
+            key[..symbol.len()].copy_from_slice(symbol);
+            key[symbol.len()..key_len].copy_from_slice(number);
+        } else {
+            key[..4].copy_from_slice(&(spill as u32).to_le_bytes());
+            self.body.keytext.extend_from_slice(symbol);
+            self.body.keytext.extend_from_slice(number);
+        }
+        let aid_unregistered = q
+            .public_expense
+            .as_ref()
+            .is_some_and(|p| p.payer.scheme() == MEDICAL_AID_SCHEME && !p.registered);
         let extra = self.extra(q);
         let p = self
             .body
@@ -114,7 +141,7 @@ impl Builder {
             .expect("start_person pushed a person");
         p.qual_count += 1;
         self.body.quals.push(QualRec {
-            key_off: key_off as u32,
+            key,
             person,
             insurer,
             birth: q.birth_date.day_number(),
@@ -127,7 +154,8 @@ impl Builder {
             relation: q.relation.to_byte(),
             card_class: q.card_class.to_byte(),
             copay: q.copay_percent.to_byte(),
-            flags: u8::from(q.preschool),
+            flags: if q.preschool { FLAG_PRESCHOOL } else { 0 }
+                | if aid_unregistered { FLAG_AID_UNREGISTERED } else { 0 },
             loss_reason: q.loss.map_or(NO_BYTE, |l| l.reason.to_byte()),
             limit: q.limit_category.map_or(NO_BYTE, |l| l.to_byte()),
         });
@@ -289,20 +317,24 @@ impl Builder {
         if self.body.strings.len() > u32::MAX as usize {
             return Err(BuildError::Capacity("interned strings exceed 4 GiB".into()));
         }
-        let mut errors = Vec::new();
-        let mut count = 0u64;
-        let mut report = |e: RowError| {
-            count += 1;
-            if errors.len() < MAX_REPORTED {
-                errors.push(e);
-            }
-        };
-        self.body.card_slots = self.card_index(&mut report);
-        self.body.key_slots = self.key_index(&mut report);
+        // The two indexes are independent: fill them on two threads.
+        let ((card_slots, mut errors), (key_slots, key_errors)) = std::thread::scope(|s| {
+            let card = s.spawn(|| self.card_index());
+            let key = self.key_index();
+            (card.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), key)
+        });
+        let count = errors.count + key_errors.count;
         if count > 0 {
-            errors.sort_by_key(|e| e.line);
-            return Err(BuildError::Rows { errors, count });
+            errors.first.extend(key_errors.first);
+            errors.first.sort_by_key(|e| e.line);
+            errors.first.truncate(MAX_REPORTED);
+            return Err(BuildError::Rows {
+                errors: errors.first,
+                count,
+            });
         }
+        self.body.card_slots = card_slots;
+        self.body.key_slots = key_slots;
         Ok(self.body)
     }
 
@@ -350,7 +382,9 @@ impl Builder {
         Err(BuildError::Rows { errors, count })
     }
 
-    fn card_index(&self, report: &mut impl FnMut(RowError)) -> Vec<Slot> {
+    /// The card index, and a row error for each card linked to two persons.
+    fn card_index(&self) -> (Vec<Slot>, Errors) {
+        let mut errors = Errors::default();
         let persons = &self.body.persons;
         let carded = persons.iter().filter(|p| p.card_status != NO_BYTE).count();
         let mut slots = vec![Slot::EMPTY; table_len(carded)];
@@ -359,40 +393,41 @@ impl Builder {
                 continue;
             }
             let hash = card_hash(&p.card);
-            let dup = insert(&mut slots, hash, row as u32, |other| {
+            let dup = insert(&mut slots, hash, tag_of(hash), TAG_ALL, row as u32, |other| {
                 persons[other as usize].card == p.card
             });
             if let Some(other) = dup {
                 let first = self.line_of(persons[other as usize].first_qual);
-                report(RowError {
+                errors.push(RowError {
                     line: self.line_of(p.first_qual),
                     column: Some("card_digest"),
                     reason: format!("same card as the person at line {first}"),
                 });
             }
         }
-        slots
+        (slots, errors)
     }
 
-    fn key_index(&self, report: &mut impl FnMut(RowError)) -> Vec<Slot> {
+    /// The insurance index, and a row error for each duplicate key.
+    fn key_index(&self) -> (Vec<Slot>, Errors) {
+        let mut errors = Errors::default();
         let body = &self.body;
-        let key_of = |q: &QualRec| {
-            let off = q.key_off as usize;
-            let s_end = off + usize::from(q.symbol_len);
-            let n_end = s_end + usize::from(q.number_len);
-            (&body.keytext[off..s_end], &body.keytext[s_end..n_end])
-        };
+        fn key_of<'a>(q: &'a QualRec, keytext: &'a [u8]) -> (&'a [u8], &'a [u8]) {
+            split_key(&q.key, q.symbol_len, q.number_len, keytext).unwrap_or_default()
+        }
         let mut slots = vec![Slot::EMPTY; table_len(body.quals.len())];
         for (row, q) in body.quals.iter().enumerate() {
-            let (symbol, number) = key_of(q);
+            let (symbol, number) = key_of(q, &body.keytext);
             let raw = body.insurers[q.insurer as usize].number;
             let hash = key_hash(raw, symbol, number);
-            let dup = insert(&mut slots, hash, row as u32, |other| {
+            let tag = key_tag(hash, q.branch, q.birth);
+            // A duplicate has the same key and branch, whatever its birth date.
+            let dup = insert(&mut slots, hash, tag, TAG_ANY_BIRTH, row as u32, |other| {
                 let o = &body.quals[other as usize];
-                o.insurer == q.insurer && o.branch == q.branch && key_of(o) == (symbol, number)
+                o.insurer == q.insurer && o.branch == q.branch && key_of(o, &body.keytext) == (symbol, number)
             });
             if let Some(other) = dup {
-                report(RowError {
+                errors.push(RowError {
                     line: self.line_of(row as u32),
                     column: Some("number"),
                     reason: format!(
@@ -402,15 +437,22 @@ impl Builder {
                 });
             }
         }
-        slots
+        (slots, errors)
     }
 }
 
-/// Inserts `row` under `hash`; if a row `same` says is the same key is
-/// already there, returns it instead of inserting.
-fn insert(slots: &mut [Slot], hash: u64, row: u32, same: impl Fn(u32) -> bool) -> Option<u32> {
+/// Inserts `row` with `tag` at the first free slot from `hash`'s home slot;
+/// if a row whose tag agrees in the bits of `dup_mask` is one `same` calls
+/// the same key, returns it instead of inserting.
+fn insert(
+    slots: &mut [Slot],
+    hash: u64,
+    tag: u32,
+    dup_mask: u32,
+    row: u32,
+    same: impl Fn(u32) -> bool,
+) -> Option<u32> {
     let len = slots.len();
-    let tag = tag_of(hash);
     let mut i = home_slot(hash, len);
     loop {
         let s = slots[i];
@@ -418,12 +460,28 @@ fn insert(slots: &mut [Slot], hash: u64, row: u32, same: impl Fn(u32) -> bool) -
             slots[i] = Slot { tag, row };
             return None;
         }
-        if s.tag == tag && same(s.row) {
+        if (s.tag ^ tag) & dup_mask == 0 && same(s.row) {
             return Some(s.row);
         }
         i += 1;
         if i == len {
             i = 0;
+        }
+    }
+}
+
+/// Keeps the first `MAX_REPORTED` errors and counts the rest.
+#[derive(Debug, Default)]
+struct Errors {
+    first: Vec<RowError>,
+    count: u64,
+}
+
+impl Errors {
+    fn push(&mut self, e: RowError) {
+        self.count += 1;
+        if self.first.len() < MAX_REPORTED {
+            self.first.push(e);
         }
     }
 }

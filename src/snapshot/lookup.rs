@@ -4,17 +4,15 @@
 use std::fmt;
 
 use super::body::{
-    card_hash, home_slot, key_hash, tag_of, ArchivedBody, ArchivedQualRec, ArchivedSlot, NONE,
-    NO_BYTE, NO_DATE,
+    card_hash, home_slot, key_hash, key_tag, split_key, tag_of, ArchivedBody, ArchivedQualRec,
+    ArchivedSlot, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL, NONE, NO_BYTE, NO_DATE, TAG_ALL,
+    TAG_ANY_BRANCH,
 };
 use crate::model::{
     Branch, CardClass, CardDigest, CardStatus, Certificate, Date, DiseaseKind, ElderlyCertificate,
     InsuranceKey, InsurerNumber, KeyText, LimitCategory, Loss, LossReason, PayerNumber, Percent,
     PublicExpense, Qualification, RecipientNumber, Relation, Sex, SpecificDisease, Status,
 };
-
-/// Scheme code of medical aid (生活保護) payer numbers.
-const MEDICAL_AID_SCHEME: u32 = 12;
 
 /// The answer to one lookup.
 #[derive(Clone, Copy, Debug)]
@@ -86,7 +84,7 @@ impl<'a> Matches<'a> {
     /// Each matching qualification.
     pub fn iter(&self) -> impl Iterator<Item = QualView<'a>> + 'a {
         let (body, key, birth, as_of) = (self.body, self.key, self.birth, self.as_of);
-        key_candidates(body, &key).filter_map(move |row| {
+        key_candidates(body, &key, birth).filter_map(move |row| {
             let rec = body.quals.get(row as usize)?;
             key_matches(body, rec, &key, birth, as_of).then_some(QualView {
                 body,
@@ -100,7 +98,7 @@ impl<'a> Matches<'a> {
 /// Looks a card digest up as of a day.
 pub fn by_card<'a>(body: &'a ArchivedBody, digest: &CardDigest, as_of: Date) -> Answer<'a> {
     let hash = card_hash(digest.as_bytes());
-    for row in probe(&body.card_slots, hash) {
+    for row in probe(&body.card_slots, hash, tag_of(hash), TAG_ALL) {
         let Some(person) = body.persons.get(row as usize) else {
             continue;
         };
@@ -130,7 +128,7 @@ pub fn by_insurance<'a>(
     as_of: Date,
 ) -> Answer<'a> {
     let mut best: Option<(u32, &ArchivedQualRec)> = None;
-    for row in key_candidates(body, key) {
+    for row in key_candidates(body, key, birth) {
         let Some(rec) = body.quals.get(row as usize) else {
             continue;
         };
@@ -156,27 +154,36 @@ pub fn by_insurance<'a>(
     }
 }
 
-/// Rows of the insurance index whose tag matches the key (without branch).
+/// Rows of the insurance index whose tag matches the key and birth date.
 fn key_candidates<'a>(
     body: &'a ArchivedBody,
     key: &InsuranceKey,
+    birth: Date,
 ) -> impl Iterator<Item = u32> + 'a {
     let symbol = key.symbol.as_ref().map_or(&[][..], KeyText::as_bytes);
     let hash = key_hash(key.insurer.to_raw(), symbol, key.number.as_bytes());
-    probe(&body.key_slots, hash)
+    let (branch, mask) = match key.branch {
+        Some(b) => (b.value() + 1, TAG_ALL),
+        None => (NO_BYTE, TAG_ANY_BRANCH),
+    };
+    probe(&body.key_slots, hash, key_tag(hash, branch, birth.day_number()), mask)
 }
 
 /// Linear probing from the home slot until a free slot; yields the rows of
-/// slots whose tag matches.
-pub(super) fn probe(slots: &[ArchivedSlot], hash: u64) -> impl Iterator<Item = u32> + '_ {
+/// slots whose tag matches `tag` in the bits of `mask`.
+pub(super) fn probe(
+    slots: &[ArchivedSlot],
+    hash: u64,
+    tag: u32,
+    mask: u32,
+) -> impl Iterator<Item = u32> + '_ {
     let len = slots.len();
     let start = if len == 0 { 0 } else { home_slot(hash, len) };
-    let tag = tag_of(hash);
     slots[start..]
         .iter()
         .chain(&slots[..start])
         .take_while(|s| s.row != NONE)
-        .filter(move |s| s.tag == tag)
+        .filter(move |s| (s.tag.to_native() ^ tag) & mask == 0)
         .map(|s| s.row.to_native())
 }
 
@@ -210,14 +217,8 @@ fn key_matches(
 }
 
 /// The symbol and number bytes of a qualification.
-fn key_texts<'a>(body: &'a ArchivedBody, rec: &ArchivedQualRec) -> (&'a [u8], &'a [u8]) {
-    let off = rec.key_off.to_native() as usize;
-    let s_end = off + usize::from(rec.symbol_len);
-    let n_end = s_end + usize::from(rec.number_len);
-    match (body.keytext.get(off..s_end), body.keytext.get(s_end..n_end)) {
-        (Some(s), Some(n)) => (s, n),
-        _ => (&[], &[]),
-    }
+fn key_texts<'a>(body: &'a ArchivedBody, rec: &'a ArchivedQualRec) -> (&'a [u8], &'a [u8]) {
+    split_key(&rec.key, rec.symbol_len, rec.number_len, &body.keytext).unwrap_or_default()
 }
 
 /// The status of one qualification on `as_of`, with the newer one of the
@@ -232,7 +233,7 @@ fn evaluate<'a>(
     let lost = rec.lost.to_native();
     if lost == NO_DATE || lost > as_of.day_number() {
         return Answer::Found {
-            status: holding_status(body, rec),
+            status: holding_status(rec),
             qualification,
             newer: None,
         };
@@ -302,16 +303,8 @@ fn quals_of(
 }
 
 /// 1, or 6 for a medical-aid qualification whose ticket is not registered.
-fn holding_status(body: &ArchivedBody, rec: &ArchivedQualRec) -> Status {
-    let unregistered_aid = body
-        .extras
-        .get(rec.extra.to_native() as usize)
-        .is_some_and(|e| {
-            e.payer != NONE
-                && e.payer.to_native() / 1_000_000 == MEDICAL_AID_SCHEME
-                && e.aid_registered == 0
-        });
-    if unregistered_aid {
+fn holding_status(rec: &ArchivedQualRec) -> Status {
+    if rec.flags & FLAG_AID_UNREGISTERED != 0 {
         Status::ValidUnregistered
     } else {
         Status::Valid
@@ -417,7 +410,7 @@ impl<'a> QualView<'a> {
             loss,
             certificate: None,
             copay_percent: Percent::from_byte(rec.copay).ok_or(bad("copay_percent"))?,
-            preschool: rec.flags & 1 != 0,
+            preschool: rec.flags & FLAG_PRESCHOOL != 0,
             elderly: None,
             limit_category: match rec.limit {
                 NO_BYTE => None,

@@ -117,16 +117,20 @@ fn write_tmp_and_link(
         .open(tmp)
         .map_err(io_err)?;
     file.write_all(&[0u8; HEADER_LEN]).map_err(io_err)?;
-    let mut out = HashingWriter {
-        inner: BufWriter::with_capacity(4 << 20, &mut file),
-        hasher: Xxh3::new(),
-        len: 0,
-    };
+    // rkyv writes field by field; the buffer turns that into large writes,
+    // and the checksum is computed over those.
+    let mut out = BufWriter::with_capacity(
+        4 << 20,
+        HashingWriter {
+            inner: &mut file,
+            hasher: Xxh3::new(),
+            len: 0,
+        },
+    );
     rkyv::api::high::to_bytes_in::<_, rancor::Error>(body, IoWriter::new(&mut out))
         .map_err(|e| SnapshotError::Invalid(format!("serialising the archive: {e}")))?;
-    out.inner.flush().map_err(io_err)?;
-    let (archive_len, checksum) = (out.len, out.hasher.digest128());
-    drop(out);
+    let hashing = out.into_inner().map_err(|e| io_err(e.into_error()))?;
+    let (archive_len, checksum) = (hashing.len, hashing.hasher.digest128());
 
     let mut header = Header {
         format_version: FORMAT_VERSION,

@@ -52,9 +52,19 @@ pub const COLUMNS: [&str; 32] = [
     "aid_registered",
 ];
 
-/// The position of `name` in [`COLUMNS`]. Every call site passes a literal,
-/// so with inlining this folds to a constant.
-#[inline(always)]
+/// A column: its position in [`COLUMNS`] and its name.
+type Col = (usize, &'static str);
+
+/// The [`Col`] of a column name, checked and computed at compile time.
+macro_rules! col {
+    ($name:literal) => {{
+        const COL: Col = (column_index($name), $name);
+        COL
+    }};
+}
+
+/// The position of `name` in [`COLUMNS`]; fails compilation (in `col!`) for
+/// a name that is not a column.
 const fn column_index(name: &str) -> usize {
     let mut i = 0;
     while i < COLUMNS.len() {
@@ -63,10 +73,9 @@ const fn column_index(name: &str) -> usize {
         }
         i += 1;
     }
-    0
+    panic!("not a CSV column")
 }
 
-#[inline(always)]
 const fn const_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -121,7 +130,9 @@ pub struct CsvReader<R> {
     inner: csv::Reader<R>,
     /// Position of each of [`COLUMNS`] in the file's rows.
     index: [usize; COLUMNS.len()],
-    record: csv::StringRecord,
+    /// Reused for every row; bytes, so UTF-8 is checked field by field
+    /// (most fields are ASCII) rather than for the whole row.
+    record: csv::ByteRecord,
 }
 
 impl CsvReader<BufReader<File>> {
@@ -179,7 +190,7 @@ impl<R: io::Read> CsvReader<R> {
         Ok(CsvReader {
             inner,
             index,
-            record: csv::StringRecord::new(),
+            record: csv::ByteRecord::new(),
         })
     }
 
@@ -187,7 +198,7 @@ impl<R: io::Read> CsvReader<R> {
     /// continues with the next one).
     pub fn next_record(&mut self) -> Option<Result<(u64, EnrolleeRecord), RowError>> {
         let line = self.inner.position().line() + 1;
-        match self.inner.read_record(&mut self.record) {
+        match self.inner.read_byte_record(&mut self.record) {
             Ok(false) => None,
             Ok(true) => {
                 let line = self.record.position().map_or(line, |p| p.line());
@@ -232,40 +243,44 @@ impl<R: io::Read> CsvReader<R> {
 
 /// One row being parsed: field access by column name with precise errors.
 struct Row<'a> {
-    record: &'a csv::StringRecord,
+    record: &'a csv::ByteRecord,
     index: &'a [usize; COLUMNS.len()],
     line: u64,
 }
 
 impl Row<'_> {
-    fn raw(&self, column: &'static str) -> &str {
+    fn bytes(&self, column: Col) -> &[u8] {
         self.record
-            .get(self.index[column_index(column)])
-            .unwrap_or("")
-            .trim()
+            .get(self.index[column.0])
+            .unwrap_or_default()
+            .trim_ascii()
     }
 
-    fn err(&self, column: &'static str, reason: impl std::fmt::Display) -> RowError {
+    fn raw(&self, column: Col) -> Result<&str, RowError> {
+        std::str::from_utf8(self.bytes(column)).map_err(|_| self.err(column, "not valid UTF-8"))
+    }
+
+    fn err(&self, column: Col, reason: impl std::fmt::Display) -> RowError {
         RowError {
             line: self.line,
-            column: Some(column),
+            column: Some(column.1),
             reason: reason.to_string(),
         }
     }
 
     /// An optional field: empty means absent.
-    fn opt<T: FromStr>(&self, column: &'static str) -> Result<Option<T>, RowError>
+    fn opt<T: FromStr>(&self, column: Col) -> Result<Option<T>, RowError>
     where
         T::Err: std::fmt::Display,
     {
-        let s = self.raw(column);
+        let s = self.raw(column)?;
         if s.is_empty() {
             return Ok(None);
         }
         s.parse().map(Some).map_err(|e| self.err(column, e))
     }
 
-    fn req<T: FromStr>(&self, column: &'static str) -> Result<T, RowError>
+    fn req<T: FromStr>(&self, column: Col) -> Result<T, RowError>
     where
         T::Err: std::fmt::Display,
     {
@@ -273,8 +288,8 @@ impl Row<'_> {
             .ok_or_else(|| self.err(column, "required"))
     }
 
-    fn text(&self, column: &'static str) -> Result<String, RowError> {
-        let s = self.raw(column);
+    fn text(&self, column: Col) -> Result<String, RowError> {
+        let s = self.raw(column)?;
         if s.is_empty() {
             return Err(self.err(column, "required"));
         }
@@ -284,138 +299,130 @@ impl Row<'_> {
         Ok(s.to_string())
     }
 
-    fn flag(&self, column: &'static str) -> Result<bool, RowError> {
-        match self.raw(column) {
-            "0" => Ok(false),
-            "1" => Ok(true),
+    fn flag(&self, column: Col) -> Result<bool, RowError> {
+        match self.bytes(column) {
+            b"0" => Ok(false),
+            b"1" => Ok(true),
             _ => Err(self.err(column, "expected 0 or 1")),
         }
     }
 
     /// A group of columns that are all present or all empty.
-    fn group(&self, columns: &[&'static str]) -> Result<bool, RowError> {
-        let present: Vec<bool> = columns.iter().map(|c| !self.raw(c).is_empty()).collect();
-        if present.iter().all(|p| *p) {
+    fn group(&self, columns: &[Col]) -> Result<bool, RowError> {
+        let present = |c: &Col| !self.bytes(*c).is_empty();
+        if !columns.iter().any(present) {
+            return Ok(false);
+        }
+        let Some(missing) = columns.iter().position(|c| !present(c)) else {
             return Ok(true);
-        }
-        if let Some(i) = present
-            .iter()
-            .position(|p| !p)
-            .filter(|_| present.contains(&true))
-        {
-            let given: Vec<&str> = columns
-                .iter()
-                .zip(&present)
-                .filter(|(_, p)| **p)
-                .map(|(c, _)| *c)
-                .collect();
-            return Err(self.err(
-                columns[i],
-                format!("required when {} is given", given.join(", ")),
-            ));
-        }
-        Ok(false)
+        };
+        // Only on error: say which columns were given.
+        let given: Vec<&str> = columns.iter().filter(|c| present(c)).map(|c| c.1).collect();
+        Err(self.err(
+            columns[missing],
+            format!("required when {} is given", given.join(", ")),
+        ))
     }
 
     fn parse(&self) -> Result<EnrolleeRecord, RowError> {
-        let person_id = self.req::<u64>("person_id")?;
-        let card = if self.group(&["card_digest", "card_status"])? {
+        let person_id = self.req::<u64>(col!("person_id"))?;
+        let card = if self.group(&[col!("card_digest"), col!("card_status")])? {
             Some(CardLink {
-                digest: self.req::<CardDigest>("card_digest")?,
-                status: self.req::<CardStatus>("card_status")?,
+                digest: self.req::<CardDigest>(col!("card_digest"))?,
+                status: self.req::<CardStatus>(col!("card_status"))?,
             })
         } else {
             None
         };
-        let birth_date: Date = self.req("birth_date")?;
-        let acquired_date: Date = self.req("acquired_date")?;
+        let birth_date: Date = self.req(col!("birth_date"))?;
+        let acquired_date: Date = self.req(col!("acquired_date"))?;
         if acquired_date < birth_date {
-            return Err(self.err("acquired_date", "before birth_date"));
+            return Err(self.err(col!("acquired_date"), "before birth_date"));
         }
-        let loss = if self.group(&["lost_date", "loss_reason"])? {
-            let date: Date = self.req("lost_date")?;
+        let loss = if self.group(&[col!("lost_date"), col!("loss_reason")])? {
+            let date: Date = self.req(col!("lost_date"))?;
             if date <= acquired_date {
-                return Err(self.err("lost_date", "not after acquired_date"));
+                return Err(self.err(col!("lost_date"), "not after acquired_date"));
             }
             Some(Loss {
                 date,
-                reason: self.req::<LossReason>("loss_reason")?,
+                reason: self.req::<LossReason>(col!("loss_reason"))?,
             })
         } else {
             None
         };
-        let certificate = if self.group(&["cert_issued", "cert_valid_from", "cert_valid_until"])? {
+        let certificate = if self.group(&[col!("cert_issued"), col!("cert_valid_from"), col!("cert_valid_until")])? {
             let c = Certificate {
-                issued: self.req("cert_issued")?,
-                valid_from: self.req("cert_valid_from")?,
-                valid_until: self.req("cert_valid_until")?,
+                issued: self.req(col!("cert_issued"))?,
+                valid_from: self.req(col!("cert_valid_from"))?,
+                valid_until: self.req(col!("cert_valid_until"))?,
             };
             if c.valid_until < c.valid_from {
-                return Err(self.err("cert_valid_until", "before cert_valid_from"));
+                return Err(self.err(col!("cert_valid_until"), "before cert_valid_from"));
             }
             Some(c)
         } else {
             None
         };
         let elderly = if self.group(&[
-            "elderly_valid_from",
-            "elderly_valid_until",
-            "elderly_percent",
+            col!("elderly_valid_from"),
+            col!("elderly_valid_until"),
+            col!("elderly_percent"),
         ])? {
             let e = ElderlyCertificate {
-                valid_from: self.req("elderly_valid_from")?,
-                valid_until: self.req("elderly_valid_until")?,
-                percent: self.req("elderly_percent")?,
+                valid_from: self.req(col!("elderly_valid_from"))?,
+                valid_until: self.req(col!("elderly_valid_until"))?,
+                percent: self.req(col!("elderly_percent"))?,
             };
             if e.valid_until < e.valid_from {
-                return Err(self.err("elderly_valid_until", "before elderly_valid_from"));
+                return Err(self.err(col!("elderly_valid_until"), "before elderly_valid_from"));
             }
             Some(e)
         } else {
             None
         };
-        let specific_disease = if self.group(&["disease", "disease_cap_yen"])? {
+        let specific_disease = if self.group(&[col!("disease"), col!("disease_cap_yen")])? {
             Some(SpecificDisease {
-                kind: self.req::<DiseaseKind>("disease")?,
-                monthly_cap_yen: self.req("disease_cap_yen")?,
+                kind: self.req::<DiseaseKind>(col!("disease"))?,
+                monthly_cap_yen: self.req(col!("disease_cap_yen"))?,
             })
         } else {
             None
         };
         let public_expense = if self.group(&[
-            "public_payer",
-            "public_recipient",
-            "welfare_office",
-            "aid_registered",
+            col!("public_payer"),
+            col!("public_recipient"),
+            col!("welfare_office"),
+            col!("aid_registered"),
         ])? {
             Some(PublicExpense {
-                payer: self.req("public_payer")?,
-                recipient: self.req("public_recipient")?,
-                welfare_office: self.text("welfare_office")?,
-                registered: self.flag("aid_registered")?,
+                payer: self.req(col!("public_payer"))?,
+                recipient: self.req(col!("public_recipient"))?,
+                welfare_office: self.text(col!("welfare_office"))?,
+                registered: self.flag(col!("aid_registered"))?,
             })
         } else {
             None
         };
         let qualification = Qualification {
-            insurer_number: self.req("insurer_number")?,
-            insurer_name: self.text("insurer_name")?,
-            card_class: self.req::<CardClass>("card_class")?,
-            symbol: self.opt("symbol")?,
-            number: self.req("number")?,
-            branch: self.opt("branch")?,
-            relation: self.req::<Relation>("relation")?,
-            name: self.text("name")?,
-            name_kana: self.text("name_kana")?,
-            sex: self.req::<Sex>("sex")?,
+            insurer_number: self.req(col!("insurer_number"))?,
+            insurer_name: self.text(col!("insurer_name"))?,
+            card_class: self.req::<CardClass>(col!("card_class"))?,
+            symbol: self.opt(col!("symbol"))?,
+            number: self.req(col!("number"))?,
+            branch: self.opt(col!("branch"))?,
+            relation: self.req::<Relation>(col!("relation"))?,
+            name: self.text(col!("name"))?,
+            name_kana: self.text(col!("name_kana"))?,
+            sex: self.req::<Sex>(col!("sex"))?,
             birth_date,
             acquired_date,
             loss,
             certificate,
-            copay_percent: self.req::<Percent>("copay_percent")?,
-            preschool: self.flag("preschool")?,
+            copay_percent: self.req::<Percent>(col!("copay_percent"))?,
+            preschool: self.flag(col!("preschool"))?,
             elderly,
-            limit_category: self.opt::<LimitCategory>("limit_category")?,
+            limit_category: self.opt::<LimitCategory>(col!("limit_category"))?,
             specific_disease,
             public_expense,
         };

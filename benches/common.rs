@@ -1,0 +1,56 @@
+//! Bench data: generated once per size under `target/bench-data/<n>` and
+//! reused by later runs (delete the folder to regenerate).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use qualcache::build::{build_from_csv, BuildOptions, BuildSummary};
+use qualcache::gen::{generate, GenOptions};
+use qualcache::model::CardKey;
+
+/// The folder for `records` records, with `enrollees.csv`, `probes.jsonl`
+/// and `snap/` (one snapshot) inside.
+pub fn data(records: u64) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap_or(Path::new("target"))
+        .join("bench-data")
+        .join(records.to_string());
+    if !dir.join("enrollees.csv").exists() {
+        eprintln!("generating {records} records into {}", dir.display());
+        generate(&GenOptions {
+            records,
+            seed: 42,
+            out: dir.clone(),
+            probes: 20_000,
+            as_of: "20261101".parse().unwrap(),
+            card_key: CardKey::demo(),
+        })
+        .unwrap();
+    }
+    let usable = qualcache::snapshot::newest_generation(&dir.join("snap"))
+        .unwrap()
+        .is_some_and(|_| qualcache::snapshot::Snapshot::open(&snapshot_file(&dir)).is_ok());
+    if !usable {
+        // None yet, or one written by an older schema: build afresh.
+        let _ = std::fs::remove_dir_all(dir.join("snap"));
+        build(&dir);
+    }
+    dir
+}
+
+/// Builds a snapshot of `dir/enrollees.csv` into `dir/snap`.
+pub fn build(dir: &Path) -> BuildSummary {
+    let opts = BuildOptions {
+        skip_invalid: false,
+        card_key_id: CardKey::demo().id(),
+    };
+    build_from_csv(&dir.join("enrollees.csv"), &dir.join("snap"), &opts, |_| {}).unwrap()
+}
+
+/// The newest snapshot file in `dir/snap`.
+pub fn snapshot_file(dir: &Path) -> PathBuf {
+    let snap = dir.join("snap");
+    let gen = qualcache::snapshot::newest_generation(&snap).unwrap().unwrap();
+    qualcache::snapshot::write::snapshot_path(&snap, gen)
+}
