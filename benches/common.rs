@@ -51,6 +51,8 @@ pub fn build(dir: &Path) -> BuildSummary {
 /// The newest snapshot file in `dir/snap`.
 pub fn snapshot_file(dir: &Path) -> PathBuf {
     let snap = dir.join("snap");
-    let gen = qualcache::snapshot::newest_generation(&snap).unwrap().unwrap();
+    let gen = qualcache::snapshot::newest_generation(&snap)
+        .unwrap()
+        .unwrap();
     qualcache::snapshot::write::snapshot_path(&snap, gen)
 }

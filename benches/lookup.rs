@@ -29,7 +29,15 @@ const KEYS: usize = 1 << 20;
 struct Baseline {
     records: Vec<Qualification>,
     by_card: HashMap<CardDigest, Vec<u32>>,
-    by_key: HashMap<(u32, Option<qualcache::model::KeyText>, qualcache::model::KeyText, Option<qualcache::model::Branch>), u32>,
+    by_key: HashMap<
+        (
+            u32,
+            Option<qualcache::model::KeyText>,
+            qualcache::model::KeyText,
+            Option<qualcache::model::Branch>,
+        ),
+        u32,
+    >,
 }
 
 impl Baseline {
@@ -42,7 +50,9 @@ impl Baseline {
     }
 
     fn insurance(&self, k: &InsuranceKey, birth: Date, as_of: Date) -> Option<&Qualification> {
-        let r = *self.by_key.get(&(k.insurer.to_raw(), k.symbol, k.number, k.branch))?;
+        let r = *self
+            .by_key
+            .get(&(k.insurer.to_raw(), k.symbol, k.number, k.branch))?;
         let q = &self.records[r as usize];
         (q.birth_date == birth && q.acquired_date <= as_of).then_some(q)
     }
@@ -75,7 +85,14 @@ fn load(records: u64) -> (Snapshot, Baseline, Sample) {
     let mut keys = Vec::new();
     let every = (records / KEYS as u64).max(1);
     while let Some(row) = reader.next_record() {
-        let (_, EnrolleeRecord { card, qualification: q, .. }) = row.unwrap();
+        let (
+            _,
+            EnrolleeRecord {
+                card,
+                qualification: q,
+                ..
+            },
+        ) = row.unwrap();
         let i = base.records.len() as u32;
         let key = InsuranceKey {
             insurer: q.insurer_number,
@@ -83,7 +100,10 @@ fn load(records: u64) -> (Snapshot, Baseline, Sample) {
             number: q.number,
             branch: q.branch,
         };
-        base.by_key.insert((key.insurer.to_raw(), key.symbol, key.number, key.branch), i);
+        base.by_key.insert(
+            (key.insurer.to_raw(), key.symbol, key.number, key.branch),
+            i,
+        );
         if let Some(c) = card {
             base.by_card.entry(c.digest).or_default().push(i);
             if next() % every == 0 {
@@ -118,7 +138,16 @@ fn load(records: u64) -> (Snapshot, Baseline, Sample) {
             (k, *b)
         })
         .collect();
-    (snap, base, Sample { cards, card_misses, keys, key_misses })
+    (
+        snap,
+        base,
+        Sample {
+            cards,
+            card_misses,
+            keys,
+            key_misses,
+        },
+    )
 }
 
 fn shuffle<T>(v: &mut [T], next: &mut impl FnMut() -> u64) {
@@ -152,14 +181,30 @@ fn lookups(c: &mut Criterion) {
                 });
             }};
         }
-        bench!("card_hit/qualcache", s.cards, |d| snap.lookup_card(d, as_of).status());
-        bench!("card_hit/hashmap", s.cards, |d| base.card(d, as_of).map(|q| q.acquired_date));
-        bench!("card_miss/qualcache", s.card_misses, |d| snap.lookup_card(d, as_of).status());
-        bench!("card_miss/hashmap", s.card_misses, |d| base.card(d, as_of).map(|q| q.acquired_date));
-        bench!("insurance_hit/qualcache", s.keys, |k| snap.lookup_insurance(&k.0, k.1, as_of).status());
-        bench!("insurance_hit/hashmap", s.keys, |k| base.insurance(&k.0, k.1, as_of).map(|q| q.acquired_date));
-        bench!("insurance_miss/qualcache", s.key_misses, |k| snap.lookup_insurance(&k.0, k.1, as_of).status());
-        bench!("insurance_miss/hashmap", s.key_misses, |k| base.insurance(&k.0, k.1, as_of).map(|q| q.acquired_date));
+        bench!("card_hit/qualcache", s.cards, |d| snap
+            .lookup_card(d, as_of)
+            .status());
+        bench!("card_hit/hashmap", s.cards, |d| base
+            .card(d, as_of)
+            .map(|q| q.acquired_date));
+        bench!("card_miss/qualcache", s.card_misses, |d| snap
+            .lookup_card(d, as_of)
+            .status());
+        bench!("card_miss/hashmap", s.card_misses, |d| base
+            .card(d, as_of)
+            .map(|q| q.acquired_date));
+        bench!("insurance_hit/qualcache", s.keys, |k| snap
+            .lookup_insurance(&k.0, k.1, as_of)
+            .status());
+        bench!("insurance_hit/hashmap", s.keys, |k| base
+            .insurance(&k.0, k.1, as_of)
+            .map(|q| q.acquired_date));
+        bench!("insurance_miss/qualcache", s.key_misses, |k| snap
+            .lookup_insurance(&k.0, k.1, as_of)
+            .status());
+        bench!("insurance_miss/hashmap", s.key_misses, |k| base
+            .insurance(&k.0, k.1, as_of)
+            .map(|q| q.acquired_date));
         g.finish();
     }
 }

@@ -34,7 +34,11 @@ fn snapshot(c: &mut Criterion) {
             b.iter(|| {
                 let summary = common::build(&dir);
                 // Keep only the newest two snapshots on disk.
-                let _ = std::fs::remove_file(summary.path.with_file_name(format!("{}.qcs", summary.generation - 1)));
+                let _ = std::fs::remove_file(
+                    summary
+                        .path
+                        .with_file_name(format!("{}.qcs", summary.generation - 1)),
+                );
                 black_box(summary.records)
             })
         });

@@ -7,7 +7,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::snapshot::{write_snapshot, BuildError, Builder, SnapshotError, SnapshotMeta};
-use crate::store::csv::{CsvError, CsvReader, RowError};
+use crate::store::chunks::read_parallel;
+use crate::store::csv::{CsvError, RowError};
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -61,16 +62,16 @@ pub enum BuildFailure {
     Write(#[from] SnapshotError),
 }
 
-/// Rows handed from the reading thread to the building thread at a time.
-const BATCH: usize = 4096;
+/// Threads parsing the CSV; the calling thread builds.
+const PARSE_THREADS: usize = 2;
 
 /// Builds a snapshot in `out_dir` from a CSV export. With `skip_invalid`,
 /// bad rows are left out and `on_skip` sees each; otherwise the first bad
 /// rows are returned in the error and nothing is written.
 ///
-/// Two threads: one reads and parses the CSV, the other folds rows into the
-/// [`Builder`]; batches pass through a bounded channel, so memory holds at
-/// most a few batches of parsed rows, never the file.
+/// The CSV is read and parsed on other threads (`store::chunks`) while
+/// this one folds rows into the [`Builder`]; memory holds at most a few
+/// chunks of parsed rows, never the file.
 pub fn build_from_csv(
     source: &Path,
     out_dir: &Path,
@@ -78,39 +79,24 @@ pub fn build_from_csv(
     mut on_skip: impl FnMut(&RowError),
 ) -> Result<BuildSummary, BuildFailure> {
     let started = Instant::now();
-    let mut reader = CsvReader::open(source)?;
     let mut builder = Builder::with_capacity_for(std::fs::metadata(source).map_or(0, |m| m.len()));
     let mut bad = Vec::new();
     let mut bad_count = 0u64;
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<_>>(4);
-        scope.spawn(move || {
-            let mut batch = Vec::with_capacity(BATCH);
-            while let Some(row) = reader.next_record() {
-                batch.push(row);
-                if batch.len() == BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                    if tx.send(full).is_err() {
-                        return;
-                    }
-                }
-            }
-            let _ = tx.send(batch);
-        });
-        for batch in rx {
-            for row in batch {
-                let result = row.and_then(|(line, rec)| builder.push(line, rec));
-                if let Err(e) = result {
-                    bad_count += 1;
-                    if opts.skip_invalid {
-                        on_skip(&e);
-                    } else if bad.len() < 100 {
-                        bad.push(e);
-                    }
+    // Parsing is most of the work: two parsing threads feed this one, which
+    // folds rows into the builder in file order.
+    read_parallel(source, PARSE_THREADS, |batch| {
+        for row in batch {
+            let result = row.and_then(|(line, rec)| builder.push(line, rec));
+            if let Err(e) = result {
+                bad_count += 1;
+                if opts.skip_invalid {
+                    on_skip(&e);
+                } else if bad.len() < 100 {
+                    bad.push(e);
                 }
             }
         }
-    });
+    })?;
     if bad_count > 0 && !opts.skip_invalid {
         return Err(BuildError::Rows {
             errors: bad,

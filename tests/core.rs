@@ -729,7 +729,11 @@ mod csv_store {
         dup.qualification.birth_date = date("19990909");
         records.push(dup);
         let errors = row_errors(build(&csv_of(&records), false).0);
-        assert!(errors[0].reason.contains("duplicate insurance key"), "{}", errors[0]);
+        assert!(
+            errors[0].reason.contains("duplicate insurance key"),
+            "{}",
+            errors[0]
+        );
 
         let mut records = sample();
         let mut again = records[0].clone();
@@ -763,20 +767,40 @@ mod csv_store {
             .to_string();
         assert!(err.contains("missing columns: sex"), "{err}");
 
-        let mut bad = text.into_bytes();
-        bad.extend_from_slice(b"1,2,3\n");
-        bad.extend_from_slice(b"\xff\xfe\n");
-        let (r, _) = build(std::str::from_utf8(&bad[..bad.len() - 3]).unwrap(), false);
-        let errors = row_errors(r);
-        assert_eq!(errors[0].line, 6);
-        assert!(
-            errors[0].reason.contains("expected 32 fields, found 3"),
-            "{}",
-            errors[0]
+        // A short row, a name that is not UTF-8, and a quoted field with a
+        // newline inside (which moves the line numbers after it).
+        let rows: Vec<&str> = text.lines().collect();
+        let mut bad = Vec::new();
+        for l in &rows[..3] {
+            bad.extend_from_slice(l.as_bytes());
+            bad.push(b'\n');
+        }
+        bad.extend_from_slice(b"1,2,3\n"); // line 4
+                                           // The medical-aid row; its last 東京福祉事務所 is the welfare office.
+        let aid = rows[4];
+        let at = aid.rfind("東京福祉事務所").unwrap();
+        let mut row = aid.as_bytes().to_vec();
+        row[at] = 0xff; // welfare_office: invalid UTF-8, line 5
+        bad.extend_from_slice(&row);
+        bad.push(b'\n');
+        let quoted = rows[1].replacen(
+            "全国健康保険協会　東京支部",
+            "\"全国健康保険協会\n東京支部\"",
+            1,
         );
+        bad.extend_from_slice(quoted.as_bytes()); // lines 6-7
+        bad.push(b'\n');
+        bad.extend_from_slice(b"1,2\n"); // line 8
         let dir = tempdir();
         let p = dir.path().join("bad.csv");
         fs::write(&p, &bad).unwrap();
+        let expected: Vec<(u64, Option<&str>, &str)> = vec![
+            (4, None, "expected 32 fields, found 3"),
+            (5, Some("welfare_office"), "not valid UTF-8"),
+            (6, Some("insurer_name"), "contains a control character"),
+            (8, None, "expected 32 fields, found 2"),
+        ];
+        // The sequential reader and the parallel one agree.
         let mut reader = CsvReader::open(&p).unwrap();
         let mut errs = Vec::new();
         while let Some(r) = reader.next_record() {
@@ -784,11 +808,17 @@ mod csv_store {
                 errs.push(e);
             }
         }
-        assert_eq!(errs.len(), 2);
-        assert_eq!(
-            (errs[1].line, errs[1].reason.as_str()),
-            (7, "not valid UTF-8")
-        );
+        let mut par = Vec::new();
+        qualcache::store::chunks::read_parallel(&p, 2, |batch| {
+            par.extend(batch.into_iter().filter_map(Result::err))
+        })
+        .unwrap();
+        assert_eq!(errs, par);
+        let got: Vec<(u64, Option<&str>, &str)> = errs
+            .iter()
+            .map(|e| (e.line, e.column, e.reason.as_str()))
+            .collect();
+        assert_eq!(got, expected);
     }
 }
 

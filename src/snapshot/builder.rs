@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use xxhash_rust::xxh3::Xxh3Builder;
 
 use super::body::{
-    card_hash, home_slot, key_hash, key_tag, split_key, table_len, tag_of, Body, ExtraRec, InsurerRec,
-    PersonRec, QualRec, Slot, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL, INLINE_KEY,
+    card_hash, home_slot, key_hash, key_tag, split_key, table_len, tag_of, Body, ExtraRec,
+    InsurerRec, PersonRec, QualRec, Slot, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL, INLINE_KEY,
     MEDICAL_AID_SCHEME, NONE, NO_BYTE, NO_DATE, TAG_ALL, TAG_ANY_BIRTH,
 };
 use crate::model::{CardLink, EnrolleeRecord, KeyText, Qualification};
@@ -155,7 +155,11 @@ impl Builder {
             card_class: q.card_class.to_byte(),
             copay: q.copay_percent.to_byte(),
             flags: if q.preschool { FLAG_PRESCHOOL } else { 0 }
-                | if aid_unregistered { FLAG_AID_UNREGISTERED } else { 0 },
+                | if aid_unregistered {
+                    FLAG_AID_UNREGISTERED
+                } else {
+                    0
+                },
             loss_reason: q.loss.map_or(NO_BYTE, |l| l.reason.to_byte()),
             limit: q.limit_category.map_or(NO_BYTE, |l| l.to_byte()),
         });
@@ -321,7 +325,10 @@ impl Builder {
         let ((card_slots, mut errors), (key_slots, key_errors)) = std::thread::scope(|s| {
             let card = s.spawn(|| self.card_index());
             let key = self.key_index();
-            (card.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), key)
+            (
+                card.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                key,
+            )
         });
         let count = errors.count + key_errors.count;
         if count > 0 {
@@ -393,9 +400,14 @@ impl Builder {
                 continue;
             }
             let hash = card_hash(&p.card);
-            let dup = insert(&mut slots, hash, tag_of(hash), TAG_ALL, row as u32, |other| {
-                persons[other as usize].card == p.card
-            });
+            let dup = insert(
+                &mut slots,
+                hash,
+                tag_of(hash),
+                TAG_ALL,
+                row as u32,
+                |other| persons[other as usize].card == p.card,
+            );
             if let Some(other) = dup {
                 let first = self.line_of(persons[other as usize].first_qual);
                 errors.push(RowError {
@@ -424,7 +436,9 @@ impl Builder {
             // A duplicate has the same key and branch, whatever its birth date.
             let dup = insert(&mut slots, hash, tag, TAG_ANY_BIRTH, row as u32, |other| {
                 let o = &body.quals[other as usize];
-                o.insurer == q.insurer && o.branch == q.branch && key_of(o, &body.keytext) == (symbol, number)
+                o.insurer == q.insurer
+                    && o.branch == q.branch
+                    && key_of(o, &body.keytext) == (symbol, number)
             });
             if let Some(other) = dup {
                 errors.push(RowError {

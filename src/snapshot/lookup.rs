@@ -166,7 +166,12 @@ fn key_candidates<'a>(
         Some(b) => (b.value() + 1, TAG_ALL),
         None => (NO_BYTE, TAG_ANY_BRANCH),
     };
-    probe(&body.key_slots, hash, key_tag(hash, branch, birth.day_number()), mask)
+    probe(
+        &body.key_slots,
+        hash,
+        key_tag(hash, branch, birth.day_number()),
+        mask,
+    )
 }
 
 /// Linear probing from the home slot until a free slot; yields the rows of

@@ -5,8 +5,8 @@
 use serde::Serialize;
 
 use super::body::{
-    card_hash, key_hash, key_tag, tag_of, ArchivedBody, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL, MEDICAL_AID_SCHEME,
-    NONE, NO_BYTE, TAG_ALL,
+    card_hash, key_hash, key_tag, tag_of, ArchivedBody, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL,
+    MEDICAL_AID_SCHEME, NONE, NO_BYTE, TAG_ALL,
 };
 use super::lookup::{probe, string, QualView};
 use super::SnapshotError;
@@ -71,7 +71,8 @@ pub(super) fn verify(body: &ArchivedBody, bytes: u64) -> Result<VerifyReport, Sn
         if person.card_status != NO_BYTE {
             cards += 1;
             let found = card_hash(&person.card);
-            let hit = probe(&body.card_slots, found, tag_of(found), TAG_ALL).any(|r| r as usize == p);
+            let hit =
+                probe(&body.card_slots, found, tag_of(found), TAG_ALL).any(|r| r as usize == p);
             if !hit {
                 return Err(invalid(format!(
                     "person #{p}: not reachable through the card index"
@@ -98,9 +99,15 @@ pub(super) fn verify(body: &ArchivedBody, bytes: u64) -> Result<VerifyReport, Sn
             .as_ref()
             .is_some_and(|p| p.payer.scheme() == MEDICAL_AID_SCHEME && !p.registered);
         let flags = if qual.preschool { FLAG_PRESCHOOL } else { 0 }
-            | if unregistered { FLAG_AID_UNREGISTERED } else { 0 };
+            | if unregistered {
+                FLAG_AID_UNREGISTERED
+            } else {
+                0
+            };
         if rec.flags != flags {
-            return Err(invalid(format!("qualification #{q}: flags disagree with the record")));
+            return Err(invalid(format!(
+                "qualification #{q}: flags disagree with the record"
+            )));
         }
         let symbol = qual.symbol.as_ref().map_or(&[][..], |s| s.as_bytes());
         let hash = key_hash(qual.insurer_number.to_raw(), symbol, qual.number.as_bytes());

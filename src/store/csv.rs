@@ -204,40 +204,61 @@ impl<R: io::Read> CsvReader<R> {
                 let line = self.record.position().map_or(line, |p| p.line());
                 Some(self.parse(line).map(|r| (line, r)))
             }
-            Err(e) => {
-                let line = e.position().map_or(line, |p| p.line());
-                let reason = match e.kind() {
-                    csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".to_string(),
-                    csv::ErrorKind::Io(io) => format!("read error: {io}"),
-                    _ => "malformed CSV".to_string(),
-                };
-                Some(Err(RowError {
-                    line,
-                    column: None,
-                    reason,
-                }))
-            }
+            Err(e) => Some(Err(malformed(&e, line))),
         }
     }
 
     fn parse(&self, line: u64) -> Result<EnrolleeRecord, RowError> {
-        if self.record.len() != COLUMNS.len() {
-            return Err(RowError {
-                line,
-                column: None,
-                reason: format!(
-                    "expected {} fields, found {}",
-                    COLUMNS.len(),
-                    self.record.len()
-                ),
-            });
-        }
-        let row = Row {
-            record: &self.record,
-            index: &self.index,
+        parse_record(&self.record, &self.index, line)
+    }
+
+    /// Where each of [`COLUMNS`] is in this file's rows.
+    pub(crate) fn column_positions(&self) -> &ColumnIndex {
+        &self.index
+    }
+
+    /// Byte offset and line number of the first data row.
+    pub(crate) fn data_start(&self) -> (u64, u64) {
+        let p = self.inner.position();
+        (p.byte(), p.line())
+    }
+}
+
+/// Position of each of [`COLUMNS`] in a file's rows.
+pub(crate) type ColumnIndex = [usize; COLUMNS.len()];
+
+/// Parses one data row read at `line`.
+pub(crate) fn parse_record(
+    record: &csv::ByteRecord,
+    index: &ColumnIndex,
+    line: u64,
+) -> Result<EnrolleeRecord, RowError> {
+    if record.len() != COLUMNS.len() {
+        return Err(RowError {
             line,
-        };
-        row.parse()
+            column: None,
+            reason: format!("expected {} fields, found {}", COLUMNS.len(), record.len()),
+        });
+    }
+    Row {
+        record,
+        index,
+        line,
+    }
+    .parse()
+}
+
+/// A row the CSV reader itself refused (unbalanced quotes and the like).
+pub(crate) fn malformed(e: &csv::Error, line: u64) -> RowError {
+    let line = e.position().map_or(line, |p| p.line());
+    let reason = match e.kind() {
+        csv::ErrorKind::Io(io) => format!("read error: {io}"),
+        _ => "malformed CSV".to_string(),
+    };
+    RowError {
+        line,
+        column: None,
+        reason,
     }
 }
 
@@ -351,7 +372,11 @@ impl Row<'_> {
         } else {
             None
         };
-        let certificate = if self.group(&[col!("cert_issued"), col!("cert_valid_from"), col!("cert_valid_until")])? {
+        let certificate = if self.group(&[
+            col!("cert_issued"),
+            col!("cert_valid_from"),
+            col!("cert_valid_until"),
+        ])? {
             let c = Certificate {
                 issued: self.req(col!("cert_issued"))?,
                 valid_from: self.req(col!("cert_valid_from"))?,

@@ -1,4 +1,5 @@
 //! Authoritative stores snapshots are built from. The CSV export is the
 //! embedded default.
 
+pub mod chunks;
 pub mod csv;
