@@ -8,8 +8,6 @@
 
 use std::collections::HashMap;
 
-use xxhash_rust::xxh3::Xxh3Builder;
-
 use super::body::{
     card_hash, home_slot, key_hash, key_tag, split_key, table_len, tag_of, Body, ExtraRec,
     InsurerRec, PersonRec, QualRec, Slot, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL, INLINE_KEY,
@@ -43,9 +41,12 @@ pub struct Builder {
     body: Body,
     /// Interned strings: text -> id. Names repeat a lot (family and given
     /// names are drawn from small vocabularies), so this keeps `strings` small.
-    interned: HashMap<Box<str>, u32, Xxh3Builder>,
+    /// Keyed by the XXH3 of the text, checked against the pool on a hit.
+    interned: HashMap<u64, u32, IntHash>,
+    /// Texts whose hash another text took first (almost never used).
+    collided: HashMap<Box<str>, u32>,
     /// Insurer number (raw) -> index in `body.insurers`.
-    insurers: HashMap<u32, u32, Xxh3Builder>,
+    insurers: HashMap<u32, u32, IntHash>,
     /// The store's id of each person, in person order; checked for
     /// non-adjacent repeats at `finish`.
     person_ids: Vec<u64>,
@@ -68,8 +69,9 @@ impl Builder {
     pub fn new() -> Builder {
         Builder {
             body: Body::default(),
-            interned: HashMap::with_hasher(Xxh3Builder::new()),
-            insurers: HashMap::with_hasher(Xxh3Builder::new()),
+            interned: HashMap::default(),
+            collided: HashMap::new(),
+            insurers: HashMap::default(),
             person_ids: Vec::new(),
             current: None,
             line_marks: Vec::new(),
@@ -289,13 +291,28 @@ impl Builder {
     }
 
     fn intern(&mut self, s: &str) -> u32 {
-        if let Some(&id) = self.interned.get(s) {
-            return id;
+        let hash = xxhash_rust::xxh3::xxh3_64(s.as_bytes());
+        match self.interned.get(&hash) {
+            Some(&id) if super::lookup_string(&self.body, id) == Some(s) => return id,
+            Some(_) => {
+                if let Some(&id) = self.collided.get(s) {
+                    return id;
+                }
+                let id = self.push_string(s);
+                self.collided.insert(s.into(), id);
+                return id;
+            }
+            None => {}
         }
+        let id = self.push_string(s);
+        self.interned.insert(hash, id);
+        id
+    }
+
+    fn push_string(&mut self, s: &str) -> u32 {
         let id = self.body.string_ends.len() as u32;
         self.body.strings.extend_from_slice(s.as_bytes());
         self.body.string_ends.push(self.body.strings.len() as u32);
-        self.interned.insert(s.into(), id);
         id
     }
 
@@ -481,6 +498,33 @@ fn insert(
         if i == len {
             i = 0;
         }
+    }
+}
+
+/// Hasher for integer keys (insurer numbers, and text hashes that are
+/// already uniform): one multiply, whose high bits hashbrown uses.
+type IntHash = std::hash::BuildHasherDefault<IntHasher>;
+
+#[derive(Debug, Default)]
+struct IntHasher(u64);
+
+impl std::hash::Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
