@@ -46,7 +46,7 @@ pub struct Builder {
     /// Texts whose hash another text took first (almost never used).
     collided: HashMap<Box<str>, u32>,
     /// Insurer number (raw) -> index in `body.insurers`.
-    insurers: HashMap<u32, u32, IntHash>,
+    insurers: HashMap<u32, u16, IntHash>,
     /// The store's id of each person, in person order; checked for
     /// non-adjacent repeats at `finish`.
     person_ids: Vec<u64>,
@@ -118,7 +118,7 @@ impl Builder {
             return Err(capacity_row(line, "long key texts exceed 4 GiB"));
         }
         if !same_person {
-            self.start_person(line, &rec)?;
+            self.start_person(&rec);
         }
         let person = (self.body.persons.len() - 1) as u32;
         let insurer = self.insurer(line, q)?;
@@ -218,7 +218,7 @@ impl Builder {
         Ok(())
     }
 
-    fn start_person(&mut self, _line: u64, rec: &EnrolleeRecord) -> Result<(), RowError> {
+    fn start_person(&mut self, rec: &EnrolleeRecord) {
         let q = &rec.qualification;
         let name = self.intern_name(&q.name);
         let kana = self.intern_name(&q.name_kana);
@@ -230,17 +230,15 @@ impl Builder {
             card,
             name,
             kana,
-            birth: q.birth_date.day_number(),
             first_qual: self.body.quals.len() as u32,
             qual_count: 0,
             sex: q.sex.to_byte(),
             card_status,
         });
         self.person_ids.push(rec.person_id);
-        Ok(())
     }
 
-    fn insurer(&mut self, line: u64, q: &Qualification) -> Result<u32, RowError> {
+    fn insurer(&mut self, line: u64, q: &Qualification) -> Result<u16, RowError> {
         let raw = q.insurer_number.to_raw();
         if let Some(&i) = self.insurers.get(&raw) {
             let name = self.body.insurers[i as usize].name;
@@ -253,7 +251,9 @@ impl Builder {
             }
             return Ok(i);
         }
-        let i = self.body.insurers.len() as u32;
+        let Ok(i) = u16::try_from(self.body.insurers.len()) else {
+            return Err(capacity_row(line, "more than 65,535 insurers"));
+        };
         let name = self.intern(&q.insurer_name);
         self.body.insurers.push(InsurerRec { number: raw, name });
         self.insurers.insert(raw, i);
@@ -364,6 +364,11 @@ impl Builder {
 
     fn check_adjacent_persons(&mut self) -> Result<(), BuildError> {
         let ids = std::mem::take(&mut self.person_ids);
+        // The usual export is ordered by person_id: nothing can repeat, and
+        // no sorted copy (8 bytes a person) is needed.
+        if ids.windows(2).all(|w| w[0] < w[1]) {
+            return Ok(());
+        }
         let mut sorted = ids.clone();
         sorted.sort_unstable();
         let repeated: std::collections::HashSet<u64> = sorted

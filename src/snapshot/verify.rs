@@ -64,7 +64,8 @@ pub(super) fn verify(body: &ArchivedBody, bytes: u64) -> Result<VerifyReport, Sn
                 .quals
                 .get(q as usize)
                 .ok_or_else(|| invalid(format!("person #{p}: qualification out of range")))?;
-            if rec.person.to_native() as usize != p || rec.birth != person.birth {
+            let first_birth = body.quals.get(first as usize).map(|f| f.birth);
+            if rec.person.to_native() as usize != p || Some(rec.birth) != first_birth {
                 return Err(invalid(format!("qualification #{q}: person link broken")));
             }
         }
