@@ -3,7 +3,10 @@
 //!
 //! Keys are drawn at random from the data set (hits) or altered so that
 //! they exist nowhere (misses), and visited in random order, so most
-//! lookups miss the CPU caches as they would in production.
+//! lookups miss the CPU caches as they would in production. The plain
+//! benchmarks let consecutive lookups overlap (throughput per lookup, the
+//! criterion convention); the `_latency` ones chain each lookup to the
+//! previous answer, so they measure one lookup's full latency.
 //!
 //! `QUALCACHE_BENCH_SIZES=1000000` limits the sizes.
 
@@ -181,6 +184,35 @@ fn lookups(c: &mut Criterion) {
                 });
             }};
         }
+        // Latency: the next key depends on the previous answer, so lookups
+        // cannot overlap their cache misses; this is one lookup's latency.
+        macro_rules! latency {
+            ($name:literal, $keys:expr, |$k:ident| $body:expr) => {{
+                let keys = &$keys;
+                let mut i = 0usize;
+                g.bench_function(BenchmarkId::from_parameter($name), |b| {
+                    b.iter(|| {
+                        let $k = &keys[i];
+                        let r = black_box($body) as usize;
+                        i = (i + 1 + (r & 0x1000)) & (keys.len() - 1);
+                    })
+                });
+            }};
+        }
+        latency!("card_hit_latency/qualcache", s.cards, |d| snap
+            .lookup_card(d, as_of)
+            .status()
+            .code());
+        latency!("card_hit_latency/hashmap", s.cards, |d| base
+            .card(d, as_of)
+            .map_or(0, |q| q.sex as u8));
+        latency!("insurance_hit_latency/qualcache", s.keys, |k| snap
+            .lookup_insurance(&k.0, k.1, as_of)
+            .status()
+            .code());
+        latency!("insurance_hit_latency/hashmap", s.keys, |k| base
+            .insurance(&k.0, k.1, as_of)
+            .map_or(0, |q| q.sex as u8));
         bench!("card_hit/qualcache", s.cards, |d| snap
             .lookup_card(d, as_of)
             .status());
@@ -193,6 +225,71 @@ fn lookups(c: &mut Criterion) {
         bench!("card_miss/hashmap", s.card_misses, |d| base
             .card(d, as_of)
             .map(|q| q.acquired_date));
+        // Latency: the next key depends on the previous answer, so lookups
+        // cannot overlap their cache misses; this is one lookup's latency.
+        macro_rules! latency {
+            ($name:literal, $keys:expr, |$k:ident| $body:expr) => {{
+                let keys = &$keys;
+                let mut i = 0usize;
+                g.bench_function(BenchmarkId::from_parameter($name), |b| {
+                    b.iter(|| {
+                        let $k = &keys[i];
+                        let r = black_box($body) as usize;
+                        i = (i + 1 + (r & 0x1000)) & (keys.len() - 1);
+                    })
+                });
+            }};
+        }
+        latency!("card_hit_latency/qualcache", s.cards, |d| snap
+            .lookup_card(d, as_of)
+            .status()
+            .code());
+        latency!("card_hit_latency/hashmap", s.cards, |d| base
+            .card(d, as_of)
+            .map_or(0, |q| q.sex as u8));
+        latency!("insurance_hit_latency/qualcache", s.keys, |k| snap
+            .lookup_insurance(&k.0, k.1, as_of)
+            .status()
+            .code());
+        latency!("insurance_hit_latency/hashmap", s.keys, |k| base
+            .insurance(&k.0, k.1, as_of)
+            .map_or(0, |q| q.sex as u8));
+        bench!("card_hit/qualcache", s.cards, |d| snap
+            .lookup_card(d, as_of)
+            .status());
+        bench!("card_hit/hashmap", s.cards, |d| base
+            .card(d, as_of)
+            .map(|q| q.acquired_date));
+        bench!("card_miss/qualcache", s.card_misses, |d| snap
+            .lookup_card(d, as_of)
+            .status());
+        bench!("card_miss/hashmap", s.card_misses, |d| base
+            .card(d, as_of)
+            .map(|q| q.acquired_date));
+        {
+            // Latency: each lookup's key index depends on the previous answer.
+            let keys = &s.keys;
+            let mut i = 0usize;
+            g.bench_function("insurance_hit_latency/qualcache", |b| {
+                b.iter(|| {
+                    let st = snap
+                        .lookup_insurance(&keys[i].0, keys[i].1, as_of)
+                        .status()
+                        .code() as usize;
+                    i = (i + 1 + (black_box(st) & 0x100)) & (keys.len() - 1);
+                    st
+                })
+            });
+            let cards = &s.cards;
+            let mut j = 0usize;
+            g.bench_function("card_hit_latency/qualcache", |b| {
+                b.iter(|| {
+                    let st = snap.lookup_card(&cards[j], as_of).status().code() as usize;
+                    j = (j + 1 + (black_box(st) & 0x100)) & (cards.len() - 1);
+                    st
+                })
+            });
+        }
         bench!("insurance_hit/qualcache", s.keys, |k| snap
             .lookup_insurance(&k.0, k.1, as_of)
             .status());

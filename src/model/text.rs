@@ -67,12 +67,17 @@ pub(crate) fn normalize_ascii<'b>(s: &str, buf: &'b mut [u8]) -> Option<&'b [u8]
     normalize_into(s, buf).map(str::as_bytes)
 }
 
+/// Bytes of a [`KeyText`]'s buffer: the longest text rounded up to whole
+/// 8-byte words, zero after the text (hashing reads whole words).
+pub const KEY_TEXT_BUF: usize = MAX_KEY_TEXT.div_ceil(8) * 8;
+
 /// A normalised symbol or number: 1 to 38 bytes of UTF-8 with no control
 /// characters, stored inline so that parsing one does not allocate.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyText {
     len: u8,
-    bytes: [u8; MAX_KEY_TEXT],
+    /// The text, then zeros.
+    bytes: [u8; KEY_TEXT_BUF],
 }
 
 impl KeyText {
@@ -86,14 +91,19 @@ impl KeyText {
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
+
+    /// The text followed by zeros, [`KEY_TEXT_BUF`] bytes.
+    pub fn padded(&self) -> &[u8; KEY_TEXT_BUF] {
+        &self.bytes
+    }
 }
 
 impl FromStr for KeyText {
     type Err = TextError;
 
     fn from_str(s: &str) -> Result<KeyText, TextError> {
-        let mut bytes = [0u8; MAX_KEY_TEXT];
-        let norm = normalize_into(s, &mut bytes).ok_or(TextError::TooLong)?;
+        let mut bytes = [0u8; KEY_TEXT_BUF];
+        let norm = normalize_into(s, &mut bytes[..MAX_KEY_TEXT]).ok_or(TextError::TooLong)?;
         if norm.is_empty() {
             return Err(TextError::Empty);
         }

@@ -15,8 +15,10 @@
 
 use rkyv::{Archive, Serialize};
 
+use crate::model::text::{KeyText, KEY_TEXT_BUF};
+
 /// Version of the types in this file; bump on any change to them.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Marks an absent row index, date or string.
 pub const NONE: u32 = u32::MAX;
@@ -195,23 +197,37 @@ pub fn tag_of(hash: u64) -> u32 {
     hash as u32
 }
 
-/// The tag stored in an insurance index slot: 16 bits of the key hash, the
-/// branch byte (`QualRec::branch`) and 8 bits of the birth date. A lookup
-/// with a branch compares all 32 bits, one without a branch ignores the
-/// branch byte (`TAG_ANY_BRANCH`); so other family members and wrong birth
-/// dates are almost always passed over without touching their records.
+/// Where an insurance lookup starts probing: the key hash mixed with the
+/// birth date, which every lookup by numbers carries. Family members share
+/// a key but not (twins aside) a birth date, so they land apart and most
+/// lookups find their key in the first slot.
 #[inline]
-pub fn key_tag(hash: u64, branch: u8, birth: i32) -> u32 {
-    let birth8 = (birth as u32).wrapping_mul(0x9E37_79B1) >> 24;
-    ((hash as u32) & 0xFFFF_0000) | (u32::from(branch) << 8) | birth8
+pub fn lookup_hash(key_hash: u64, birth: i32) -> u64 {
+    fmix64(key_hash ^ u64::from(birth as u32).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// The tag stored in an insurance index slot: 24 bits of the lookup hash
+/// and the branch byte (`QualRec::branch`). A lookup with a branch compares
+/// all 32 bits, one without a branch ignores the branch byte.
+#[inline]
+pub fn key_tag(lookup_hash: u64, branch: u8) -> u32 {
+    ((lookup_hash as u32) & 0xFFFF_FF00) | u32::from(branch)
 }
 
 /// Compare every bit of a tag.
 pub const TAG_ALL: u32 = u32::MAX;
 /// Compare a tag but its branch byte.
-pub const TAG_ANY_BRANCH: u32 = 0xFFFF_00FF;
-/// Compare a tag but its birth byte (same key and branch: a duplicate).
-pub const TAG_ANY_BIRTH: u32 = 0xFFFF_FF00;
+pub const TAG_ANY_BRANCH: u32 = 0xFFFF_FF00;
+
+/// MurmurHash3's 64-bit finaliser.
+#[inline]
+pub fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    h ^ (h >> 33)
+}
 
 /// Hash of a card digest for the card index.
 #[inline]
@@ -222,17 +238,68 @@ pub fn card_hash(digest: &[u8; 16]) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Hash of an insurance key without its branch.
+/// Hash of an insurance key without its branch (see [`lookup_hash`] for
+/// where the index puts it).
+///
+/// Keys are short (a symbol and a number of a few bytes each), and every
+/// candidate is verified byte for byte, so this is a small multiply-rotate
+/// hash over 8-byte words with a MurmurHash3 finaliser: a handful of
+/// instructions, which lets consecutive lookups overlap their cache misses.
 #[inline]
 pub fn key_hash(insurer_raw: u32, symbol: &[u8], number: &[u8]) -> u64 {
-    let mut buf = [0u8; 4 + 1 + 2 * crate::model::text::MAX_KEY_TEXT];
-    buf[..4].copy_from_slice(&insurer_raw.to_le_bytes());
-    buf[4] = symbol.len() as u8;
-    let s_end = 5 + symbol.len();
-    buf[5..s_end].copy_from_slice(symbol);
-    let n_end = s_end + number.len();
-    buf[s_end..n_end].copy_from_slice(number);
-    xxhash_rust::xxh3::xxh3_64(&buf[..n_end])
+    #[inline]
+    fn absorb(mut h: u64, bytes: &[u8]) -> u64 {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            h = hash_round(
+                h,
+                u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+            );
+        }
+        let rest = chunks.remainder();
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        hash_round(h, u64::from_le_bytes(w) ^ ((bytes.len() as u64) << 56))
+    }
+    fmix64(absorb(absorb(hash_start(insurer_raw), symbol), number))
+}
+
+/// [`key_hash`] of parsed key texts, reading whole words of their
+/// zero-padded buffers (no copying of the tail): the lookup path's form.
+#[inline]
+pub fn key_hash_text(insurer_raw: u32, symbol: Option<&KeyText>, number: &KeyText) -> u64 {
+    #[inline]
+    fn absorb(mut h: u64, text: Option<&KeyText>) -> u64 {
+        let (buf, len) = match text {
+            Some(t) => (t.padded(), t.as_bytes().len()),
+            None => (&[0u8; KEY_TEXT_BUF], 0),
+        };
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&buf[8 * i..8 * i + 8]);
+            u64::from_le_bytes(w)
+        };
+        for i in 0..len / 8 {
+            h = hash_round(h, word(i));
+        }
+        hash_round(h, word(len / 8) ^ ((len as u64) << 56))
+    }
+    fmix64(absorb(
+        absorb(hash_start(insurer_raw), symbol),
+        Some(number),
+    ))
+}
+
+const HASH_K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+#[inline]
+fn hash_start(insurer_raw: u32) -> u64 {
+    (u64::from(insurer_raw) ^ HASH_K).wrapping_mul(HASH_K)
+}
+
+#[inline]
+fn hash_round(h: u64, w: u64) -> u64 {
+    (h ^ w).wrapping_mul(HASH_K).rotate_left(29)
 }
 
 /// The symbol and number of a qualification, from its inline key or the
@@ -257,4 +324,38 @@ pub fn split_key<'a>(
 /// Number of slots for `n` keys: load factor at most 3/4, at least one free.
 pub fn table_len(n: usize) -> usize {
     n + n.div_ceil(3) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_key_hashes_agree() {
+        let texts = [
+            "1",
+            "12",
+            "1234567",
+            "12345678",
+            "123456789",
+            "記号",
+            "市12",
+            "ABCDEFGHIJKLMNOP",
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789AB",
+        ];
+        for sym in [None].into_iter().chain(texts.iter().map(|t| Some(*t))) {
+            for num in texts {
+                let s: Option<KeyText> = sym.map(|t| t.parse().unwrap());
+                let n: KeyText = num.parse().unwrap();
+                let bytes = s.as_ref().map_or(&[][..], KeyText::as_bytes);
+                assert_eq!(
+                    key_hash(6130488, bytes, n.as_bytes()),
+                    key_hash_text(6130488, s.as_ref(), &n),
+                    "{sym:?} {num:?}"
+                );
+            }
+        }
+        // The symbol/number boundary matters.
+        assert_ne!(key_hash(1, b"12", b"3"), key_hash(1, b"1", b"23"));
+    }
 }

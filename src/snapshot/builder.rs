@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 
 use super::body::{
-    card_hash, home_slot, key_hash, key_tag, split_key, table_len, tag_of, Body, ExtraRec,
-    InsurerRec, PersonRec, QualRec, Slot, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL, INLINE_KEY,
-    MEDICAL_AID_SCHEME, NONE, NO_BYTE, NO_DATE, TAG_ALL, TAG_ANY_BIRTH,
+    card_hash, fmix64, home_slot, key_hash, key_tag, lookup_hash, split_key, table_len, tag_of,
+    Body, ExtraRec, InsurerRec, PersonRec, QualRec, Slot, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL,
+    INLINE_KEY, MEDICAL_AID_SCHEME, NONE, NO_BYTE, NO_DATE, TAG_ALL,
 };
 use crate::model::{CardLink, EnrolleeRecord, KeyText, Qualification};
 use crate::store::csv::RowError;
@@ -338,14 +338,19 @@ impl Builder {
         if self.body.strings.len() > u32::MAX as usize {
             return Err(BuildError::Capacity("interned strings exceed 4 GiB".into()));
         }
-        // The two indexes are independent: fill them on two threads.
+        // On two threads: the card index, and the duplicate-key check then
+        // the insurance index (the check's hashes are freed before the
+        // index is allocated, which keeps the peak memory down).
         let ((card_slots, mut errors), (key_slots, key_errors)) = std::thread::scope(|s| {
             let card = s.spawn(|| self.card_index());
-            let key = self.key_index();
-            (
-                card.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                key,
-            )
+            let key_errors = self.duplicate_keys();
+            let key_slots = if key_errors.count == 0 {
+                self.key_index()
+            } else {
+                Vec::new()
+            };
+            let card = card.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (card, (key_slots, key_errors))
         });
         let count = errors.count + key_errors.count;
         if count > 0 {
@@ -442,38 +447,84 @@ impl Builder {
         (slots, errors)
     }
 
-    /// The insurance index, and a row error for each duplicate key.
-    fn key_index(&self) -> (Vec<Slot>, Errors) {
-        let mut errors = Errors::default();
+    /// The insurance index.
+    fn key_index(&self) -> Vec<Slot> {
         let body = &self.body;
-        fn key_of<'a>(q: &'a QualRec, keytext: &'a [u8]) -> (&'a [u8], &'a [u8]) {
-            split_key(&q.key, q.symbol_len, q.number_len, keytext).unwrap_or_default()
-        }
         let mut slots = vec![Slot::EMPTY; table_len(body.quals.len())];
         for (row, q) in body.quals.iter().enumerate() {
-            let (symbol, number) = key_of(q, &body.keytext);
-            let raw = body.insurers[q.insurer as usize].number;
-            let hash = key_hash(raw, symbol, number);
-            let tag = key_tag(hash, q.branch, q.birth);
-            // A duplicate has the same key and branch, whatever its birth date.
-            let dup = insert(&mut slots, hash, tag, TAG_ANY_BIRTH, row as u32, |other| {
-                let o = &body.quals[other as usize];
-                o.insurer == q.insurer
-                    && o.branch == q.branch
-                    && key_of(o, &body.keytext) == (symbol, number)
+            let hash = lookup_hash(self.key_hash_of(q), q.birth);
+            // Duplicates are found by `duplicate_keys`; nothing to compare.
+            insert(
+                &mut slots,
+                hash,
+                key_tag(hash, q.branch),
+                0,
+                row as u32,
+                |_| false,
+            );
+        }
+        slots
+    }
+
+    /// A row error for each qualification whose (insurer, symbol, number,
+    /// branch) an earlier one already has, whatever the birth dates.
+    ///
+    /// Sorts one 64-bit hash per qualification; only hashes that repeat are
+    /// then compared key by key, so the common case holds 8 bytes a record.
+    fn duplicate_keys(&self) -> Errors {
+        let quals = &self.body.quals;
+        let full = |q: &QualRec| fmix64(self.key_hash_of(q) ^ u64::from(q.branch));
+        let mut hashes: Vec<u64> = quals.iter().map(full).collect();
+        hashes.sort_unstable();
+        let repeated: std::collections::HashSet<u64> = hashes
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0])
+            .collect();
+        drop(hashes);
+        let mut errors = Errors::default();
+        if repeated.is_empty() {
+            return errors;
+        }
+        let mut seen: HashMap<u64, Vec<u32>> = HashMap::new();
+        for (row, q) in quals.iter().enumerate() {
+            let h = full(q);
+            if !repeated.contains(&h) {
+                continue;
+            }
+            let earlier = seen.entry(h).or_default();
+            let same = earlier.iter().copied().find(|&o| {
+                let o_rec = &quals[o as usize];
+                o_rec.insurer == q.insurer
+                    && o_rec.branch == q.branch
+                    && self.key_of(o_rec) == self.key_of(q)
             });
-            if let Some(other) = dup {
-                errors.push(RowError {
+            match same {
+                Some(other) => errors.push(RowError {
                     line: self.line_of(row as u32),
                     column: Some("number"),
                     reason: format!(
                         "duplicate insurance key (insurer, symbol, number, branch) of line {}",
                         self.line_of(other)
                     ),
-                });
+                }),
+                None => earlier.push(row as u32),
             }
         }
-        (slots, errors)
+        errors
+    }
+
+    fn key_of<'a>(&'a self, q: &'a QualRec) -> (&'a [u8], &'a [u8]) {
+        split_key(&q.key, q.symbol_len, q.number_len, &self.body.keytext).unwrap_or_default()
+    }
+
+    fn key_hash_of(&self, q: &QualRec) -> u64 {
+        let (symbol, number) = self.key_of(q);
+        key_hash(
+            self.body.insurers[usize::from(q.insurer)].number,
+            symbol,
+            number,
+        )
     }
 }
 

@@ -4,9 +4,9 @@
 use std::fmt;
 
 use super::body::{
-    card_hash, home_slot, key_hash, key_tag, split_key, tag_of, ArchivedBody, ArchivedQualRec,
-    ArchivedSlot, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL, NONE, NO_BYTE, NO_DATE, TAG_ALL,
-    TAG_ANY_BRANCH,
+    card_hash, home_slot, key_hash_text, key_tag, lookup_hash, split_key, tag_of, ArchivedBody,
+    ArchivedQualRec, ArchivedSlot, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL, INLINE_KEY, NONE,
+    NO_BYTE, NO_DATE, TAG_ALL, TAG_ANY_BRANCH,
 };
 use crate::model::{
     Branch, CardClass, CardDigest, CardStatus, Certificate, Date, DiseaseKind, ElderlyCertificate,
@@ -86,11 +86,13 @@ impl<'a> Matches<'a> {
         let (body, key, birth, as_of) = (self.body, self.key, self.birth, self.as_of);
         key_candidates(body, &key, birth).filter_map(move |row| {
             let rec = body.quals.get(row as usize)?;
-            key_matches(body, rec, &key, birth, as_of).then_some(QualView {
-                body,
-                index: row,
-                rec,
-            })
+            KeyQuery::new(&key, birth, as_of)
+                .matches(body, rec)
+                .then_some(QualView {
+                    body,
+                    index: row,
+                    rec,
+                })
         })
     }
 }
@@ -127,13 +129,19 @@ pub fn by_insurance<'a>(
     birth: Date,
     as_of: Date,
 ) -> Answer<'a> {
+    let query = KeyQuery::new(key, birth, as_of);
     let mut best: Option<(u32, &ArchivedQualRec)> = None;
     for row in key_candidates(body, key, birth) {
         let Some(rec) = body.quals.get(row as usize) else {
             continue;
         };
-        if !key_matches(body, rec, key, birth, as_of) {
+        if !query.matches(body, rec) {
             continue;
+        }
+        if key.branch.is_some() {
+            // Keys with a branch are unique (the builder refuses
+            // duplicates): the first match is the only one.
+            return evaluate(body, row, rec, as_of);
         }
         match best {
             Some((_, b)) if b.person != rec.person => {
@@ -160,18 +168,15 @@ fn key_candidates<'a>(
     key: &InsuranceKey,
     birth: Date,
 ) -> impl Iterator<Item = u32> + 'a {
-    let symbol = key.symbol.as_ref().map_or(&[][..], KeyText::as_bytes);
-    let hash = key_hash(key.insurer.to_raw(), symbol, key.number.as_bytes());
+    let hash = lookup_hash(
+        key_hash_text(key.insurer.to_raw(), key.symbol.as_ref(), &key.number),
+        birth.day_number(),
+    );
     let (branch, mask) = match key.branch {
         Some(b) => (b.value() + 1, TAG_ALL),
         None => (NO_BYTE, TAG_ANY_BRANCH),
     };
-    probe(
-        &body.key_slots,
-        hash,
-        key_tag(hash, branch, birth.day_number()),
-        mask,
-    )
+    probe(&body.key_slots, hash, key_tag(hash, branch), mask)
 }
 
 /// Linear probing from the home slot until a free slot; yields the rows of
@@ -192,33 +197,71 @@ pub(super) fn probe(
         .map(|s| s.row.to_native())
 }
 
-/// Whether `rec` is the key's qualification, with this birth date, visible
-/// (acquired) on `as_of`.
-#[inline]
-fn key_matches(
-    body: &ArchivedBody,
-    rec: &ArchivedQualRec,
-    key: &InsuranceKey,
-    birth: Date,
-    as_of: Date,
-) -> bool {
-    if rec.birth != birth.day_number() || rec.acquired.to_native() > as_of.day_number() {
-        return false;
-    }
-    if let Some(b) = key.branch {
-        if rec.branch != b.value() + 1 {
-            return false;
+/// An insurance lookup prepared once: the key in the form `QualRec`
+/// stores it, so that checking a candidate is a few fixed-size compares
+/// (no data-dependent loops, which would stall the pipeline on a miss).
+struct KeyQuery<'k> {
+    insurer: u32,
+    symbol: &'k [u8],
+    number: &'k [u8],
+    /// The inline form (`QualRec::key`), when the key fits inline.
+    inline: Option<[u8; INLINE_KEY]>,
+    /// `QualRec::branch` to match, if a branch was given.
+    branch: Option<u8>,
+    birth: i32,
+    as_of: i32,
+}
+
+impl<'k> KeyQuery<'k> {
+    fn new(key: &'k InsuranceKey, birth: Date, as_of: Date) -> KeyQuery<'k> {
+        let symbol = key.symbol.as_ref().map_or(&[][..], KeyText::as_bytes);
+        let number = key.number.as_bytes();
+        // symbol ++ number, zero-padded, built with shifts of the padded
+        // buffers' first 16 bytes (no variable-length copies).
+        let inline = (symbol.len() + number.len() <= INLINE_KEY).then(|| {
+            let head = |t: Option<&KeyText>| {
+                t.map_or(0, |t| {
+                    let mut b = [0u8; 16];
+                    b.copy_from_slice(&t.padded()[..16]);
+                    u128::from_le_bytes(b)
+                })
+            };
+            let s = head(key.symbol.as_ref());
+            let n = head(Some(&key.number)) << (8 * symbol.len());
+            (s | n).to_le_bytes()
+        });
+        KeyQuery {
+            insurer: key.insurer.to_raw(),
+            symbol,
+            number,
+            inline,
+            branch: key.branch.map(|b| b.value() + 1),
+            birth: birth.day_number(),
+            as_of: as_of.day_number(),
         }
     }
-    let Some(ins) = body.insurers.get(rec.insurer.to_native() as usize) else {
-        return false;
-    };
-    if ins.number != key.insurer.to_raw() {
-        return false;
+
+    /// Whether `rec` is this key's qualification, with this birth date,
+    /// visible (acquired) on the as-of day.
+    #[inline]
+    fn matches(&self, body: &ArchivedBody, rec: &ArchivedQualRec) -> bool {
+        let fixed = (rec.birth == self.birth)
+            & (rec.acquired.to_native() <= self.as_of)
+            & (usize::from(rec.symbol_len) == self.symbol.len())
+            & (usize::from(rec.number_len) == self.number.len())
+            & self.branch.is_none_or(|b| rec.branch == b);
+        if !fixed {
+            return false;
+        }
+        let insurer = body
+            .insurers
+            .get(usize::from(rec.insurer.to_native()))
+            .is_some_and(|i| i.number == self.insurer);
+        match &self.inline {
+            Some(k) => insurer & (rec.key == *k),
+            None => insurer && key_texts(body, rec) == (self.symbol, self.number),
+        }
     }
-    let symbol = key.symbol.as_ref().map_or(&[][..], KeyText::as_bytes);
-    let (s, n) = key_texts(body, rec);
-    s == symbol && n == key.number.as_bytes()
 }
 
 /// The symbol and number bytes of a qualification.

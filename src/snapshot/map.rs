@@ -25,8 +25,10 @@ pub struct MappedArchive {
     archive: Range<usize>,
 }
 
-/// Maps `file` read-only, faulting its pages in up front so that the first
-/// lookups do not pay for page faults.
+/// Maps `file` read-only, asks for huge pages (the page cache holds large
+/// folios; mapping them with 2 MiB entries spares most TLB misses on random
+/// lookups), and faults the pages in up front so that the first lookups do
+/// not pay for page faults.
 pub fn map_file(file: &File) -> io::Result<Mmap> {
     // SAFETY: the mapping is read-only and private. Snapshot files are
     // written once to a temporary name, fsynced and renamed into place, and
@@ -35,9 +37,17 @@ pub fn map_file(file: &File) -> io::Result<Mmap> {
     // truncated by an outside actor would raise SIGBUS, as for any mapped
     // file; that is the documented operational contract of the snapshot
     // directory.
-    let map = unsafe { MmapOptions::new().populate().map(file)? };
-    #[cfg(unix)]
-    let _ = map.advise(memmap2::Advice::Random);
+    let map = unsafe { MmapOptions::new().map(file)? };
+    #[cfg(target_os = "linux")]
+    {
+        // Advice only: a kernel without file huge pages ignores it.
+        let _ = map.advise(memmap2::Advice::HugePage);
+        let _ = map.advise(memmap2::Advice::Random);
+        if map.advise(memmap2::Advice::PopulateRead).is_err() {
+            // Before Linux 5.14: fault the pages in by hand.
+            let _ = map.advise(memmap2::Advice::WillNeed);
+        }
+    }
     Ok(map)
 }
 

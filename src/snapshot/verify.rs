@@ -5,8 +5,8 @@
 use serde::Serialize;
 
 use super::body::{
-    card_hash, key_hash, key_tag, tag_of, ArchivedBody, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL,
-    MEDICAL_AID_SCHEME, NONE, NO_BYTE, TAG_ALL,
+    card_hash, key_hash, key_tag, lookup_hash, tag_of, ArchivedBody, FLAG_AID_UNREGISTERED,
+    FLAG_PRESCHOOL, MEDICAL_AID_SCHEME, NONE, NO_BYTE, TAG_ALL,
 };
 use super::lookup::{probe, string, QualView};
 use super::SnapshotError;
@@ -111,8 +111,11 @@ pub(super) fn verify(body: &ArchivedBody, bytes: u64) -> Result<VerifyReport, Sn
             )));
         }
         let symbol = qual.symbol.as_ref().map_or(&[][..], |s| s.as_bytes());
-        let hash = key_hash(qual.insurer_number.to_raw(), symbol, qual.number.as_bytes());
-        let tag = key_tag(hash, rec.branch, rec.birth.to_native());
+        let hash = lookup_hash(
+            key_hash(qual.insurer_number.to_raw(), symbol, qual.number.as_bytes()),
+            rec.birth.to_native(),
+        );
+        let tag = key_tag(hash, rec.branch);
         if !probe(&body.key_slots, hash, tag, TAG_ALL).any(|r| r as usize == q) {
             return Err(invalid(format!(
                 "qualification #{q}: not reachable through the insurance index"
