@@ -11,8 +11,8 @@ use serde::Serialize;
 use crate::answer::AnswerJson;
 use crate::build::{build_from_csv, BuildFailure, BuildOptions};
 use crate::gen::{generate, GenOptions};
-use crate::model::{CardKey, Date, InsuranceKey};
-use crate::probe::{check, read_probes};
+use crate::model::{CardKey, Date};
+use crate::probe::{check, read_probes, ProbeLookup};
 use crate::snapshot::{newest_generation, BuildError, Snapshot};
 
 /// Environment variable holding the card key (64 hex digits).
@@ -287,13 +287,18 @@ fn lookup(a: LookupArgs) -> Result<()> {
     let snap = open(&a.snapshot)?;
     let as_of = a.as_of.unwrap_or_else(Date::today_jst);
     let generation = snap.header().generation;
-    let answer = match &a.by {
+    let key = a.key.load()?;
+    let lookup = match a.by {
         LookupBy::Card { serial } => {
-            let key = a.key.load()?;
             if key.id() != snap.header().card_key_id {
-                bail!("the card key differs from the one this snapshot was built with (key id {:016x}, snapshot {:016x})", key.id(), snap.header().card_key_id);
+                bail!(
+                    "the card key differs from the one this snapshot was built with \
+                     (key id {:016x}, snapshot {:016x})",
+                    key.id(),
+                    snap.header().card_key_id
+                );
             }
-            snap.lookup_card(&key.digest(serial), as_of)
+            ProbeLookup::Card { serial }
         }
         LookupBy::Insurance {
             insurer,
@@ -301,11 +306,15 @@ fn lookup(a: LookupArgs) -> Result<()> {
             number,
             branch,
             birth,
-        } => {
-            let key = InsuranceKey::parse(insurer, symbol.as_deref(), number, branch.as_deref())?;
-            snap.lookup_insurance(&key, *birth, as_of)
-        }
+        } => ProbeLookup::Insurance {
+            insurer,
+            symbol,
+            number,
+            branch,
+            birth,
+        },
     };
+    let answer = lookup.run(&snap, &key, as_of)?;
     print_json(&AnswerJson::new(&answer, generation)?)
 }
 
@@ -381,21 +390,7 @@ fn demo(a: DemoArgs) -> Result<()> {
         if !shown.insert(p.expect) {
             continue;
         }
-        let answer = match &p.lookup {
-            crate::probe::ProbeLookup::Card { serial } => {
-                snap.lookup_card(&key.digest(serial), p.as_of)
-            }
-            crate::probe::ProbeLookup::Insurance {
-                insurer,
-                symbol,
-                number,
-                branch,
-                birth,
-            } => {
-                let k = InsuranceKey::parse(insurer, symbol.as_deref(), number, branch.as_deref())?;
-                snap.lookup_insurance(&k, *birth, p.as_of)
-            }
-        };
+        let answer = p.lookup.run(&snap, &key, p.as_of)?;
         writeln!(out, "-- probe case {} (as of {}):", p.case, p.as_of)?;
         writeln!(
             out,

@@ -19,6 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::text::KeyError;
 use crate::model::{CardKey, Date, InsuranceKey, Qualification, Status};
 use crate::snapshot::{Answer, Snapshot};
 
@@ -82,23 +83,38 @@ pub fn key_id(q: &Qualification) -> String {
     )
 }
 
+impl ProbeLookup {
+    /// Runs this lookup against a snapshot (card serials digested with
+    /// `key`). Fails only if the insurance key does not parse.
+    pub fn run<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        key: &CardKey,
+        as_of: Date,
+    ) -> Result<Answer<'s>, KeyError> {
+        Ok(match self {
+            ProbeLookup::Card { serial } => snapshot.lookup_card(&key.digest(serial), as_of),
+            ProbeLookup::Insurance {
+                insurer,
+                symbol,
+                number,
+                branch,
+                birth,
+            } => {
+                let k = InsuranceKey::parse(insurer, symbol.as_deref(), number, branch.as_deref())?;
+                snapshot.lookup_insurance(&k, *birth, as_of)
+            }
+        })
+    }
+}
+
 /// Runs a probe against a snapshot and says how the answer differs from
 /// the expectation, if it does. Messages carry no personal data.
 pub fn check(snapshot: &Snapshot, key: &CardKey, probe: &Probe) -> Result<(), String> {
-    let answer = match &probe.lookup {
-        ProbeLookup::Card { serial } => snapshot.lookup_card(&key.digest(serial), probe.as_of),
-        ProbeLookup::Insurance {
-            insurer,
-            symbol,
-            number,
-            branch,
-            birth,
-        } => {
-            let k = InsuranceKey::parse(insurer, symbol.as_deref(), number, branch.as_deref())
-                .map_err(|e| format!("probe key does not parse: {e}"))?;
-            snapshot.lookup_insurance(&k, *birth, probe.as_of)
-        }
-    };
+    let answer = probe
+        .lookup
+        .run(snapshot, key, probe.as_of)
+        .map_err(|e| format!("probe key does not parse: {e}"))?;
     check_answer(&answer, probe)
 }
 
