@@ -22,9 +22,14 @@
 
 pub mod answer;
 pub mod build;
+pub mod certs;
 pub mod cli;
+pub mod client;
 pub mod gen;
 pub mod model;
 pub mod probe;
+pub mod protocol;
+pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod tls;

@@ -1,0 +1,99 @@
+//! A `qualcache/1` client: one QUIC connection to a daemon, one stream per
+//! request. Used by `qualcache query` and the load generator.
+
+use std::net::SocketAddr;
+
+use prost::Message;
+
+use crate::protocol::pb;
+
+/// Largest response accepted (a full batch of answers fits easily).
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Could not bind a local UDP socket.
+    #[error("binding a local socket: {0}")]
+    Bind(std::io::Error),
+    /// The connection could not be set up (address, handshake, certificate).
+    #[error("connecting to {addr}: {reason}")]
+    Connect {
+        /// The server.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The connection or stream failed.
+    #[error("request failed: {0}")]
+    Stream(String),
+    /// The answer is not a `Response` message.
+    #[error("the server's answer does not decode")]
+    Decode,
+}
+
+/// A connection to a daemon.
+#[derive(Debug)]
+pub struct Client {
+    /// Kept so the local socket lives as long as the connection.
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+}
+
+impl Client {
+    /// Connects to `addr`, checking its certificate against `server_name`.
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        config: quinn::ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let local: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse().expect("literal address")
+        } else {
+            "0.0.0.0:0".parse().expect("literal address")
+        };
+        let endpoint = quinn::Endpoint::client(local).map_err(ClientError::Bind)?;
+        Client::connect_on(endpoint, addr, server_name, config).await
+    }
+
+    /// Connects using an existing endpoint (several connections may share
+    /// one socket).
+    pub async fn connect_on(
+        endpoint: quinn::Endpoint,
+        addr: SocketAddr,
+        server_name: &str,
+        config: quinn::ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let connect_err = |reason: String| ClientError::Connect { addr, reason };
+        let conn = endpoint
+            .connect_with(config, addr, server_name)
+            .map_err(|e| connect_err(e.to_string()))?
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        Ok(Client { endpoint, conn })
+    }
+
+    /// Sends one request and waits for its response.
+    pub async fn request(&self, req: &pb::Request) -> Result<pb::Response, ClientError> {
+        self.request_bytes(&req.encode_to_vec()).await
+    }
+
+    /// Sends raw request bytes (tests use this to send garbage).
+    pub async fn request_bytes(&self, bytes: &[u8]) -> Result<pb::Response, ClientError> {
+        let stream = |e: &dyn std::fmt::Display| ClientError::Stream(e.to_string());
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| stream(&e))?;
+        send.write_all(bytes).await.map_err(|e| stream(&e))?;
+        send.finish().map_err(|e| stream(&e))?;
+        let answer = recv
+            .read_to_end(MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| stream(&e))?;
+        pb::Response::decode(&answer[..]).map_err(|_| ClientError::Decode)
+    }
+
+    /// Closes the connection and waits until the server knows.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"done");
+        self.endpoint.wait_idle().await;
+    }
+}

@@ -1,0 +1,347 @@
+//! The wire protocol, `qualcache/1`: message types generated from
+//! `proto/qualcache.proto`, and the pure request handler the daemon runs on
+//! each decoded request. Nothing here does I/O: the QUIC driver
+//! (`server`) reads bytes, calls [`handle`], and writes bytes back.
+//! PROTOCOL.md documents framing, fields and limits for other clients.
+
+use prost::Message;
+
+use crate::model::{CardKey, Date, InsuranceKey, Qualification, Status};
+use crate::snapshot::{Answer, Snapshot};
+
+/// Generated protocol messages (`qualcache.v1`).
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/qualcache.v1.rs"));
+}
+
+/// The ALPN protocol id.
+pub const ALPN: &[u8] = b"qualcache/1";
+
+/// Limits a server enforces on requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest encoded request, bytes.
+    pub max_request_bytes: usize,
+    /// Most items in one batch.
+    pub max_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_request_bytes: 256 * 1024,
+            max_batch: 1_000,
+        }
+    }
+}
+
+/// What [`handle`] needs besides the request.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// The snapshot answering, if one is loaded.
+    pub snapshot: Option<&'a Snapshot>,
+    /// Key for card serial digests.
+    pub card_key: &'a CardKey,
+    /// Today in Japan time (used when `as_of` is 0).
+    pub today: Date,
+    /// Request limits.
+    pub limits: Limits,
+    /// Filled into status responses.
+    pub uptime_seconds: u64,
+    /// Filled into status responses.
+    pub connections: u64,
+}
+
+/// Decodes a request; `None` if the bytes are not a `Request` message.
+pub fn decode_request(bytes: &[u8]) -> Option<pb::Request> {
+    pb::Request::decode(bytes).ok()
+}
+
+/// A response for a request that could not be read (too large, not
+/// protobuf); `reason` must carry no personal data.
+pub fn invalid(reason: impl Into<String>) -> pb::Response {
+    pb::Response {
+        status: pb::Status::InvalidRequest as i32,
+        reason: reason.into(),
+        ..pb::Response::default()
+    }
+}
+
+/// Answers one decoded request. Pure: the same inputs give the same output.
+pub fn handle(ctx: &Context<'_>, req: pb::Request) -> pb::Response {
+    use pb::request::Kind;
+    let Some(kind) = req.kind else {
+        return invalid("request has no lookup (card, insurance, batch or status)");
+    };
+    let as_of = match as_of(req.as_of, ctx.today) {
+        Ok(d) => d,
+        Err(reason) => return invalid(reason),
+    };
+    let Some(snapshot) = ctx.snapshot else {
+        return pb::Response {
+            status: pb::Status::Unavailable as i32,
+            reason: "no snapshot loaded".into(),
+            ..pb::Response::default()
+        };
+    };
+    let generation = snapshot.header().generation;
+    let mut resp = pb::Response {
+        generation,
+        ..pb::Response::default()
+    };
+    match kind {
+        Kind::Card(c) => {
+            let a = card(ctx, snapshot, &c, as_of);
+            resp.status = a.status;
+            resp.answer = Some(a);
+        }
+        Kind::Insurance(i) => {
+            let a = insurance(snapshot, &i, as_of);
+            resp.status = a.status;
+            resp.answer = Some(a);
+        }
+        Kind::Batch(b) => {
+            if b.items.len() > ctx.limits.max_batch {
+                return invalid(format!(
+                    "batch of {} items; the limit is {}",
+                    b.items.len(),
+                    ctx.limits.max_batch
+                ));
+            }
+            resp.status = pb::Status::Ok as i32;
+            resp.answers = b
+                .items
+                .iter()
+                .map(|item| match &item.kind {
+                    Some(pb::batch_item::Kind::Card(c)) => card(ctx, snapshot, c, as_of),
+                    Some(pb::batch_item::Kind::Insurance(i)) => insurance(snapshot, i, as_of),
+                    None => invalid_answer("batch item has no lookup".into()),
+                })
+                .collect();
+        }
+        Kind::Status(_) => {
+            let h = snapshot.header();
+            resp.status = pb::Status::Ok as i32;
+            resp.server = Some(pb::ServerStatus {
+                generation,
+                records: h.records,
+                snapshot_created_at_unix: h.created_at_unix,
+                uptime_seconds: ctx.uptime_seconds,
+                connections: ctx.connections,
+                version: env!("CARGO_PKG_VERSION").into(),
+            });
+        }
+    }
+    resp
+}
+
+/// The as-of day of a request: 0 for today, else YYYYMMDD.
+fn as_of(raw: u32, today: Date) -> Result<Date, String> {
+    if raw == 0 {
+        return Ok(today);
+    }
+    date(raw).map_err(|e| format!("as_of: {e}"))
+}
+
+fn date(raw: u32) -> Result<Date, crate::model::date::DateError> {
+    format!("{raw:08}").parse()
+}
+
+fn card(ctx: &Context<'_>, snapshot: &Snapshot, c: &pb::CardLookup, as_of: Date) -> pb::Answer {
+    if c.serial.trim().is_empty() {
+        return invalid_answer("card: serial is empty".into());
+    }
+    if c.serial.len() > 128 {
+        return invalid_answer("card: serial longer than 128 bytes".into());
+    }
+    answer(
+        &snapshot.lookup_card(&ctx.card_key.digest(&c.serial), as_of),
+        snapshot,
+    )
+}
+
+fn insurance(snapshot: &Snapshot, i: &pb::InsuranceLookup, as_of: Date) -> pb::Answer {
+    let key = match InsuranceKey::parse(&i.insurer, Some(&i.symbol), &i.number, Some(&i.branch)) {
+        Ok(k) => k,
+        Err(e) => return invalid_answer(format!("insurance: {e}")),
+    };
+    if i.birth == 0 {
+        return invalid_answer("insurance: birth date is required".into());
+    }
+    let birth = match date(i.birth) {
+        Ok(d) => d,
+        Err(e) => return invalid_answer(format!("insurance: birth: {e}")),
+    };
+    answer(&snapshot.lookup_insurance(&key, birth, as_of), snapshot)
+}
+
+fn invalid_answer(reason: String) -> pb::Answer {
+    pb::Answer {
+        status: pb::Status::InvalidRequest as i32,
+        reason,
+        ..pb::Answer::default()
+    }
+}
+
+/// The wire form of a lookup answer.
+fn answer(a: &Answer<'_>, snapshot: &Snapshot) -> pb::Answer {
+    let decode =
+        |v: &crate::snapshot::QualView<'_>| v.to_qualification().map(|q| qualification(&q));
+    let mut out = pb::Answer {
+        status: status(a.status()) as i32,
+        ..pb::Answer::default()
+    };
+    let result = match a {
+        Answer::Found {
+            qualification: q,
+            newer,
+            ..
+        } => decode(q).and_then(|q| {
+            out.qualification = Some(q);
+            out.newer = newer.as_ref().map(decode).transpose()?;
+            Ok(())
+        }),
+        Answer::Multiple(m) => m
+            .iter()
+            .map(|v| decode(&v))
+            .collect::<Result<_, _>>()
+            .map(|v| {
+                out.matches = v;
+            }),
+        _ => Ok(()),
+    };
+    match result {
+        Ok(()) => out,
+        // A verified snapshot always decodes; say so rather than guess.
+        Err(e) => {
+            tracing::error!(generation = snapshot.header().generation, error = %e, "corrupt record");
+            pb::Answer {
+                status: pb::Status::Unavailable as i32,
+                reason: "snapshot record does not decode".into(),
+                ..pb::Answer::default()
+            }
+        }
+    }
+}
+
+/// The wire status of a domain status.
+pub fn status(s: Status) -> pb::Status {
+    match s {
+        Status::Valid => pb::Status::Valid,
+        Status::Lost => pb::Status::Lost,
+        Status::LostWithNewer => pb::Status::LostWithNewer,
+        Status::NotFound => pb::Status::NotFound,
+        Status::MultipleHits => pb::Status::MultipleHits,
+        Status::ValidUnregistered => pb::Status::ValidUnregistered,
+        Status::CardNotRegistered => pb::Status::CardNotRegistered,
+        Status::CardRestricted => pb::Status::CardRestricted,
+    }
+}
+
+fn day(d: Date) -> u32 {
+    let (y, m, dd) = d.ymd();
+    y as u32 * 10_000 + m * 100 + dd
+}
+
+/// The wire form of a qualification.
+pub fn qualification(q: &Qualification) -> pb::Qualification {
+    pb::Qualification {
+        insurer_number: q.insurer_number.to_string(),
+        insurer_name: q.insurer_name.clone(),
+        card_class: q.card_class.code().into(),
+        symbol: q.symbol.map(|s| s.to_string()).unwrap_or_default(),
+        number: q.number.to_string(),
+        branch: q.branch.map(|b| b.to_string()).unwrap_or_default(),
+        relation: u32::from(q.relation.to_byte()),
+        name: q.name.clone(),
+        name_kana: q.name_kana.clone(),
+        sex: u32::from(q.sex.to_byte()),
+        birth_date: day(q.birth_date),
+        acquired_date: day(q.acquired_date),
+        lost_date: q.loss.map_or(0, |l| day(l.date)),
+        loss_reason: q.loss.map(|l| l.reason.code().into()).unwrap_or_default(),
+        certificate: q.certificate.map(|c| pb::Certificate {
+            issued: day(c.issued),
+            valid_from: day(c.valid_from),
+            valid_until: day(c.valid_until),
+        }),
+        copay_percent: q.copay_percent.code().parse().unwrap_or(0),
+        preschool: q.preschool,
+        elderly: q.elderly.map(|e| pb::Elderly {
+            valid_from: day(e.valid_from),
+            valid_until: day(e.valid_until),
+            percent: e.percent.code().parse().unwrap_or(0),
+        }),
+        limit_category: q
+            .limit_category
+            .map(|l| l.code().into())
+            .unwrap_or_default(),
+        specific_disease: q.specific_disease.map(|d| pb::SpecificDisease {
+            kind: u32::from(d.kind.to_byte()),
+            monthly_cap_yen: d.monthly_cap_yen,
+        }),
+        public_expense: q.public_expense.as_ref().map(|p| pb::PublicExpense {
+            payer: p.payer.to_string(),
+            recipient: p.recipient.to_string(),
+            welfare_office: p.welfare_office.clone(),
+            registered: p.registered,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(today: &str) -> Context<'static> {
+        static KEY: std::sync::OnceLock<CardKey> = std::sync::OnceLock::new();
+        Context {
+            snapshot: None,
+            card_key: KEY.get_or_init(CardKey::demo),
+            today: today.parse().unwrap(),
+            limits: Limits::default(),
+            uptime_seconds: 0,
+            connections: 0,
+        }
+    }
+
+    #[test]
+    fn requests_round_trip_and_garbage_is_refused() {
+        let req = pb::Request {
+            as_of: 20261101,
+            kind: Some(pb::request::Kind::Card(pb::CardLookup {
+                serial: "ABC".into(),
+            })),
+        };
+        let bytes = req.encode_to_vec();
+        assert_eq!(decode_request(&bytes), Some(req));
+        assert_eq!(decode_request(&[0xff, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn bad_requests_get_a_reason() {
+        let c = ctx("20261101");
+        let none = handle(&c, pb::Request::default());
+        assert_eq!(none.status, pb::Status::InvalidRequest as i32);
+        assert!(none.reason.contains("no lookup"));
+        let bad_day = handle(
+            &c,
+            pb::Request {
+                as_of: 20261301,
+                kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+            },
+        );
+        assert_eq!(bad_day.status, pb::Status::InvalidRequest as i32);
+        assert!(bad_day.reason.starts_with("as_of:"), "{}", bad_day.reason);
+        // Without a snapshot: unavailable.
+        let status = handle(
+            &c,
+            pb::Request {
+                as_of: 0,
+                kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+            },
+        );
+        assert_eq!(status.status, pb::Status::Unavailable as i32);
+    }
+}

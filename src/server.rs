@@ -1,0 +1,209 @@
+//! The QUIC driver of `qualcached`: accepts terminal connections, reads one
+//! request per bidirectional stream, answers it with [`protocol::handle`]
+//! on the current snapshot, and drains in-flight requests on shutdown.
+//!
+//! [`serve`] takes the endpoint and the shutdown future from its caller, so
+//! tests bind `127.0.0.1:0` and decide when to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::model::{CardKey, Date};
+use crate::protocol::{self, Context, Limits};
+use crate::snapshot::Snapshot;
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub struct Shared {
+    /// The snapshot answering now. A reload swaps the whole `Arc`; a request
+    /// keeps the snapshot it loaded until it is answered, and the old
+    /// mapping is dropped with its last reader.
+    snapshot: ArcSwapOption<Snapshot>,
+    /// Digests card serials; must be the key the snapshots were built with.
+    card_key: CardKey,
+    /// Request size and batch limits.
+    limits: Limits,
+    started: Instant,
+    /// Open connections, reported by status requests.
+    connections: AtomicU64,
+}
+
+impl Shared {
+    /// State with no snapshot loaded yet (requests answer UNAVAILABLE).
+    pub fn new(card_key: CardKey, limits: Limits) -> Shared {
+        Shared {
+            snapshot: ArcSwapOption::empty(),
+            card_key,
+            limits,
+            started: Instant::now(),
+            connections: AtomicU64::new(0),
+        }
+    }
+
+    /// Makes `snapshot` the one answering; returns the one it replaces.
+    pub fn swap(&self, snapshot: Arc<Snapshot>) -> Option<Arc<Snapshot>> {
+        self.snapshot.swap(Some(snapshot))
+    }
+
+    /// The snapshot answering now.
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.load_full()
+    }
+
+    /// The card key.
+    pub fn card_key(&self) -> &CardKey {
+        &self.card_key
+    }
+
+    /// Answers one encoded request.
+    fn answer(&self, bytes: &[u8]) -> protocol::pb::Response {
+        let Some(req) = protocol::decode_request(bytes) else {
+            return protocol::invalid("not a qualcache request (protobuf decoding failed)");
+        };
+        let snapshot = self.snapshot.load();
+        let ctx = Context {
+            snapshot: snapshot.as_deref(),
+            card_key: &self.card_key,
+            today: Date::today_jst(),
+            limits: self.limits,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            connections: self.connections.load(Ordering::Relaxed),
+        };
+        protocol::handle(&ctx, req)
+    }
+}
+
+/// Binds a UDP socket with explicit buffer sizes (the kernel default drops
+/// packets with a thousand busy connections) and makes a QUIC endpoint.
+pub fn bind(
+    addr: SocketAddr,
+    config: quinn::ServerConfig,
+    buffer_bytes: usize,
+) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_recv_buffer_size(buffer_bytes)?;
+    socket.set_send_buffer_size(buffer_bytes)?;
+    socket.bind(&addr.into())?;
+    let (recv, send) = (socket.recv_buffer_size()?, socket.send_buffer_size()?);
+    if recv < buffer_bytes {
+        tracing::warn!(
+            requested = buffer_bytes,
+            granted = recv,
+            "UDP receive buffer smaller than requested (kernel limit net.core.rmem_max)"
+        );
+    }
+    tracing::debug!(recv, send, "UDP socket buffers");
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket.into(),
+        runtime,
+    )
+}
+
+/// Serves `endpoint` until `shutdown` completes, then stops accepting,
+/// lets requests in flight finish for up to `grace`, and closes.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    let (shared, tracker2, stop) = (shared.clone(), tracker.clone(), stop.clone());
+                    tracker.spawn(connection(incoming, shared, tracker2, stop));
+                }
+                None => break,
+            },
+        }
+    }
+    tracing::info!("shutting down: no new connections or requests");
+    endpoint.set_server_config(None);
+    stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "requests still running at the end of the grace period"
+        );
+    }
+    endpoint.close(0u32.into(), b"server shutting down");
+    endpoint.wait_idle().await;
+}
+
+async fn connection(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(%remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let institution = crate::tls::institution_code(&conn);
+    let Some(institution) = institution else {
+        tracing::warn!(%remote, "client certificate has no valid institution code; closing");
+        conn.close(1u32.into(), b"certificate has no institution code");
+        return;
+    };
+    tracing::debug!(%remote, %institution, "terminal connected");
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    tracker.spawn(request(send, recv, shared.clone()));
+                }
+                Err(e) => {
+                    tracing::debug!(%institution, reason = %e, "connection ended");
+                    break;
+                }
+            },
+        }
+    }
+    shared.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: Arc<Shared>) {
+    let limit = shared.limits.max_request_bytes;
+    let response = match recv.read_to_end(limit).await {
+        Ok(bytes) => shared.answer(&bytes),
+        Err(quinn::ReadToEndError::TooLong) => {
+            let _ = recv.stop(0u32.into());
+            protocol::invalid(format!("request larger than {limit} bytes"))
+        }
+        // The client reset the stream or the connection is gone: nobody
+        // to answer.
+        Err(_) => return,
+    };
+    if send.write_all(&response.encode_to_vec()).await.is_ok() {
+        let _ = send.finish();
+        // Wait until the peer has the answer (or gave up) before the task
+        // ends, so a shutdown drains it.
+        let _ = send.stopped().await;
+    }
+}

@@ -1,0 +1,420 @@
+//! The daemon over real loopback QUIC with mutual TLS: every probe of a
+//! generated data set over the wire, batches, status, malformed input, and
+//! refused handshakes. Every test bounds its run time.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qualcache::certs::{self, DevCa, DevCerts};
+use qualcache::client::Client;
+use qualcache::model::{CardKey, Status};
+use qualcache::probe::{read_probes, Probe, ProbeLookup};
+use qualcache::protocol::{pb, Limits};
+use qualcache::server::{self, Shared};
+use qualcache::snapshot::Snapshot;
+use tokio::sync::oneshot;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A running server on 127.0.0.1 and what the tests need to reach it.
+struct Running {
+    addr: SocketAddr,
+    certs: DevCerts,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    probes: Vec<Probe>,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    async fn start() -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = certs::generate(&dir.path().join("certs"), 2).unwrap();
+        let data = dir.path().join("data");
+        let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
+            records: 20_000,
+            seed: 9,
+            out: data.clone(),
+            probes: 1_000,
+            as_of: "20261101".parse().unwrap(),
+            card_key: CardKey::demo(),
+        })
+        .unwrap();
+        let opts = qualcache::build::BuildOptions {
+            skip_invalid: false,
+            card_key_id: CardKey::demo().id(),
+        };
+        let built =
+            qualcache::build::build_from_csv(&g.csv, &data.join("snap"), &opts, |_| {}).unwrap();
+        let shared = Arc::new(Shared::new(
+            CardKey::demo(),
+            Limits {
+                max_request_bytes: 64 * 1024,
+                max_batch: 1_000,
+            },
+        ));
+        shared.swap(Arc::new(Snapshot::open(&built.path).unwrap()));
+        let config = qualcache::tls::server_config(
+            &certs.server_cert,
+            &certs.server_key,
+            &certs.ca,
+            qualcache::tls::Transport::default(),
+        )
+        .unwrap();
+        let endpoint = server::bind("127.0.0.1:0".parse().unwrap(), config, 1 << 20).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server::serve(
+            endpoint,
+            shared,
+            async {
+                let _ = rx.await;
+            },
+            Duration::from_secs(5),
+        ));
+        Running {
+            addr,
+            probes: read_probes(&g.probes).unwrap(),
+            certs,
+            stop: Some(tx),
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn client(&self) -> Client {
+        let t = &self.certs.terminals[0];
+        let config = qualcache::tls::client_config(&self.certs.ca, &t.cert, &t.key).unwrap();
+        Client::connect(self.addr, "localhost", config)
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+fn request(p: &Probe) -> pb::Request {
+    let kind = match &p.lookup {
+        ProbeLookup::Card { serial } => pb::request::Kind::Card(pb::CardLookup {
+            serial: serial.clone(),
+        }),
+        ProbeLookup::Insurance {
+            insurer,
+            symbol,
+            number,
+            branch,
+            birth,
+        } => pb::request::Kind::Insurance(insurance(
+            insurer,
+            symbol,
+            number,
+            branch,
+            &birth.to_string(),
+        )),
+    };
+    pb::Request {
+        as_of: p.as_of.to_string().parse().unwrap(),
+        kind: Some(kind),
+    }
+}
+
+fn insurance(
+    insurer: &str,
+    symbol: &Option<String>,
+    number: &str,
+    branch: &Option<String>,
+    birth: &str,
+) -> pb::InsuranceLookup {
+    pb::InsuranceLookup {
+        insurer: insurer.into(),
+        symbol: symbol.clone().unwrap_or_default(),
+        number: number.into(),
+        branch: branch.clone().unwrap_or_default(),
+        birth: birth.parse().unwrap(),
+    }
+}
+
+fn key_of(q: &pb::Qualification) -> String {
+    format!(
+        "{}:{}:{}:{}",
+        q.insurer_number, q.symbol, q.number, q.branch
+    )
+}
+
+/// Checks one answer against its probe.
+fn check(p: &Probe, a: &pb::Answer, what: &str) {
+    assert_eq!(
+        a.status,
+        p.expect.code() as i32,
+        "{what}: probe {} ({:?})",
+        p.case,
+        a.reason
+    );
+    if let Some(k) = &p.expect_key {
+        assert_eq!(
+            &key_of(a.qualification.as_ref().unwrap()),
+            k,
+            "{what}: {}",
+            p.case
+        );
+    }
+    if let Some(k) = &p.expect_newer_key {
+        assert_eq!(&key_of(a.newer.as_ref().unwrap()), k, "{what}: {}", p.case);
+    }
+    if let Some(n) = p.expect_matches {
+        assert_eq!(a.matches.len(), n, "{what}: {}", p.case);
+    }
+    if p.expect == Status::CardRestricted {
+        assert!(
+            a.qualification.is_none(),
+            "restricted card must not carry a qualification"
+        );
+    }
+}
+
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("test took too long")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_probe_over_the_wire_singly_and_in_batches() {
+    bounded(async {
+        let server = Running::start().await;
+        let client = server.client().await;
+        let mut statuses = std::collections::HashSet::new();
+        for p in &server.probes {
+            let resp = client.request(&request(p)).await.unwrap();
+            assert_eq!(resp.generation, 1);
+            check(p, resp.answer.as_ref().unwrap(), "single");
+            statuses.insert(p.expect);
+        }
+        assert_eq!(
+            statuses.len(),
+            Status::ALL.len(),
+            "every status went over the wire"
+        );
+
+        // The same probes in batches (mixed kinds); one batch's as-of applies
+        // to all its items, so batch those of one day together.
+        let today: Vec<&Probe> = server
+            .probes
+            .iter()
+            .filter(|p| p.as_of.to_string() == "20261101")
+            .collect();
+        for chunk in today.chunks(500) {
+            let items = chunk
+                .iter()
+                .map(|p| pb::BatchItem {
+                    kind: Some(match request(p).kind.unwrap() {
+                        pb::request::Kind::Card(c) => pb::batch_item::Kind::Card(c),
+                        pb::request::Kind::Insurance(i) => pb::batch_item::Kind::Insurance(i),
+                        _ => unreachable!(),
+                    }),
+                })
+                .collect();
+            let resp = client
+                .request(&pb::Request {
+                    as_of: 20261101,
+                    kind: Some(pb::request::Kind::Batch(pb::BatchLookup { items })),
+                })
+                .await
+                .unwrap();
+            assert_eq!(resp.status, pb::Status::Ok as i32);
+            assert_eq!(resp.answers.len(), chunk.len());
+            for (p, a) in chunk.iter().zip(&resp.answers) {
+                check(p, a, "batch");
+            }
+        }
+        client.close().await;
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_limits_and_malformed_requests() {
+    bounded(async {
+        let server = Running::start().await;
+        let client = server.client().await;
+        let status = client
+            .request(&pb::Request {
+                as_of: 0,
+                kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+            })
+            .await
+            .unwrap();
+        assert_eq!(status.status, pb::Status::Ok as i32);
+        let s = status.server.unwrap();
+        assert_eq!((s.generation, s.records), (1, 20_000));
+        assert_eq!(s.connections, 1);
+
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (vec![0xff; 40], "protobuf decoding failed"),
+            (vec![0x0a; 70 * 1024], "larger than 65536 bytes"),
+            (Vec::new(), "no lookup"),
+            (
+                prost::Message::encode_to_vec(&pb::Request {
+                    as_of: 20261399,
+                    kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+                }),
+                "as_of",
+            ),
+            (
+                prost::Message::encode_to_vec(&pb::Request {
+                    as_of: 0,
+                    kind: Some(pb::request::Kind::Batch(pb::BatchLookup {
+                        items: vec![pb::BatchItem::default(); 1_001],
+                    })),
+                }),
+                "limit is 1000",
+            ),
+        ];
+        for (bytes, reason) in cases {
+            let resp = client.request_bytes(&bytes).await.unwrap();
+            assert_eq!(resp.status, pb::Status::InvalidRequest as i32, "{reason}");
+            assert!(
+                resp.reason.contains(reason),
+                "{:?} should mention {reason:?}",
+                resp.reason
+            );
+        }
+        // A bad key is answered per item, naming the part but not the value.
+        let resp = client
+            .request(&pb::Request {
+                as_of: 0,
+                kind: Some(pb::request::Kind::Insurance(pb::InsuranceLookup {
+                    insurer: "06130487".into(),
+                    number: "1".into(),
+                    birth: 19800101,
+                    ..Default::default()
+                })),
+            })
+            .await
+            .unwrap();
+        let a = resp.answer.unwrap();
+        assert_eq!(a.status, pb::Status::InvalidRequest as i32);
+        assert!(
+            a.reason.contains("insurer number: check digit") && !a.reason.contains("06130487"),
+            "{}",
+            a.reason
+        );
+
+        // The connection still serves after all that.
+        let p = &server.probes[0];
+        let resp = client.request(&request(p)).await.unwrap();
+        check(p, resp.answer.as_ref().unwrap(), "after garbage");
+        client.close().await;
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A request over a connection made with `config` must fail.
+async fn refused(addr: SocketAddr, config: quinn::ClientConfig, what: &str) {
+    let ok = match Client::connect(addr, "localhost", config).await {
+        Err(_) => false,
+        Ok(c) => c
+            .request(&pb::Request {
+                as_of: 0,
+                kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+            })
+            .await
+            .is_ok(),
+    };
+    assert!(!ok, "{what}: the server answered");
+}
+
+fn write_pair(
+    dir: &Path,
+    name: &str,
+    (cert, key): (String, String),
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert).unwrap();
+    std::fs::write(&k, key).unwrap();
+    (c, k)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_without_a_valid_terminal_certificate_are_refused() {
+    bounded(async {
+        let server = Running::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let code = certs::institution_code(77);
+
+        let anonymous = qualcache::tls::client_config_anonymous(&server.certs.ca).unwrap();
+        refused(server.addr, anonymous, "no certificate").await;
+
+        let other = DevCa::new("another CA").unwrap();
+        let (c, k) = write_pair(
+            dir.path(),
+            "other",
+            other.terminal(code, now - 60, now + 86_400).unwrap(),
+        );
+        let config = qualcache::tls::client_config(&server.certs.ca, &c, &k).unwrap();
+        refused(server.addr, config, "certificate from another CA").await;
+
+        // An expired certificate: a second server trusting a CA whose key
+        // this test holds, so it can sign an expired terminal certificate.
+        let ca = DevCa::new("expiry CA").unwrap();
+        let ca_path = dir.path().join("expiry-ca.pem");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        let (sc, sk) = write_pair(dir.path(), "server", ca.server().unwrap());
+        let config = qualcache::tls::server_config(&sc, &sk, &ca_path, Default::default()).unwrap();
+        let endpoint = server::bind("127.0.0.1:0".parse().unwrap(), config, 1 << 20).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let shared = Arc::new(Shared::new(CardKey::demo(), Limits::default()));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(
+            endpoint,
+            shared,
+            async {
+                let _ = rx.await;
+            },
+            Duration::from_secs(1),
+        ));
+        let (c, k) = write_pair(
+            dir.path(),
+            "expired",
+            ca.terminal(code, now - 10 * 86_400, now - 86_400).unwrap(),
+        );
+        let expired = qualcache::tls::client_config(&ca_path, &c, &k).unwrap();
+        refused(addr, expired, "expired certificate").await;
+        // The same CA's valid certificate is served (so the refusal above
+        // was the expiry): the server has no snapshot, so UNAVAILABLE.
+        let (c, k) = write_pair(
+            dir.path(),
+            "valid",
+            ca.terminal(code, now - 60, now + 86_400).unwrap(),
+        );
+        let valid = qualcache::tls::client_config(&ca_path, &c, &k).unwrap();
+        let client = Client::connect(addr, "localhost", valid).await.unwrap();
+        let resp = client
+            .request(&pb::Request {
+                as_of: 0,
+                kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+            })
+            .await
+            .unwrap();
+        assert_eq!(resp.status, pb::Status::Unavailable as i32);
+        client.close().await;
+        let _ = tx.send(());
+        task.await.unwrap();
+        server.stop().await;
+    })
+    .await;
+}
