@@ -109,7 +109,7 @@ pub fn build_from_csv(
     let index_seconds = started.elapsed().as_secs_f64() - read_seconds;
     let meta = SnapshotMeta {
         source: format!("csv:{}", source.display()),
-        source_version: 0,
+        source_version: crate::daemon::file_fingerprint(source),
         card_key_id: opts.card_key_id,
     };
     let written = write_snapshot(out_dir, &body, &meta)?;

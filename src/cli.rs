@@ -13,7 +13,7 @@ use crate::build::{build_from_csv, BuildFailure, BuildOptions};
 use crate::gen::{generate, GenOptions};
 use crate::model::{CardKey, Date};
 use crate::probe::{check, read_probes, ProbeLookup};
-use crate::snapshot::{newest_generation, BuildError, Snapshot};
+use crate::snapshot::{BuildError, Snapshot};
 
 /// Environment variable holding the card key (64 hex digits).
 pub const CARD_KEY_ENV: &str = "QUALCACHE_CARD_KEY";
@@ -40,6 +40,82 @@ pub enum Command {
     Check(CheckArgs),
     /// Demo: generate data, build a snapshot, check the probes, show a few answers.
     Demo(DemoArgs),
+    /// Make development certificates: a CA, a server certificate and terminal certificates.
+    Certs(CertsArgs),
+    /// Ask a running qualcached over QUIC and print the response as JSON.
+    Query(QueryArgs),
+}
+
+/// `certs` arguments.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Output directory (ca.pem, server.pem/.key, terminals/<institution code>.pem/.key).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Terminal certificates to make, each with its own institution code.
+    #[arg(long, default_value_t = 4)]
+    pub terminals: usize,
+}
+
+/// `query` arguments.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Server address (UDP), e.g. 127.0.0.1:4433.
+    #[arg(long)]
+    pub server: std::net::SocketAddr,
+    /// Name the server certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// Terminal certificate (PEM).
+    #[arg(long)]
+    pub cert: PathBuf,
+    /// Terminal key (PEM).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// CA certificate that signed the server's (PEM).
+    #[arg(long)]
+    pub ca: PathBuf,
+    /// Day of the lookup, YYYYMMDD [default: the server's today in Japan time].
+    #[arg(long)]
+    pub as_of: Option<Date>,
+    #[command(subcommand)]
+    pub what: QueryWhat,
+}
+
+/// What to ask.
+#[derive(Debug, Subcommand)]
+pub enum QueryWhat {
+    /// By card certificate serial.
+    Card {
+        /// The serial.
+        serial: String,
+    },
+    /// By insurance numbers and birth date.
+    Insurance {
+        /// Insurer number.
+        #[arg(long)]
+        insurer: String,
+        /// Symbol.
+        #[arg(long)]
+        symbol: Option<String>,
+        /// Number.
+        #[arg(long)]
+        number: String,
+        /// Branch.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Birth date, YYYYMMDD.
+        #[arg(long)]
+        birth: Date,
+    },
+    /// Many lookups in one request: a JSON-lines file of lookups in the
+    /// probes.jsonl format (other fields are ignored).
+    Batch {
+        /// The file.
+        file: PathBuf,
+    },
+    /// The server's state.
+    Status,
 }
 
 /// Where the card key comes from (default: the public demo key).
@@ -103,6 +179,11 @@ pub enum SnapshotCommand {
     Verify {
         /// The snapshot file (or a directory: its newest snapshot).
         file: PathBuf,
+    },
+    /// Make the generation before the served one current (writes DIR/CURRENT); then send SIGHUP.
+    Rollback {
+        /// The snapshot directory.
+        dir: PathBuf,
     },
 }
 
@@ -230,7 +311,88 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo(a) => demo(a),
+        Command::Certs(a) => print_json(&crate::certs::generate(&a.out, a.terminals)?),
+        Command::Query(a) => query(a),
+        Command::Snapshot(SnapshotCommand::Rollback { dir }) => {
+            let (from, to) = crate::daemon::rollback(&dir)?;
+            print_json(&serde_json::json!({ "from": from, "to": to }))
+        }
     }
+}
+
+fn query(a: QueryArgs) -> Result<()> {
+    use crate::protocol::pb;
+    let as_of = a.as_of.map_or(Ok(0), |d| d.to_string().parse::<u32>())?;
+    let insurance = |insurer: String,
+                     symbol: Option<String>,
+                     number: String,
+                     branch: Option<String>,
+                     birth: Date| {
+        Ok::<_, anyhow::Error>(pb::InsuranceLookup {
+            insurer,
+            symbol: symbol.unwrap_or_default(),
+            number,
+            branch: branch.unwrap_or_default(),
+            birth: birth.to_string().parse()?,
+        })
+    };
+    let kind = match a.what {
+        QueryWhat::Card { serial } => pb::request::Kind::Card(pb::CardLookup { serial }),
+        QueryWhat::Insurance {
+            insurer,
+            symbol,
+            number,
+            branch,
+            birth,
+        } => pb::request::Kind::Insurance(insurance(insurer, symbol, number, branch, birth)?),
+        QueryWhat::Status => pb::request::Kind::Status(pb::StatusRequest {}),
+        QueryWhat::Batch { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let items = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| {
+                    let lookup: ProbeLookup = serde_json::from_str(l)
+                        .with_context(|| format!("{}: line {}", file.display(), i + 1))?;
+                    Ok(pb::BatchItem {
+                        kind: Some(match lookup {
+                            ProbeLookup::Card { serial } => {
+                                pb::batch_item::Kind::Card(pb::CardLookup { serial })
+                            }
+                            ProbeLookup::Insurance {
+                                insurer,
+                                symbol,
+                                number,
+                                branch,
+                                birth,
+                            } => pb::batch_item::Kind::Insurance(insurance(
+                                insurer, symbol, number, branch, birth,
+                            )?),
+                        }),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            pb::request::Kind::Batch(pb::BatchLookup { items })
+        }
+    };
+    let config = crate::tls::client_config(&a.ca, &a.cert, &a.key)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let response = runtime.block_on(async {
+        let client = crate::client::Client::connect(a.server, &a.server_name, config).await?;
+        let response = client
+            .request(&pb::Request {
+                as_of,
+                kind: Some(kind),
+            })
+            .await?;
+        client.close().await;
+        Ok::<_, crate::client::ClientError>(response)
+    })?;
+    print_json(&response)
 }
 
 fn build(
@@ -248,7 +410,11 @@ fn build(
         let _ = writeln!(stderr.lock(), "skipped: {e}");
     });
     match result {
-        Ok(s) => Ok(s),
+        Ok(s) => {
+            // New data wins over a rollback pin.
+            crate::daemon::unpin(out)?;
+            Ok(s)
+        }
         Err(BuildFailure::Build(BuildError::Rows { errors, count })) => {
             let mut err = stderr.lock();
             for e in &errors {
@@ -274,7 +440,7 @@ fn build(
 /// Opens a snapshot file, or the newest one in a directory.
 pub fn open(path: &Path) -> Result<Snapshot> {
     let file = if path.is_dir() {
-        let gen = newest_generation(path)?
+        let gen = crate::daemon::target_generation(path)?
             .with_context(|| format!("no snapshot (<generation>.qcs) in {}", path.display()))?;
         crate::snapshot::write::snapshot_path(path, gen)
     } else {

@@ -91,6 +91,15 @@ impl Client {
         pb::Response::decode(&answer[..]).map_err(|_| ClientError::Decode)
     }
 
+    /// Opens a raw request stream (for callers that write the request in
+    /// parts, such as tests of in-flight requests at shutdown).
+    pub async fn open_stream(&self) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
+        self.conn
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::Stream(e.to_string()))
+    }
+
     /// Closes the connection and waits until the server knows.
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"done");

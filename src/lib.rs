@@ -25,6 +25,8 @@ pub mod build;
 pub mod certs;
 pub mod cli;
 pub mod client;
+pub mod config;
+pub mod daemon;
 pub mod gen;
 pub mod model;
 pub mod probe;

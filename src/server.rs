@@ -136,9 +136,18 @@ pub async fn serve(
         }
     }
     tracing::info!("shutting down: no new connections or requests");
-    endpoint.set_server_config(None);
     stop.cancel();
     tracker.close();
+    // While draining, refuse new connections at once rather than letting
+    // them wait for a handshake timeout.
+    let refuser = {
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                incoming.refuse();
+            }
+        })
+    };
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
             grace_ms = grace.as_millis() as u64,
@@ -146,6 +155,7 @@ pub async fn serve(
         );
     }
     endpoint.close(0u32.into(), b"server shutting down");
+    refuser.abort();
     endpoint.wait_idle().await;
 }
 

@@ -25,6 +25,9 @@ struct Running {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     probes: Vec<Probe>,
+    shared: Arc<Shared>,
+    snap_dir: std::path::PathBuf,
+    csv: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -68,7 +71,7 @@ impl Running {
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server::serve(
             endpoint,
-            shared,
+            shared.clone(),
             async {
                 let _ = rx.await;
             },
@@ -77,6 +80,9 @@ impl Running {
         Running {
             addr,
             probes: read_probes(&g.probes).unwrap(),
+            shared,
+            snap_dir: data.join("snap"),
+            csv: g.csv.clone(),
             certs,
             stop: Some(tx),
             task,
@@ -381,7 +387,7 @@ async fn handshakes_without_a_valid_terminal_certificate_are_refused() {
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             endpoint,
-            shared,
+            shared.clone(),
             async {
                 let _ = rx.await;
             },
@@ -417,4 +423,172 @@ async fn handshakes_without_a_valid_terminal_certificate_are_refused() {
         server.stop().await;
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_swaps_generations_and_refuses_corrupt_snapshots() {
+    use qualcache::config::Source;
+    use qualcache::daemon::{Reloaded, Store};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    bounded(async {
+        let server = Running::start().await;
+        let store = Store::with(
+            server.snap_dir.clone(),
+            3,
+            Source::Csv(server.csv.clone()),
+            CardKey::demo().id(),
+        );
+        let probes: Arc<Vec<Probe>> = Arc::new(server.probes.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (answered, wrong, failed, saw_two) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let mut clients = Vec::new();
+        for c in 0..64usize {
+            let client = server.client().await;
+            let (probes, stop) = (probes.clone(), stop.clone());
+            let (answered, wrong, failed, saw_two) = (
+                answered.clone(),
+                wrong.clone(),
+                failed.clone(),
+                saw_two.clone(),
+            );
+            clients.push(tokio::spawn(async move {
+                let mut i = c;
+                while !stop.load(Ordering::Relaxed) {
+                    let p = &probes[i % probes.len()];
+                    i += 7;
+                    match client.request(&request(p)).await {
+                        Ok(resp) => {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                            if resp.generation == 2 {
+                                saw_two.store(true, Ordering::Relaxed);
+                            }
+                            if resp.answer.as_ref().map(|a| a.status)
+                                != Some(p.expect.code() as i32)
+                            {
+                                wrong.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                client.close().await;
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Nothing new yet.
+        assert_eq!(store.reload(&server.shared).unwrap(), Reloaded::Unchanged);
+        // A new generation from the same export: built, opened, swapped.
+        let dir = server.snap_dir.clone();
+        let (s2, shared) = (store.clone(), server.shared.clone());
+        let outcome = tokio::task::spawn_blocking(move || {
+            s2.build().unwrap();
+            s2.reload(&shared).unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(outcome, Reloaded::Swapped(2));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A corrupt newer file is refused; generation 2 keeps serving.
+        let mut bytes = std::fs::read(dir.join("2.qcs")).unwrap();
+        let n = bytes.len();
+        bytes[n / 2] ^= 0x55;
+        std::fs::write(dir.join("3.qcs"), bytes).unwrap();
+        let err = store.reload(&server.shared).unwrap_err();
+        assert!(format!("{err:#}").contains("checksum mismatch"), "{err:#}");
+        assert_eq!(server.shared.current().unwrap().header().generation, 2);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.await.unwrap();
+        }
+        assert!(
+            saw_two.load(Ordering::Relaxed),
+            "no answer came from generation 2"
+        );
+        assert!(
+            answered.load(Ordering::Relaxed) > 640,
+            "too few answers: {answered:?}"
+        );
+        assert_eq!(failed.load(Ordering::Relaxed), 0, "failed lookups");
+        assert_eq!(wrong.load(Ordering::Relaxed), 0, "wrong answers");
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_requests_in_flight_and_refuses_new_connections() {
+    bounded(async {
+        let server = Running::start().await;
+        let client = server.client().await;
+        // A request whose stream is open but not finished: in flight.
+        let p = server.probes[0].clone();
+        let bytes = prost::Message::encode_to_vec(&request(&p));
+        let (mut send, mut recv) = client.open_stream().await.unwrap();
+        send.write_all(&bytes[..1]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let addr = server.addr;
+        let t = &server.certs.terminals[1];
+        let mut late = qualcache::tls::client_config(&server.certs.ca, &t.cert, &t.key).unwrap();
+        // Bound the attempt: once the endpoint is closed nobody answers.
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(Some(Duration::from_secs(2).try_into().unwrap()));
+        late.transport_config(Arc::new(transport));
+        let Running { stop, task, .. } = server;
+        let _ = stop.unwrap().send(());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Finish the request: it is still answered.
+        send.write_all(&bytes[1..]).await.unwrap();
+        send.finish().unwrap();
+        let answer = recv.read_to_end(1 << 20).await.unwrap();
+        let resp: pb::Response = prost::Message::decode(&answer[..]).unwrap();
+        check(&p, resp.answer.as_ref().unwrap(), "in flight at shutdown");
+        // New connections are refused while draining or after.
+        refused(addr, late, "connection after shutdown").await;
+        task.await.unwrap();
+    })
+    .await;
+}
+
+#[test]
+fn check_config_accepts_the_shipped_files_and_refuses_bad_ones() {
+    let bin = env!("CARGO_BIN_EXE_qualcached");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in ["config/qualcache.toml", "config/demo.toml"] {
+        let out = std::process::Command::new(bin)
+            .args(["--config", root.join(f).to_str().unwrap(), "--check-config"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server]\nmax_batch = 0\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["--config", bad.to_str().unwrap(), "--check-config"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("server.max_batch: must be at least 1"),
+        "{err}"
+    );
+    let out = std::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--check-config"));
 }

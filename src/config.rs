@@ -1,0 +1,395 @@
+//! `qualcached` configuration, in two stages: [`RawConfig`] is what the TOML
+//! file says (unknown keys are errors, every key has a default), and
+//! [`Config`] is the validated form the daemon runs on. Relative paths are
+//! relative to the daemon's working directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::CardKey;
+use crate::protocol::Limits;
+use crate::tls::Transport;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What toml says, with the line and the key.
+        message: String,
+    },
+    /// A value out of range or inconsistent with another.
+    #[error("{path}: {key}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key, e.g. `server.max_batch`.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// `[server]`.
+    pub server: RawServer,
+    /// `[tls]`.
+    pub tls: RawTls,
+    /// `[snapshots]`.
+    pub snapshots: RawSnapshots,
+    /// `[source]`.
+    pub source: RawSource,
+    /// `[card_key]`.
+    pub card_key: RawCardKey,
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// UDP address to listen on.
+    pub listen: String,
+    /// Largest request, bytes.
+    pub max_request_bytes: usize,
+    /// Most items in one batch.
+    pub max_batch: usize,
+    /// Concurrent request streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Seconds of silence before a connection is closed.
+    pub idle_timeout_secs: u64,
+    /// Seconds given to requests in flight at shutdown.
+    pub shutdown_grace_secs: u64,
+    /// UDP socket receive and send buffer, bytes.
+    pub udp_buffer_bytes: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> RawServer {
+        let limits = Limits::default();
+        RawServer {
+            listen: "127.0.0.1:4433".into(),
+            max_request_bytes: limits.max_request_bytes,
+            max_batch: limits.max_batch,
+            max_streams_per_connection: 64,
+            idle_timeout_secs: 60,
+            shutdown_grace_secs: 10,
+            udp_buffer_bytes: 8 << 20,
+        }
+    }
+}
+
+/// `[tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// Server certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Server private key, PEM.
+    pub key: PathBuf,
+    /// CA that signs terminal certificates, PEM.
+    pub client_ca: PathBuf,
+    /// Create development certificates (`qualcache certs`) in the
+    /// certificate's folder at start if they are missing.
+    pub dev_certs: bool,
+}
+
+impl Default for RawTls {
+    fn default() -> RawTls {
+        RawTls {
+            cert: "certs/server.pem".into(),
+            key: "certs/server.key".into(),
+            client_ca: "certs/ca.pem".into(),
+            dev_certs: false,
+        }
+    }
+}
+
+/// `[snapshots]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSnapshots {
+    /// The snapshot directory (`<generation>.qcs` files).
+    pub dir: PathBuf,
+    /// Snapshots kept for rollback, the current one included.
+    pub keep: usize,
+    /// Seconds between checks for a newer snapshot or a changed source.
+    pub reload_interval_secs: u64,
+}
+
+impl Default for RawSnapshots {
+    fn default() -> RawSnapshots {
+        RawSnapshots {
+            dir: "data/snapshots".into(),
+            keep: 3,
+            reload_interval_secs: 60,
+        }
+    }
+}
+
+/// `[source]`: where snapshots are built from when the directory has none
+/// (and, for `csv`, again whenever the file changes).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSource {
+    /// `csv` or `synthetic`.
+    pub kind: String,
+    /// `csv`: the export.
+    pub path: Option<PathBuf>,
+    /// `synthetic`: records to generate.
+    pub records: u64,
+    /// `synthetic`: seed.
+    pub seed: u64,
+}
+
+impl Default for RawSource {
+    fn default() -> RawSource {
+        RawSource {
+            kind: "csv".into(),
+            path: Some("data/enrollees.csv".into()),
+            records: 1_000_000,
+            seed: 1,
+        }
+    }
+}
+
+/// `[card_key]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCardKey {
+    /// File holding the key (64 hex digits). Without it, `$QUALCACHE_CARD_KEY`,
+    /// else the public demo key (logged as a warning).
+    pub file: Option<PathBuf>,
+}
+
+/// Where snapshots come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A CSV export, rebuilt when the file changes.
+    Csv(PathBuf),
+    /// Generated data (demo).
+    Synthetic {
+        /// Records.
+        records: u64,
+        /// Seed.
+        seed: u64,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// UDP listen address.
+    pub listen: SocketAddr,
+    /// Request limits.
+    pub limits: Limits,
+    /// QUIC transport limits.
+    pub transport: Transport,
+    /// Grace period at shutdown.
+    pub shutdown_grace: Duration,
+    /// UDP socket buffers.
+    pub udp_buffer_bytes: usize,
+    /// Server certificate.
+    pub cert: PathBuf,
+    /// Server key.
+    pub key: PathBuf,
+    /// Terminal CA.
+    pub client_ca: PathBuf,
+    /// Create dev certificates if missing.
+    pub dev_certs: bool,
+    /// Snapshot directory.
+    pub snapshot_dir: PathBuf,
+    /// Snapshots kept.
+    pub keep: usize,
+    /// Reload period.
+    pub reload_interval: Duration,
+    /// Snapshot source.
+    pub source: Source,
+    /// Card key file, if configured.
+    pub card_key_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates configuration text; `path` is used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let invalid = |key, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        let s = &raw.server;
+        let listen = s
+            .listen
+            .parse()
+            .map_err(|e| invalid("server.listen", format!("not a socket address: {e}")))?;
+        let positive = |key, v: u64| {
+            if v == 0 {
+                Err(invalid(key, "must be at least 1".into()))
+            } else {
+                Ok(v)
+            }
+        };
+        positive("server.max_request_bytes", s.max_request_bytes as u64)?;
+        positive("server.max_batch", s.max_batch as u64)?;
+        positive(
+            "server.max_streams_per_connection",
+            u64::from(s.max_streams_per_connection),
+        )?;
+        positive("server.idle_timeout_secs", s.idle_timeout_secs)?;
+        positive("snapshots.keep", raw.snapshots.keep as u64)?;
+        positive(
+            "snapshots.reload_interval_secs",
+            raw.snapshots.reload_interval_secs,
+        )?;
+        if s.udp_buffer_bytes < 64 * 1024 {
+            return Err(invalid(
+                "server.udp_buffer_bytes",
+                "must be at least 65536".into(),
+            ));
+        }
+        let source = match raw.source.kind.as_str() {
+            "csv" => Source::Csv(
+                raw.source
+                    .path
+                    .clone()
+                    .ok_or_else(|| invalid("source.path", "required for kind = \"csv\"".into()))?,
+            ),
+            "synthetic" => Source::Synthetic {
+                records: positive("source.records", raw.source.records)?,
+                seed: raw.source.seed,
+            },
+            other => {
+                return Err(invalid(
+                    "source.kind",
+                    format!("{other:?} is not one of \"csv\", \"synthetic\""),
+                ))
+            }
+        };
+        Ok(Config {
+            listen,
+            limits: Limits {
+                max_request_bytes: s.max_request_bytes,
+                max_batch: s.max_batch,
+            },
+            transport: Transport {
+                max_streams: s.max_streams_per_connection,
+                idle_timeout: Duration::from_secs(s.idle_timeout_secs),
+            },
+            shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
+            udp_buffer_bytes: s.udp_buffer_bytes,
+            cert: raw.tls.cert,
+            key: raw.tls.key,
+            client_ca: raw.tls.client_ca,
+            dev_certs: raw.tls.dev_certs,
+            snapshot_dir: raw.snapshots.dir,
+            keep: raw.snapshots.keep,
+            reload_interval: Duration::from_secs(raw.snapshots.reload_interval_secs),
+            source,
+            card_key_file: raw.card_key.file,
+        })
+    }
+
+    /// The card key: the configured file, else `$QUALCACHE_CARD_KEY`, else
+    /// the demo key (`true` in the second field).
+    pub fn card_key(&self) -> anyhow::Result<(CardKey, bool)> {
+        use anyhow::Context;
+        if let Some(f) = &self.card_key_file {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading card key file {}", f.display()))?;
+            return Ok((
+                text.parse()
+                    .with_context(|| format!("card key file {}", f.display()))?,
+                false,
+            ));
+        }
+        match std::env::var(crate::cli::CARD_KEY_ENV) {
+            Ok(v) => Ok((v.parse().context("$QUALCACHE_CARD_KEY")?, false)),
+            Err(_) => Ok((CardKey::demo(), true)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        for file in ["config/qualcache.toml", "config/demo.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            Config::load(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:4433".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.limits.max_batch, 1_000);
+        assert_eq!(c.keep, 3);
+        assert_eq!(c.source, Source::Csv("data/enrollees.csv".into()));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_precisely() {
+        for (text, expected) in [
+            (
+                "[server]\nlisten = \"nowhere\"",
+                "server.listen: not a socket address",
+            ),
+            ("[server]\nlistn = \"127.0.0.1:1\"", "unknown field `listn`"),
+            ("[bogus]\n", "unknown field `bogus`"),
+            (
+                "[server]\nmax_batch = 0",
+                "server.max_batch: must be at least 1",
+            ),
+            ("[server]\nmax_batch = \"many\"", "invalid type"),
+            (
+                "[source]\nkind = \"postgres\"",
+                "source.kind: \"postgres\" is not one of",
+            ),
+            (
+                "[source]\nkind = \"synthetic\"\nrecords = 0",
+                "source.records",
+            ),
+            ("[snapshots]\nkeep = 0", "snapshots.keep"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?}: {err}");
+            assert!(err.starts_with("test.toml"), "{err}");
+        }
+    }
+}

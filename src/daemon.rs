@@ -1,0 +1,364 @@
+//! `qualcached`: the daemon around [`server::serve`]. It finds or builds
+//! the snapshot to serve, reloads on SIGHUP and on a timer (open, verify,
+//! swap; on any failure the old snapshot keeps serving), keeps the last
+//! few generations for rollback, and shuts down gracefully on SIGTERM or
+//! SIGINT.
+//!
+//! The snapshot directory may hold a `CURRENT` file naming the generation
+//! to serve (written by `qualcache snapshot rollback`); without it the
+//! newest generation is served. A new build removes `CURRENT`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::build::{build_from_csv, BuildOptions};
+use crate::config::{Config, Source};
+use crate::server::{self, Shared};
+use crate::snapshot::{list_generations, write::snapshot_path, Snapshot};
+
+/// Name of the pin file in a snapshot directory.
+pub const CURRENT: &str = "CURRENT";
+
+/// The generation to serve from `dir`: the pinned one, else the newest.
+pub fn target_generation(dir: &Path) -> Result<Option<u64>> {
+    if let Some(pinned) = pinned(dir)? {
+        return Ok(Some(pinned));
+    }
+    Ok(list_generations(dir)?.last().copied())
+}
+
+fn pinned(dir: &Path) -> Result<Option<u64>> {
+    let path = dir.join(CURRENT);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{} does not name a generation", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Pins `generation` as the one to serve (atomically: temp file, rename).
+pub fn pin(dir: &Path, generation: u64) -> Result<()> {
+    let tmp = dir.join(format!(".{CURRENT}.tmp"));
+    std::fs::write(&tmp, format!("{generation}\n"))
+        .and_then(|()| std::fs::rename(&tmp, dir.join(CURRENT)))
+        .with_context(|| format!("writing {}", dir.join(CURRENT).display()))
+}
+
+/// Removes the pin, so the newest generation is served.
+pub fn unpin(dir: &Path) -> Result<()> {
+    match std::fs::remove_file(dir.join(CURRENT)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.join(CURRENT).display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `qualcache snapshot rollback`: pins the generation before the one
+/// served now. Returns (from, to).
+pub fn rollback(dir: &Path) -> Result<(u64, u64)> {
+    let from =
+        target_generation(dir)?.with_context(|| format!("no snapshot in {}", dir.display()))?;
+    let to = list_generations(dir)?
+        .into_iter()
+        .rfind(|&g| g < from)
+        .with_context(|| format!("no generation older than {from} in {}", dir.display()))?;
+    pin(dir, to)?;
+    Ok((from, to))
+}
+
+/// A fingerprint of a source file's state (size and modification time),
+/// recorded in snapshot headers to tell whether the source changed.
+pub fn file_fingerprint(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| {
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64);
+        crate::snapshot::body::fmix64(mtime ^ m.len().rotate_left(32)).max(1)
+    })
+}
+
+/// The snapshot directory and its source, as the daemon manages them.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+    keep: usize,
+    source: Source,
+    card_key_id: u64,
+}
+
+/// What one reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    /// Nothing new.
+    Unchanged,
+    /// Now serving this generation.
+    Swapped(u64),
+}
+
+impl Store {
+    /// The store of a configuration.
+    pub fn new(config: &Config, card_key_id: u64) -> Store {
+        Store {
+            dir: config.snapshot_dir.clone(),
+            keep: config.keep,
+            source: config.source.clone(),
+            card_key_id,
+        }
+    }
+
+    /// A store over `dir` building from `source` (tests).
+    pub fn with(dir: PathBuf, keep: usize, source: Source, card_key_id: u64) -> Store {
+        Store {
+            dir,
+            keep,
+            source,
+            card_key_id,
+        }
+    }
+
+    /// The snapshot to start with: the target generation, else the newest
+    /// older one that opens, else a fresh build from the source.
+    pub fn initial(&self) -> Result<Arc<Snapshot>> {
+        let mut gens = list_generations(&self.dir)?;
+        if let Some(t) = target_generation(&self.dir)? {
+            gens.retain(|&g| g <= t);
+        }
+        for g in gens.into_iter().rev() {
+            match Snapshot::open(&snapshot_path(&self.dir, g)) {
+                Ok(s) => return Ok(Arc::new(s)),
+                Err(e) => tracing::error!(generation = g, error = %e, "snapshot refused"),
+            }
+        }
+        tracing::info!(dir = %self.dir.display(), "no usable snapshot: building one from the source");
+        let generation = self.build()?;
+        Ok(Arc::new(Snapshot::open(&snapshot_path(
+            &self.dir, generation,
+        ))?))
+    }
+
+    /// Builds a new generation from the source; returns it.
+    pub fn build(&self) -> Result<u64> {
+        let opts = BuildOptions {
+            skip_invalid: false,
+            card_key_id: self.card_key_id,
+        };
+        let csv = match &self.source {
+            Source::Csv(path) => path.clone(),
+            Source::Synthetic { records, seed } => {
+                let work = self.dir.join(".synthetic");
+                if !work.join("enrollees.csv").exists() {
+                    crate::gen::generate(&crate::gen::GenOptions {
+                        records: *records,
+                        seed: *seed,
+                        out: work.clone(),
+                        probes: 2_000,
+                        as_of: crate::model::Date::today_jst(),
+                        card_key: crate::model::CardKey::demo(),
+                    })?;
+                }
+                work.join("enrollees.csv")
+            }
+        };
+        let summary = build_from_csv(
+            &csv,
+            &self.dir,
+            &opts,
+            |e| tracing::warn!(line = e.line, column = e.column, reason = %e.reason, "row skipped"),
+        )
+        .with_context(|| format!("building a snapshot from {}", csv.display()))?;
+        unpin(&self.dir)?;
+        tracing::info!(
+            generation = summary.generation,
+            records = summary.records,
+            seconds = summary.seconds,
+            "snapshot built"
+        );
+        Ok(summary.generation)
+    }
+
+    /// Whether the source changed since `current` was built from it.
+    fn source_changed(&self, current: &Snapshot) -> bool {
+        match &self.source {
+            Source::Csv(path) => {
+                let now = file_fingerprint(path);
+                now != 0 && now != current.header().source_version
+            }
+            Source::Synthetic { .. } => false,
+        }
+    }
+
+    /// One reload: rebuild if the source changed, then serve the target
+    /// generation if it is not the one served. A snapshot that fails to
+    /// open is refused and the current one keeps serving.
+    pub fn reload(&self, shared: &Shared) -> Result<Reloaded> {
+        let current = shared.current();
+        if let Some(cur) = &current {
+            if self.source_changed(cur) {
+                tracing::info!("source changed: rebuilding");
+                self.build()?;
+            }
+        }
+        let Some(target) = target_generation(&self.dir)? else {
+            return Ok(Reloaded::Unchanged);
+        };
+        if current.as_ref().map(|c| c.header().generation) == Some(target) {
+            self.prune(target);
+            return Ok(Reloaded::Unchanged);
+        }
+        let path = snapshot_path(&self.dir, target);
+        let snapshot = Snapshot::open(&path).with_context(|| {
+            format!("refusing generation {target}; still serving the current one")
+        })?;
+        if snapshot.header().card_key_id != self.card_key_id {
+            anyhow::bail!("generation {target} was built with another card key; still serving the current one");
+        }
+        let records = snapshot.header().records;
+        shared.swap(Arc::new(snapshot));
+        tracing::info!(generation = target, records, "snapshot swapped in");
+        self.prune(target);
+        Ok(Reloaded::Swapped(target))
+    }
+
+    /// Deletes generations beyond the newest `keep`, never `serving`.
+    fn prune(&self, serving: u64) {
+        let Ok(gens) = list_generations(&self.dir) else {
+            return;
+        };
+        let cut = gens.len().saturating_sub(self.keep);
+        for &g in &gens[..cut] {
+            if g == serving {
+                continue;
+            }
+            match std::fs::remove_file(snapshot_path(&self.dir, g)) {
+                Ok(()) => tracing::info!(generation = g, "old snapshot removed"),
+                Err(e) => {
+                    tracing::warn!(generation = g, error = %e, "could not remove old snapshot")
+                }
+            }
+        }
+    }
+}
+
+/// What the signal handlers ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGHUP: reload now.
+    Reload,
+    /// SIGTERM or SIGINT: stop accepting, drain, exit 0.
+    Shutdown,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    let (card_key, demo_key) = config.card_key()?;
+    if demo_key {
+        tracing::warn!("using the public demo card key: set [card_key] file or $QUALCACHE_CARD_KEY in production");
+    }
+    if config.dev_certs && !config.cert.exists() {
+        let dir = config.cert.parent().unwrap_or(Path::new("."));
+        crate::certs::generate(dir, 4)?;
+        tracing::info!(dir = %dir.display(), "development certificates created");
+    }
+    let tls = crate::tls::server_config(
+        &config.cert,
+        &config.key,
+        &config.client_ca,
+        config.transport,
+    )?;
+    let store = Store::new(&config, card_key.id());
+    let shared = Arc::new(Shared::new(card_key, config.limits));
+    let first = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.initial()).await??
+    };
+    let (generation, records) = (first.header().generation, first.header().records);
+    shared.swap(first);
+    let endpoint = server::bind(config.listen, tls, config.udp_buffer_bytes)
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(listen = %config.listen, generation, records, "serving");
+
+    let (signal_tx, mut signals) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(forward_signals(signal_tx));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let reloader = {
+        let shared = shared.clone();
+        let interval = config.reload_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            let mut stop = Some(stop_tx);
+            loop {
+                let why = tokio::select! {
+                    _ = tick.tick() => "timer",
+                    s = signals.recv() => match s {
+                        Some(Signal::Reload) => "SIGHUP",
+                        Some(Signal::Shutdown) | None => {
+                            if let Some(stop) = stop.take() {
+                                let _ = stop.send(());
+                            }
+                            return;
+                        }
+                    },
+                };
+                let (store, shared) = (store.clone(), shared.clone());
+                match tokio::task::spawn_blocking(move || store.reload(&shared)).await {
+                    Ok(Ok(Reloaded::Swapped(g))) => {
+                        tracing::info!(generation = g, trigger = why, "reloaded")
+                    }
+                    Ok(Ok(Reloaded::Unchanged)) => {
+                        tracing::debug!(trigger = why, "nothing to reload")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(trigger = why, error = format!("{e:#}"), "reload failed")
+                    }
+                    Err(e) => tracing::error!(trigger = why, error = %e, "reload task failed"),
+                }
+            }
+        })
+    };
+    server::serve(
+        endpoint,
+        shared,
+        async {
+            let _ = stop_rx.await;
+        },
+        config.shutdown_grace,
+    )
+    .await;
+    reloader.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Turns SIGHUP into [`Signal::Reload`] and SIGTERM / SIGINT into
+/// [`Signal::Shutdown`].
+async fn forward_signals(tx: tokio::sync::mpsc::Sender<Signal>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        let s = tokio::select! {
+            _ = hup.recv() => Signal::Reload,
+            _ = term.recv() => Signal::Shutdown,
+            _ = int.recv() => Signal::Shutdown,
+        };
+        if tx.send(s).await.is_err() || s == Signal::Shutdown {
+            return;
+        }
+    }
+}
