@@ -284,7 +284,8 @@ pub async fn run(config: Config) -> Result<()> {
     shared.swap(first);
     let endpoint = server::bind(config.listen, tls, config.udp_buffer_bytes)
         .with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(listen = %config.listen, generation, records, "serving");
+    let listen = endpoint.local_addr().unwrap_or(config.listen);
+    tracing::info!(%listen, generation, records, "serving");
 
     let (signal_tx, mut signals) = tokio::sync::mpsc::channel(8);
     tokio::spawn(forward_signals(signal_tx));

@@ -592,3 +592,79 @@ fn check_config_accepts_the_shipped_files_and_refuses_bad_ones() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("--check-config"));
 }
+
+/// The real binary: starts on a config, answers, reloads on SIGHUP, and
+/// exits 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qualcached_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
+    use std::io::BufRead;
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let config = d.join("qualcached.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\nreload_interval_secs = 3600\n[source]\nkind = \"synthetic\"\nrecords = 5000\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qualcached"))
+            .args(["--config", config.to_str().unwrap()])
+            .env_remove("QUALCACHE_CARD_KEY")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr: SocketAddr = loop {
+            let line = lines.next().expect("qualcached exited early").unwrap();
+            if let Some(rest) = line.split("listen=").nth(1).filter(|_| line.contains("serving")) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining stderr so the daemon never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        let certs = d.join("certs");
+        let t = std::fs::read_dir(certs.join("terminals"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "pem"))
+            .unwrap();
+        let config = qualcache::tls::client_config(&certs.join("ca.pem"), &t, &t.with_extension("key")).unwrap();
+        let client = Client::connect(addr, "localhost", config).await.unwrap();
+        let status = || async {
+            let r = client
+                .request(&pb::Request { as_of: 0, kind: Some(pb::request::Kind::Status(pb::StatusRequest {})) })
+                .await
+                .unwrap();
+            r.server.unwrap().generation
+        };
+        assert_eq!(status().await, 1);
+        // A new generation, then SIGHUP.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache"))
+            .args(["snapshot", "build", "--source"])
+            .arg(d.join("snap/.synthetic/enrollees.csv"))
+            .arg("--out")
+            .arg(d.join("snap"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+        let mut generation = 1;
+        for _ in 0..100 {
+            generation = status().await;
+            if generation == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(generation, 2, "SIGHUP did not swap in generation 2");
+        client.close().await;
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        assert!(code.success(), "exit status {code:?}");
+    })
+    .await;
+}
