@@ -85,29 +85,8 @@ pub struct QueryArgs {
 /// What to ask.
 #[derive(Debug, Subcommand)]
 pub enum QueryWhat {
-    /// By card certificate serial.
-    Card {
-        /// The serial.
-        serial: String,
-    },
-    /// By insurance numbers and birth date.
-    Insurance {
-        /// Insurer number.
-        #[arg(long)]
-        insurer: String,
-        /// Symbol.
-        #[arg(long)]
-        symbol: Option<String>,
-        /// Number.
-        #[arg(long)]
-        number: String,
-        /// Branch.
-        #[arg(long)]
-        branch: Option<String>,
-        /// Birth date, YYYYMMDD.
-        #[arg(long)]
-        birth: Date,
-    },
+    #[command(flatten)]
+    Lookup(LookupBy),
     /// Many lookups in one request: a JSON-lines file of lookups in the
     /// probes.jsonl format (other fields are ignored).
     Batch {
@@ -246,6 +225,27 @@ pub enum LookupBy {
     },
 }
 
+impl From<LookupBy> for ProbeLookup {
+    fn from(by: LookupBy) -> ProbeLookup {
+        match by {
+            LookupBy::Card { serial } => ProbeLookup::Card { serial },
+            LookupBy::Insurance {
+                insurer,
+                symbol,
+                number,
+                branch,
+                birth,
+            } => ProbeLookup::Insurance {
+                insurer,
+                symbol,
+                number,
+                branch,
+                birth,
+            },
+        }
+    }
+}
+
 /// `check` arguments.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -322,29 +322,9 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn query(a: QueryArgs) -> Result<()> {
     use crate::protocol::pb;
-    let as_of = a.as_of.map_or(Ok(0), |d| d.to_string().parse::<u32>())?;
-    let insurance = |insurer: String,
-                     symbol: Option<String>,
-                     number: String,
-                     branch: Option<String>,
-                     birth: Date| {
-        Ok::<_, anyhow::Error>(pb::InsuranceLookup {
-            insurer,
-            symbol: symbol.unwrap_or_default(),
-            number,
-            branch: branch.unwrap_or_default(),
-            birth: birth.to_string().parse()?,
-        })
-    };
+    let as_of = a.as_of.map_or(0, crate::protocol::day);
     let kind = match a.what {
-        QueryWhat::Card { serial } => pb::request::Kind::Card(pb::CardLookup { serial }),
-        QueryWhat::Insurance {
-            insurer,
-            symbol,
-            number,
-            branch,
-            birth,
-        } => pb::request::Kind::Insurance(insurance(insurer, symbol, number, branch, birth)?),
+        QueryWhat::Lookup(by) => crate::protocol::request_kind(&ProbeLookup::from(by)),
         QueryWhat::Status => pb::request::Kind::Status(pb::StatusRequest {}),
         QueryWhat::Batch { file } => {
             let text = std::fs::read_to_string(&file)
@@ -356,22 +336,7 @@ fn query(a: QueryArgs) -> Result<()> {
                 .map(|(i, l)| {
                     let lookup: ProbeLookup = serde_json::from_str(l)
                         .with_context(|| format!("{}: line {}", file.display(), i + 1))?;
-                    Ok(pb::BatchItem {
-                        kind: Some(match lookup {
-                            ProbeLookup::Card { serial } => {
-                                pb::batch_item::Kind::Card(pb::CardLookup { serial })
-                            }
-                            ProbeLookup::Insurance {
-                                insurer,
-                                symbol,
-                                number,
-                                branch,
-                                birth,
-                            } => pb::batch_item::Kind::Insurance(insurance(
-                                insurer, symbol, number, branch, birth,
-                            )?),
-                        }),
-                    })
+                    Ok(crate::protocol::batch_item(&lookup))
                 })
                 .collect::<Result<Vec<_>>>()?;
             pb::request::Kind::Batch(pb::BatchLookup { items })
@@ -454,32 +419,15 @@ fn lookup(a: LookupArgs) -> Result<()> {
     let as_of = a.as_of.unwrap_or_else(Date::today_jst);
     let generation = snap.header().generation;
     let key = a.key.load()?;
-    let lookup = match a.by {
-        LookupBy::Card { serial } => {
-            if key.id() != snap.header().card_key_id {
-                bail!(
-                    "the card key differs from the one this snapshot was built with \
-                     (key id {:016x}, snapshot {:016x})",
-                    key.id(),
-                    snap.header().card_key_id
-                );
-            }
-            ProbeLookup::Card { serial }
-        }
-        LookupBy::Insurance {
-            insurer,
-            symbol,
-            number,
-            branch,
-            birth,
-        } => ProbeLookup::Insurance {
-            insurer,
-            symbol,
-            number,
-            branch,
-            birth,
-        },
-    };
+    if matches!(a.by, LookupBy::Card { .. }) && key.id() != snap.header().card_key_id {
+        bail!(
+            "the card key differs from the one this snapshot was built with \
+             (key id {:016x}, snapshot {:016x})",
+            key.id(),
+            snap.header().card_key_id
+        );
+    }
+    let lookup = ProbeLookup::from(a.by);
     let answer = lookup.run(&snap, &key, as_of)?;
     print_json(&AnswerJson::new(&answer, generation)?)
 }

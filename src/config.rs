@@ -78,6 +78,8 @@ pub struct RawServer {
     pub shutdown_grace_secs: u64,
     /// UDP socket receive and send buffer, bytes.
     pub udp_buffer_bytes: usize,
+    /// Requests in flight above which new ones are answered OVERLOADED.
+    pub max_in_flight: u64,
 }
 
 impl Default for RawServer {
@@ -91,6 +93,7 @@ impl Default for RawServer {
             idle_timeout_secs: 60,
             shutdown_grace_secs: 10,
             udp_buffer_bytes: 8 << 20,
+            max_in_flight: crate::server::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -205,6 +208,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// UDP socket buffers.
     pub udp_buffer_bytes: usize,
+    /// Load-shedding threshold.
+    pub max_in_flight: u64,
     /// Server certificate.
     pub cert: PathBuf,
     /// Server key.
@@ -265,6 +270,7 @@ impl Config {
             u64::from(s.max_streams_per_connection),
         )?;
         positive("server.idle_timeout_secs", s.idle_timeout_secs)?;
+        positive("server.max_in_flight", s.max_in_flight)?;
         positive("snapshots.keep", raw.snapshots.keep as u64)?;
         positive(
             "snapshots.reload_interval_secs",
@@ -306,6 +312,7 @@ impl Config {
             },
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
             udp_buffer_bytes: s.udp_buffer_bytes,
+            max_in_flight: s.max_in_flight,
             cert: raw.tls.cert,
             key: raw.tls.key,
             client_ca: raw.tls.client_ca,

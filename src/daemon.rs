@@ -275,7 +275,8 @@ pub async fn run(config: Config) -> Result<()> {
         config.transport,
     )?;
     let store = Store::new(&config, card_key.id());
-    let shared = Arc::new(Shared::new(card_key, config.limits));
+    let shared =
+        Arc::new(Shared::new(card_key, config.limits).with_max_in_flight(config.max_in_flight));
     let first = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.initial()).await??

@@ -7,6 +7,7 @@
 use prost::Message;
 
 use crate::model::{CardKey, Date, InsuranceKey, Qualification, Status};
+use crate::probe::ProbeLookup;
 use crate::snapshot::{Answer, Snapshot};
 
 /// Generated protocol messages (`qualcache.v1`).
@@ -225,6 +226,38 @@ fn answer(a: &Answer<'_>, snapshot: &Snapshot) -> pb::Answer {
     }
 }
 
+/// The wire form of a lookup.
+pub fn request_kind(lookup: &ProbeLookup) -> pb::request::Kind {
+    match batch_item(lookup).kind {
+        Some(pb::batch_item::Kind::Card(c)) => pb::request::Kind::Card(c),
+        Some(pb::batch_item::Kind::Insurance(i)) => pb::request::Kind::Insurance(i),
+        None => pb::request::Kind::Status(pb::StatusRequest {}),
+    }
+}
+
+/// The wire form of a lookup as a batch item.
+pub fn batch_item(lookup: &ProbeLookup) -> pb::BatchItem {
+    let kind = match lookup {
+        ProbeLookup::Card { serial } => pb::batch_item::Kind::Card(pb::CardLookup {
+            serial: serial.clone(),
+        }),
+        ProbeLookup::Insurance {
+            insurer,
+            symbol,
+            number,
+            branch,
+            birth,
+        } => pb::batch_item::Kind::Insurance(pb::InsuranceLookup {
+            insurer: insurer.clone(),
+            symbol: symbol.clone().unwrap_or_default(),
+            number: number.clone(),
+            branch: branch.clone().unwrap_or_default(),
+            birth: day(*birth),
+        }),
+    };
+    pb::BatchItem { kind: Some(kind) }
+}
+
 /// The wire status of a domain status.
 pub fn status(s: Status) -> pb::Status {
     match s {
@@ -239,7 +272,8 @@ pub fn status(s: Status) -> pb::Status {
     }
 }
 
-fn day(d: Date) -> u32 {
+/// A date as the wire's `YYYYMMDD` number.
+pub fn day(d: Date) -> u32 {
     let (y, m, dd) = d.ymd();
     y as u32 * 10_000 + m * 100 + dd
 }

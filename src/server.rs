@@ -34,6 +34,11 @@ pub struct Shared {
     started: Instant,
     /// Open connections, reported by status requests.
     connections: AtomicU64,
+    /// Requests being answered now, across all connections.
+    in_flight: AtomicU64,
+    /// Above this many requests in flight, new ones are answered
+    /// OVERLOADED at once instead of queueing behind the others.
+    max_in_flight: u64,
 }
 
 impl Shared {
@@ -45,7 +50,15 @@ impl Shared {
             limits,
             started: Instant::now(),
             connections: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
+    }
+
+    /// The same, shedding load above `max` requests in flight.
+    pub fn with_max_in_flight(mut self, max: u64) -> Shared {
+        self.max_in_flight = max;
+        self
     }
 
     /// Makes `snapshot` the one answering; returns the one it replaces.
@@ -78,6 +91,18 @@ impl Shared {
             connections: self.connections.load(Ordering::Relaxed),
         };
         protocol::handle(&ctx, req)
+    }
+}
+
+/// Default of [`Shared::with_max_in_flight`].
+pub const DEFAULT_MAX_IN_FLIGHT: u64 = 16_384;
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -200,15 +225,26 @@ async fn connection(
 
 async fn request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: Arc<Shared>) {
     let limit = shared.limits.max_request_bytes;
-    let response = match recv.read_to_end(limit).await {
-        Ok(bytes) => shared.answer(&bytes),
-        Err(quinn::ReadToEndError::TooLong) => {
-            let _ = recv.stop(0u32.into());
-            protocol::invalid(format!("request larger than {limit} bytes"))
+    let in_flight = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    let _guard = InFlight(&shared.in_flight);
+    let response = if in_flight > shared.max_in_flight {
+        let _ = recv.stop(0u32.into());
+        protocol::pb::Response {
+            status: protocol::pb::Status::Overloaded as i32,
+            reason: "server overloaded; retry later".into(),
+            ..Default::default()
         }
-        // The client reset the stream or the connection is gone: nobody
-        // to answer.
-        Err(_) => return,
+    } else {
+        match recv.read_to_end(limit).await {
+            Ok(bytes) => shared.answer(&bytes),
+            Err(quinn::ReadToEndError::TooLong) => {
+                let _ = recv.stop(0u32.into());
+                protocol::invalid(format!("request larger than {limit} bytes"))
+            }
+            // The client reset the stream or the connection is gone:
+            // nobody to answer.
+            Err(_) => return,
+        }
     };
     if send.write_all(&response.encode_to_vec()).await.is_ok() {
         let _ = send.finish();

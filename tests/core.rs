@@ -870,26 +870,7 @@ mod generated {
             *cases.entry(p.case.as_str()).or_insert(0) += 1;
         }
         // Every case the generator knows is covered.
-        for case in [
-            "card_hit",
-            "card_lost",
-            "card_withdrawn",
-            "card_restricted",
-            "card_unknown",
-            "card_aid_unregistered",
-            "ins_hit",
-            "ins_hit_full_width",
-            "ins_hit_no_branch",
-            "ins_lost",
-            "ins_lost_with_newer",
-            "ins_multiple",
-            "ins_wrong_birth",
-            "ins_unknown",
-            "ins_restricted_card",
-            "ins_aid_unregistered",
-            "ins_before_acquired",
-            "ins_before_loss",
-        ] {
+        for &case in qualcache::gen::CASES {
             assert!(
                 cases.get(case).copied().unwrap_or(0) > 0,
                 "no probe for {case}: {cases:?}"

@@ -10,7 +10,7 @@ use std::time::Duration;
 use qualcache::certs::{self, DevCa, DevCerts};
 use qualcache::client::Client;
 use qualcache::model::{CardKey, Status};
-use qualcache::probe::{read_probes, Probe, ProbeLookup};
+use qualcache::probe::{read_probes, Probe};
 use qualcache::protocol::{pb, Limits};
 use qualcache::server::{self, Shared};
 use qualcache::snapshot::Snapshot;
@@ -33,6 +33,10 @@ struct Running {
 
 impl Running {
     async fn start() -> Running {
+        Running::start_with(server::DEFAULT_MAX_IN_FLIGHT).await
+    }
+
+    async fn start_with(max_in_flight: u64) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let certs = certs::generate(&dir.path().join("certs"), 2).unwrap();
         let data = dir.path().join("data");
@@ -51,13 +55,16 @@ impl Running {
         };
         let built =
             qualcache::build::build_from_csv(&g.csv, &data.join("snap"), &opts, |_| {}).unwrap();
-        let shared = Arc::new(Shared::new(
-            CardKey::demo(),
-            Limits {
-                max_request_bytes: 64 * 1024,
-                max_batch: 1_000,
-            },
-        ));
+        let shared = Arc::new(
+            Shared::new(
+                CardKey::demo(),
+                Limits {
+                    max_request_bytes: 64 * 1024,
+                    max_batch: 1_000,
+                },
+            )
+            .with_max_in_flight(max_in_flight),
+        );
         shared.swap(Arc::new(Snapshot::open(&built.path).unwrap()));
         let config = qualcache::tls::server_config(
             &certs.server_cert,
@@ -105,43 +112,9 @@ impl Running {
 }
 
 fn request(p: &Probe) -> pb::Request {
-    let kind = match &p.lookup {
-        ProbeLookup::Card { serial } => pb::request::Kind::Card(pb::CardLookup {
-            serial: serial.clone(),
-        }),
-        ProbeLookup::Insurance {
-            insurer,
-            symbol,
-            number,
-            branch,
-            birth,
-        } => pb::request::Kind::Insurance(insurance(
-            insurer,
-            symbol,
-            number,
-            branch,
-            &birth.to_string(),
-        )),
-    };
     pb::Request {
-        as_of: p.as_of.to_string().parse().unwrap(),
-        kind: Some(kind),
-    }
-}
-
-fn insurance(
-    insurer: &str,
-    symbol: &Option<String>,
-    number: &str,
-    branch: &Option<String>,
-    birth: &str,
-) -> pb::InsuranceLookup {
-    pb::InsuranceLookup {
-        insurer: insurer.into(),
-        symbol: symbol.clone().unwrap_or_default(),
-        number: number.into(),
-        branch: branch.clone().unwrap_or_default(),
-        birth: birth.parse().unwrap(),
+        as_of: qualcache::protocol::day(p.as_of),
+        kind: Some(qualcache::protocol::request_kind(&p.lookup)),
     }
 }
 
@@ -217,13 +190,7 @@ async fn every_probe_over_the_wire_singly_and_in_batches() {
         for chunk in today.chunks(500) {
             let items = chunk
                 .iter()
-                .map(|p| pb::BatchItem {
-                    kind: Some(match request(p).kind.unwrap() {
-                        pb::request::Kind::Card(c) => pb::batch_item::Kind::Card(c),
-                        pb::request::Kind::Insurance(i) => pb::batch_item::Kind::Insurance(i),
-                        _ => unreachable!(),
-                    }),
-                })
+                .map(|p| qualcache::protocol::batch_item(&p.lookup))
                 .collect();
             let resp = client
                 .request(&pb::Request {
@@ -665,6 +632,35 @@ async fn qualcached_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
         assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
         assert!(code.success(), "exit status {code:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_in_flight_limit_are_answered_overloaded() {
+    bounded(async {
+        let server = Running::start_with(1).await;
+        let client = server.client().await;
+        let p = server.probes[0].clone();
+        let bytes = prost::Message::encode_to_vec(&request(&p));
+        // One request held open takes the only place...
+        let (mut send, mut recv) = client.open_stream().await.unwrap();
+        send.write_all(&bytes[..1]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // ...so the next is shed at once, with a status the client can act on.
+        let shed = client.request(&request(&p)).await.unwrap();
+        assert_eq!(shed.status, pb::Status::Overloaded as i32);
+        assert!(shed.reason.contains("retry"), "{}", shed.reason);
+        send.write_all(&bytes[1..]).await.unwrap();
+        send.finish().unwrap();
+        let answer = recv.read_to_end(1 << 20).await.unwrap();
+        let resp: pb::Response = prost::Message::decode(&answer[..]).unwrap();
+        check(&p, resp.answer.as_ref().unwrap(), "held request");
+        // With the place free again, requests are served.
+        let again = client.request(&request(&p)).await.unwrap();
+        check(&p, again.answer.as_ref().unwrap(), "after the shed");
+        client.close().await;
+        server.stop().await;
     })
     .await;
 }

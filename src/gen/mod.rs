@@ -22,7 +22,8 @@ use crate::model::{
 use crate::store::csv::CsvWriter;
 use insurers::{insurer_pool, Insurer, Kind, KINDS};
 use names::{FAMILY, FEMALE, MALE};
-use probes::{Expect, CASES};
+use probes::Expect;
+pub use probes::CASES;
 
 mod insurers;
 mod names;

@@ -8,7 +8,7 @@ use crate::model::{Branch, CardStatus, Date, EnrolleeRecord, Qualification, Stat
 use crate::probe::{key_id, Probe, ProbeLookup};
 
 /// Which probe cases exist, and their share of the probes.
-pub(super) const CASES: &[&str] = &[
+pub const CASES: &[&str] = &[
     "card_hit",
     "card_lost",
     "card_withdrawn",
