@@ -1,17 +1,289 @@
-//! `qualcache-loadtest`: the bundled load generator.
-//!
-//! The generator itself (terminals over QUIC, open-loop arrivals, HDR
-//! histograms) arrives with the load-generator issue, once the daemon and
-//! `qualcache::client` exist. Until then the binary says so and fails, so no
-//! script mistakes it for a passing load test.
+//! `qualcache-loadtest`: reception terminals at check-in peak against
+//! qualcached (or the echo ceiling), with every answer checked.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use qualcache_loadtest::run::{run, Profile, Report, RunOptions, Target};
+use qualcache_loadtest::workload::{Mix, Workload};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Load generator for qualcached.
+#[derive(Debug, Parser)]
+#[command(name = "qualcache-loadtest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run terminals against a target and report latency, throughput and errors.
+    Run(RunArgs),
+    /// Serve the plain-quinn echo ceiling (same TLS, fixed reply size).
+    EchoServer {
+        /// UDP address.
+        #[arg(long, default_value = "127.0.0.1:4434")]
+        listen: SocketAddr,
+        /// Output of `qualcache certs` (server.pem/.key, ca.pem).
+        #[arg(long)]
+        certs: PathBuf,
+        /// Reply size in bytes (the daemon's answer to a card hit is about 136).
+        #[arg(long, default_value_t = 136)]
+        reply_bytes: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProfileKind {
+    /// Ramp up, plateau, ramp down.
+    Peak,
+    /// One rate throughout.
+    Constant,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// qualcache://ADDR (the daemon) or echo://ADDR (the echo ceiling).
+    #[arg(long, default_value = "qualcache://127.0.0.1:4433")]
+    target: String,
+    /// Output of `qualcache certs` with at least --terminals terminal certificates.
+    #[arg(long)]
+    certs: PathBuf,
+    /// probes.jsonl of the data the server holds.
+    #[arg(long)]
+    probes: PathBuf,
+    /// Simulated reception terminals (one connection and certificate each).
+    #[arg(long, default_value_t = 1000)]
+    terminals: usize,
+    /// Client UDP endpoints the connections are spread over.
+    #[arg(long, default_value_t = 8)]
+    endpoints: usize,
+    /// Load shape.
+    #[arg(long, value_enum, default_value_t = ProfileKind::Peak)]
+    profile: ProfileKind,
+    /// Requests per second at the plateau (peak) or throughout (constant).
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Constant profile: seconds.
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    /// Peak profile: ramp-up seconds.
+    #[arg(long, default_value_t = 10.0)]
+    ramp_up: f64,
+    /// Peak profile: plateau seconds.
+    #[arg(long, default_value_t = 30.0)]
+    plateau: f64,
+    /// Peak profile: ramp-down seconds.
+    #[arg(long, default_value_t = 10.0)]
+    ramp_down: f64,
+    /// Share of single lookups made by card (the rest by insurance numbers).
+    #[arg(long, default_value_t = 0.37)]
+    card_share: f64,
+    /// Share of requests that are batches.
+    #[arg(long, default_value_t = 0.0)]
+    batch_share: f64,
+    /// Lookups per batch.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Share of lookups that miss (unknown key, wrong birth date, unregistered card).
+    #[arg(long, default_value_t = 0.05)]
+    miss_share: f64,
+    /// Share of lookups of lost qualifications.
+    #[arg(long, default_value_t = 0.03)]
+    lost_share: f64,
+    /// A request not answered within this many milliseconds is an error.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// SLO: p99 latency, milliseconds.
+    #[arg(long, default_value_t = 5.0)]
+    slo_p99_ms: f64,
+    /// SLO: errors plus mismatches over requests sent.
+    #[arg(long, default_value_t = 0.0)]
+    slo_error_rate: f64,
+    /// Step the rate up (x1.25, constant steps of --seconds) until the SLO breaks; report the highest rate held.
+    #[arg(long)]
+    find_max: bool,
+    /// Seed of the terminals' random streams.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_target(s: &str) -> Result<Target> {
+    let (scheme, addr) = s
+        .split_once("://")
+        .context("target must be scheme://host:port")?;
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("target address {addr:?}"))?;
+    match scheme {
+        "qualcache" => Ok(Target::Qualcache(addr)),
+        "echo" => Ok(Target::Echo(addr)),
+        other => bail!("unknown target scheme {other:?} (qualcache, echo)"),
+    }
+}
+
+fn slo_met(r: &Report, a: &RunArgs) -> bool {
+    r.latency.p99_ms <= a.slo_p99_ms && r.error_rate() <= a.slo_error_rate
+}
+
+fn print(r: &Report, a: &RunArgs) {
+    println!(
+        "target {:?}, {} terminals over {} endpoints, {:?}",
+        r.target, r.terminals, r.endpoints, r.profile
+    );
+    println!(
+        "sent {}  answered {}  throughput {:.0}/s  errors {:?}  mismatches {}",
+        r.sent, r.answered, r.throughput_rps, r.errors, r.mismatches
+    );
+    println!(
+        "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "kind", "count", "p50 ms", "p90 ms", "p99 ms", "p999 ms", "max ms"
+    );
+    let row = |name: &str, l: &qualcache_loadtest::run::Latency| {
+        println!(
+            "{name:<10} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            l.count, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+        );
+    };
+    row("all", &r.latency);
+    for (k, l) in &r.by_kind {
+        row(&format!("{k:?}").to_lowercase(), l);
+    }
+    row("connect", &r.connect);
+    println!(
+        "UDP receive-buffer drops during the run: {:?}",
+        r.udp_rcvbuf_errors
+    );
+    println!(
+        "SLO p99 <= {} ms and error rate <= {}: {}",
+        a.slo_p99_ms,
+        a.slo_error_rate,
+        if slo_met(r, a) { "met" } else { "MISSED" }
+    );
+}
+
+async fn main_run(a: RunArgs) -> Result<bool> {
+    let target = parse_target(&a.target)?;
+    let probes = qualcache::probe::read_probes(&a.probes)?;
+    let mix = Mix {
+        card: a.card_share,
+        batch: a.batch_share,
+        batch_size: a.batch_size.max(1),
+        miss: a.miss_share,
+        lost: a.lost_share,
+    };
+    let workload = Arc::new(Workload::new(probes, mix)?);
+    let profile = match a.profile {
+        ProfileKind::Constant => Profile::Constant {
+            rate: a.rate,
+            seconds: a.seconds,
+        },
+        ProfileKind::Peak => Profile::Peak {
+            rate: a.rate,
+            ramp_up: a.ramp_up,
+            plateau: a.plateau,
+            ramp_down: a.ramp_down,
+        },
+    };
+    let opts = |profile| RunOptions {
+        target: target.clone(),
+        certs: a.certs.clone(),
+        terminals: a.terminals,
+        endpoints: a.endpoints,
+        profile,
+        timeout: Duration::from_millis(a.timeout_ms),
+        seed: a.seed,
+        progress: !a.quiet,
+    };
+    if !a.find_max {
+        let report = run(&opts(profile), workload).await?;
+        print(&report, &a);
+        if let Some(path) = &a.json {
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        }
+        return Ok(slo_met(&report, &a));
+    }
+    let mut rate = a.rate;
+    let mut held: Option<Report> = None;
+    loop {
+        let report = run(
+            &opts(Profile::Constant {
+                rate,
+                seconds: a.seconds,
+            }),
+            workload.clone(),
+        )
+        .await?;
+        let ok = slo_met(&report, &a);
+        println!(
+            "rate {rate:.0}/s: p99 {:.3} ms, error rate {:.5}: {}",
+            report.latency.p99_ms,
+            report.error_rate(),
+            if ok { "held" } else { "broken" }
+        );
+        if !ok {
+            break;
+        }
+        held = Some(report);
+        rate *= 1.25;
+    }
+    match held {
+        Some(r) => {
+            println!("highest rate held: {:.0}/s", r.profile.rate());
+            print(&r, &a);
+            if let Some(path) = &a.json {
+                std::fs::write(path, serde_json::to_string_pretty(&r)?)?;
+            }
+            Ok(true)
+        }
+        None => {
+            println!("the SLO broke at the first rate ({:.0}/s)", a.rate);
+            Ok(false)
+        }
+    }
+}
 
 fn main() -> ExitCode {
-    eprintln!(
-        "qualcache-loadtest {}: the load generator is not built yet (it needs the QUIC daemon); \
-         see the open load-generator issue",
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("qualcache-loadtest: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(a) => main_run(a).await,
+            Command::EchoServer {
+                listen,
+                certs,
+                reply_bytes,
+            } => qualcache_loadtest::echo::serve(listen, &certs, reply_bytes)
+                .await
+                .map(|()| true),
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("qualcache-loadtest: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

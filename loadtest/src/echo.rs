@@ -1,0 +1,41 @@
+//! A minimal plain-quinn echo server with the daemon's TLS setup: it reads
+//! each request and answers with a fixed reply of the daemon's answer size.
+//! It does no lookup, so it is the ceiling of what QUIC on this machine
+//! allows.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+/// Serves until the process ends.
+pub async fn serve(listen: SocketAddr, certs: &Path, reply_bytes: usize) -> Result<()> {
+    let config = qualcache::tls::server_config(
+        &certs.join("server.pem"),
+        &certs.join("server.key"),
+        &certs.join("ca.pem"),
+        qualcache::tls::Transport::default(),
+    )?;
+    let endpoint = qualcache::server::bind(listen, config, 8 << 20)?;
+    eprintln!("echo server on {}", endpoint.local_addr()?);
+    let reply = Arc::new(vec![0x5a; reply_bytes]);
+    while let Some(incoming) = endpoint.accept().await {
+        let reply = reply.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    if recv.read_to_end(1 << 20).await.is_ok()
+                        && send.write_all(&reply).await.is_ok()
+                    {
+                        let _ = send.finish();
+                        let _ = send.stopped().await;
+                    }
+                });
+            }
+        });
+    }
+    Ok(())
+}

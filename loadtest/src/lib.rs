@@ -1,0 +1,16 @@
+//! The bundled load generator for `qualcached`.
+//!
+//! # Layout
+//! - [`workload`]: requests drawn from `probes.jsonl` with a configurable
+//!   mix, each with the answer it must get.
+//! - [`run`]: terminals (one QUIC connection and certificate each, spread
+//!   over several client endpoints), open-loop Poisson arrivals, latency
+//!   from the scheduled send time (so coordinated omission cannot hide it),
+//!   HDR histograms, and the report.
+//! - [`echo`]: the plain-quinn echo server, the QUIC ceiling.
+//!
+//! It talks to the daemon only through `qualcache::client`.
+
+pub mod echo;
+pub mod run;
+pub mod workload;
