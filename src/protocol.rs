@@ -146,7 +146,11 @@ fn as_of(raw: u32, today: Date) -> Result<Date, String> {
 }
 
 fn date(raw: u32) -> Result<Date, crate::model::date::DateError> {
-    format!("{raw:08}").parse()
+    if !(10_000_000..=99_991_231).contains(&raw) {
+        return Err(crate::model::date::DateError::Format);
+    }
+    Date::from_ymd((raw / 10_000) as i32, raw / 100 % 100, raw % 100)
+        .ok_or(crate::model::date::DateError::NoSuchDay)
 }
 
 fn card(ctx: &Context<'_>, snapshot: &Snapshot, c: &pb::CardLookup, as_of: Date) -> pb::Answer {
@@ -187,8 +191,7 @@ fn invalid_answer(reason: String) -> pb::Answer {
 
 /// The wire form of a lookup answer.
 fn answer(a: &Answer<'_>, snapshot: &Snapshot) -> pb::Answer {
-    let decode =
-        |v: &crate::snapshot::QualView<'_>| v.to_qualification().map(|q| qualification(&q));
+    let decode = |v: &crate::snapshot::QualView<'_>| v.to_qualification().map(qualification);
     let mut out = pb::Answer {
         status: status(a.status()) as i32,
         ..pb::Answer::default()
@@ -279,17 +282,17 @@ pub fn day(d: Date) -> u32 {
 }
 
 /// The wire form of a qualification.
-pub fn qualification(q: &Qualification) -> pb::Qualification {
+pub fn qualification(q: Qualification) -> pb::Qualification {
     pb::Qualification {
         insurer_number: q.insurer_number.to_string(),
-        insurer_name: q.insurer_name.clone(),
+        insurer_name: q.insurer_name,
         card_class: q.card_class.code().into(),
         symbol: q.symbol.map(|s| s.to_string()).unwrap_or_default(),
         number: q.number.to_string(),
         branch: q.branch.map(|b| b.to_string()).unwrap_or_default(),
         relation: u32::from(q.relation.to_byte()),
-        name: q.name.clone(),
-        name_kana: q.name_kana.clone(),
+        name: q.name,
+        name_kana: q.name_kana,
         sex: u32::from(q.sex.to_byte()),
         birth_date: day(q.birth_date),
         acquired_date: day(q.acquired_date),
@@ -315,10 +318,10 @@ pub fn qualification(q: &Qualification) -> pb::Qualification {
             kind: u32::from(d.kind.to_byte()),
             monthly_cap_yen: d.monthly_cap_yen,
         }),
-        public_expense: q.public_expense.as_ref().map(|p| pb::PublicExpense {
+        public_expense: q.public_expense.map(|p| pb::PublicExpense {
             payer: p.payer.to_string(),
             recipient: p.recipient.to_string(),
-            welfare_office: p.welfare_office.clone(),
+            welfare_office: p.welfare_office,
             registered: p.registered,
         }),
     }

@@ -206,9 +206,13 @@ async fn connection(
     };
     tracing::debug!(%remote, %institution, "terminal connected");
     shared.connections.fetch_add(1, Ordering::Relaxed);
+    // One cancellation future for the connection's life (making one per
+    // accepted stream would lock the token's shared state every time).
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
-            () = stop.cancelled() => break,
+            () = &mut cancelled => break,
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
                     tracker.spawn(request(send, recv, shared.clone()));
