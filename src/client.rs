@@ -100,6 +100,12 @@ impl Client {
             .map_err(|e| ClientError::Stream(e.to_string()))
     }
 
+    /// Closes the connection without waiting (for clients sharing an
+    /// endpoint: close them all, then wait for the endpoint once).
+    pub fn close_now(&self) {
+        self.conn.close(0u32.into(), b"done");
+    }
+
     /// Closes the connection and waits until the server knows.
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"done");

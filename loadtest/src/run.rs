@@ -397,10 +397,11 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
         sent += s.await?;
     }
     let after = udp_rcvbuf_errors();
-    for c in clients {
-        if let Ok(c) = Arc::try_unwrap(c) {
-            c.close().await;
-        }
+    for c in &clients {
+        c.close_now();
+    }
+    for e in &endpoints {
+        let _ = tokio::time::timeout(Duration::from_secs(5), e.wait_idle()).await;
     }
     Ok(Report {
         target: opts.target.clone(),

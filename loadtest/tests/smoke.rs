@@ -1,0 +1,112 @@
+//! The generator against an in-process daemon on loopback: a short run
+//! where every answer must come back and match its probe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qualcache::model::CardKey;
+use qualcache::protocol::Limits;
+use qualcache::server::{self, Shared};
+use qualcache::snapshot::Snapshot;
+use qualcache_loadtest::run::{run, Profile, RunOptions, Target};
+use qualcache_loadtest::workload::{Mix, Workload};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_answers_everything_correctly() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = qualcache::certs::generate(&dir.path().join("certs"), 20).unwrap();
+        let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
+            records: 5_000,
+            seed: 3,
+            out: dir.path().join("data"),
+            probes: 500,
+            as_of: "20261101".parse().unwrap(),
+            card_key: CardKey::demo(),
+        })
+        .unwrap();
+        let opts = qualcache::build::BuildOptions {
+            skip_invalid: false,
+            card_key_id: CardKey::demo().id(),
+        };
+        let built =
+            qualcache::build::build_from_csv(&g.csv, &dir.path().join("snap"), &opts, |_| {})
+                .unwrap();
+        let shared = Arc::new(Shared::new(CardKey::demo(), Limits::default()));
+        shared.swap(Arc::new(Snapshot::open(&built.path).unwrap()));
+        let config = qualcache::tls::server_config(
+            &certs.server_cert,
+            &certs.server_key,
+            &certs.ca,
+            Default::default(),
+        )
+        .unwrap();
+        let endpoint = server::bind("127.0.0.1:0".parse().unwrap(), config, 1 << 20).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(
+            endpoint,
+            shared,
+            async {
+                let _ = rx.await;
+            },
+            Duration::from_secs(1),
+        ));
+
+        let probes = qualcache::probe::read_probes(&g.probes).unwrap();
+        let mix = Mix {
+            card: 0.4,
+            batch: 0.1,
+            batch_size: 20,
+            miss: 0.1,
+            lost: 0.1,
+        };
+        let workload = Arc::new(Workload::new(probes, mix).unwrap());
+        let report = run(
+            &RunOptions {
+                target: Target::Qualcache(addr),
+                certs: dir.path().join("certs"),
+                terminals: 20,
+                endpoints: 2,
+                profile: Profile::Constant {
+                    rate: 400.0,
+                    seconds: 1.5,
+                },
+                timeout: Duration::from_secs(5),
+                seed: 7,
+                progress: false,
+            },
+            workload,
+        )
+        .await
+        .unwrap();
+        assert!(report.sent > 300, "sent {}", report.sent);
+        assert_eq!(report.answered, report.sent);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.mismatches, 0);
+        assert_eq!(report.connect.count, 20);
+        assert!(
+            report.by_kind.len() == 3,
+            "card, insurance and batch requests: {:?}",
+            report.by_kind.keys()
+        );
+        let _ = tx.send(());
+        task.await.unwrap();
+    })
+    .await
+    .expect("bounded");
+}
+
+#[test]
+fn peak_profile_ramps() {
+    let p = Profile::Peak {
+        rate: 1000.0,
+        ramp_up: 10.0,
+        plateau: 20.0,
+        ramp_down: 10.0,
+    };
+    assert_eq!(p.seconds(), 40.0);
+    assert!((p.rate_at(5.0) - 500.0).abs() < 1e-9);
+    assert_eq!(p.rate_at(15.0), 1000.0);
+    assert!((p.rate_at(35.0) - 500.0).abs() < 1e-9);
+}
