@@ -190,7 +190,7 @@ fn invalid_answer(reason: String) -> pb::Answer {
 }
 
 /// The wire form of a lookup answer.
-fn answer(a: &Answer<'_>, snapshot: &Snapshot) -> pb::Answer {
+pub fn answer(a: &Answer<'_>, snapshot: &Snapshot) -> pb::Answer {
     let decode = |v: &crate::snapshot::QualView<'_>| v.to_qualification().map(qualification);
     let mut out = pb::Answer {
         status: status(a.status()) as i32,

@@ -12,5 +12,6 @@
 //! It talks to the daemon only through `qualcache::client`.
 
 pub mod echo;
+pub mod redis_peer;
 pub mod run;
 pub mod workload;

@@ -25,6 +25,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Store the answers to every probe in Redis (one key per lookup key) for --target redis://.
+    RedisLoad {
+        /// Redis URL.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// The snapshot the daemon serves (file, or directory: its current generation).
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// probes.jsonl.
+        #[arg(long)]
+        probes: PathBuf,
+        /// Card key file [default: $QUALCACHE_CARD_KEY, else the demo key].
+        #[arg(long)]
+        card_key_file: Option<PathBuf>,
+    },
     /// Run terminals against a target and report latency, throughput and errors.
     Run(RunArgs),
     /// Serve the plain-quinn echo ceiling (same TLS, fixed reply size).
@@ -51,7 +66,7 @@ enum ProfileKind {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// qualcache://ADDR (the daemon) or echo://ADDR (the echo ceiling).
+    /// qualcache://ADDR (the daemon), echo://ADDR (the echo ceiling) or redis://ADDR (the Redis peer, after redis-load).
     #[arg(long, default_value = "qualcache://127.0.0.1:4433")]
     target: String,
     /// Output of `qualcache certs` with at least --terminals terminal certificates.
@@ -120,19 +135,37 @@ struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Card key file (64 hex digits) for Redis keys [default: $QUALCACHE_CARD_KEY, else the demo key].
+    #[arg(long)]
+    card_key_file: Option<PathBuf>,
+}
+
+fn card_key(file: Option<&std::path::Path>) -> Result<qualcache::model::CardKey> {
+    if let Some(f) = file {
+        return std::fs::read_to_string(f)?
+            .parse()
+            .with_context(|| format!("card key file {}", f.display()));
+    }
+    match std::env::var("QUALCACHE_CARD_KEY") {
+        Ok(v) => v.parse().context("$QUALCACHE_CARD_KEY"),
+        Err(_) => Ok(qualcache::model::CardKey::demo()),
+    }
 }
 
 fn parse_target(s: &str) -> Result<Target> {
     let (scheme, addr) = s
         .split_once("://")
         .context("target must be scheme://host:port")?;
+    if scheme == "redis" {
+        return Ok(Target::Redis(s.to_string()));
+    }
     let addr: SocketAddr = addr
         .parse()
         .with_context(|| format!("target address {addr:?}"))?;
     match scheme {
         "qualcache" => Ok(Target::Qualcache(addr)),
         "echo" => Ok(Target::Echo(addr)),
-        other => bail!("unknown target scheme {other:?} (qualcache, echo)"),
+        other => bail!("unknown target scheme {other:?} (qualcache, echo, redis)"),
     }
 }
 
@@ -178,6 +211,7 @@ fn print(r: &Report, a: &RunArgs) {
 
 async fn main_run(a: RunArgs) -> Result<bool> {
     let target = parse_target(&a.target)?;
+    let card_key = card_key(a.card_key_file.as_deref())?;
     let probes = qualcache::probe::read_probes(&a.probes)?;
     let mix = Mix {
         card: a.card_share,
@@ -208,6 +242,7 @@ async fn main_run(a: RunArgs) -> Result<bool> {
         timeout: Duration::from_millis(a.timeout_ms),
         seed: a.seed,
         progress: !a.quiet,
+        card_key: card_key.clone(),
     };
     if !a.find_max {
         let report = run(&opts(profile), workload).await?;
@@ -269,6 +304,26 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(a) => main_run(a).await,
+            Command::RedisLoad {
+                redis,
+                snapshot,
+                probes,
+                card_key_file,
+            } => {
+                let snapshot = if snapshot.is_dir() {
+                    let g = qualcache::daemon::target_generation(&snapshot)?
+                        .context("no snapshot in that directory")?;
+                    qualcache::snapshot::write::snapshot_path(&snapshot, g)
+                } else {
+                    snapshot
+                };
+                let probes = qualcache::probe::read_probes(&probes)?;
+                let key = card_key(card_key_file.as_deref())?;
+                let n =
+                    qualcache_loadtest::redis_peer::load(&redis, &snapshot, &probes, &key).await?;
+                println!("{n} keys stored in {redis}");
+                Ok(true)
+            }
             Command::EchoServer {
                 listen,
                 certs,

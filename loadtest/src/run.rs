@@ -109,6 +109,8 @@ pub enum Target {
     Qualcache(SocketAddr),
     /// The plain-quinn echo server: answers are not checked.
     Echo(SocketAddr),
+    /// Redis holding the same answers (`redis-load`), one GET per lookup.
+    Redis(String),
 }
 
 /// Everything a run needs.
@@ -130,6 +132,15 @@ pub struct RunOptions {
     pub seed: u64,
     /// Show a progress bar.
     pub progress: bool,
+    /// Card key (the Redis peer keys cards by digest).
+    pub card_key: qualcache::model::CardKey,
+}
+
+/// One terminal's connection.
+#[derive(Clone)]
+enum Conn {
+    Quic(Arc<Client>),
+    Redis(redis::aio::MultiplexedConnection),
 }
 
 /// Latency figures of one kind, milliseconds.
@@ -273,35 +284,51 @@ fn client_endpoint() -> Result<quinn::Endpoint> {
 
 /// Runs the load and returns the report.
 pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
-    let addr = match opts.target {
-        Target::Qualcache(a) | Target::Echo(a) => a,
-    };
-    let check = matches!(opts.target, Target::Qualcache(_));
-    let creds = terminal_certs(&opts.certs, opts.terminals)?;
-    let ca = opts.certs.join("ca.pem");
-    let endpoints: Vec<quinn::Endpoint> = (0..opts.endpoints.max(1))
-        .map(|_| client_endpoint())
-        .collect::<Result<_>>()?;
-
-    // Connect every terminal, a few hundred handshakes at a time.
+    let check = !matches!(opts.target, Target::Echo(_));
     let mut connect = new_histogram();
-    let mut clients = Vec::with_capacity(opts.terminals);
-    for chunk in creds.chunks(256).enumerate() {
-        let (c, chunk) = chunk;
-        let mut tasks = Vec::new();
-        for (j, (cert, key)) in chunk.iter().enumerate() {
-            let config = qualcache::tls::client_config(&ca, cert, key)?;
-            let endpoint = endpoints[(c * 256 + j) % endpoints.len()].clone();
-            tasks.push(tokio::spawn(async move {
-                let t0 = Instant::now();
-                let client = Client::connect_on(endpoint, addr, "localhost", config).await;
-                (client, t0.elapsed())
-            }));
+    let mut clients: Vec<Conn> = Vec::with_capacity(opts.terminals);
+    let mut endpoints: Vec<quinn::Endpoint> = Vec::new();
+    match &opts.target {
+        Target::Qualcache(addr) | Target::Echo(addr) => {
+            let addr = *addr;
+            let creds = terminal_certs(&opts.certs, opts.terminals)?;
+            let ca = opts.certs.join("ca.pem");
+            endpoints = (0..opts.endpoints.max(1))
+                .map(|_| client_endpoint())
+                .collect::<Result<_>>()?;
+            // A few hundred handshakes at a time.
+            for (c, chunk) in creds.chunks(256).enumerate() {
+                let mut tasks = Vec::new();
+                for (j, (cert, key)) in chunk.iter().enumerate() {
+                    let config = qualcache::tls::client_config(&ca, cert, key)?;
+                    let endpoint = endpoints[(c * 256 + j) % endpoints.len()].clone();
+                    tasks.push(tokio::spawn(async move {
+                        let t0 = Instant::now();
+                        let client = Client::connect_on(endpoint, addr, "localhost", config).await;
+                        (client, t0.elapsed())
+                    }));
+                }
+                for t in tasks {
+                    let (client, took) = t.await?;
+                    clients.push(Conn::Quic(Arc::new(
+                        client.context("connecting a terminal")?,
+                    )));
+                    connect.record(took.as_micros().max(1) as u64)?;
+                }
+            }
         }
-        for t in tasks {
-            let (client, took) = t.await?;
-            clients.push(Arc::new(client.context("connecting a terminal")?));
-            connect.record(took.as_micros().max(1) as u64)?;
+        Target::Redis(url) => {
+            let client =
+                redis::Client::open(url.as_str()).with_context(|| format!("redis URL {url}"))?;
+            for _ in 0..opts.terminals {
+                let t0 = Instant::now();
+                let con = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .with_context(|| format!("connecting to {url}"))?;
+                connect.record(t0.elapsed().as_micros().max(1) as u64)?;
+                clients.push(Conn::Redis(con));
+            }
         }
     }
 
@@ -311,8 +338,10 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
     let terminals = clients.len() as f64;
     let mut schedulers = Vec::with_capacity(clients.len());
+    let card_key = Arc::new(opts.card_key.clone());
     for (i, client) in clients.iter().enumerate() {
         let (client, tx, workload) = (client.clone(), tx.clone(), workload.clone());
+        let card_key = card_key.clone();
         let (profile, timeout, seed) = (opts.profile, opts.timeout, opts.seed);
         schedulers.push(tokio::spawn(async move {
             let mut rng = Rng::new(seed, i as u64);
@@ -333,6 +362,7 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
                     at,
                     timeout,
                     check,
+                    card_key.clone(),
                     tx.clone(),
                 ));
             }
@@ -398,7 +428,9 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
     }
     let after = udp_rcvbuf_errors();
     for c in &clients {
-        c.close_now();
+        if let Conn::Quic(c) = c {
+            c.close_now();
+        }
     }
     for e in &endpoints {
         let _ = tokio::time::timeout(Duration::from_secs(5), e.wait_idle()).await;
@@ -422,27 +454,76 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
 }
 
 async fn request(
-    client: Arc<Client>,
+    conn: Conn,
     planned: Planned,
     scheduled: tokio::time::Instant,
     timeout: Duration,
     check: bool,
+    card_key: Arc<qualcache::model::CardKey>,
     tx: mpsc::UnboundedSender<Sample>,
 ) {
-    let result = tokio::time::timeout(timeout, client.request_bytes(&planned.bytes)).await;
-    let micros = scheduled.elapsed().as_micros() as u64;
-    let outcome = match result {
-        Err(_) => Outcome::Error("timeout"),
-        Ok(Err(qualcache::client::ClientError::Decode)) if !check => Outcome::Ok,
-        Ok(Err(_)) => Outcome::Error("stream"),
-        Ok(Ok(_)) if !check => Outcome::Ok,
-        Ok(Ok(resp)) => judge(&planned, &resp),
+    let outcome = match conn {
+        Conn::Quic(client) => {
+            match tokio::time::timeout(timeout, client.request_bytes(&planned.bytes)).await {
+                Err(_) => Outcome::Error("timeout"),
+                Ok(Err(qualcache::client::ClientError::Decode)) if !check => Outcome::Ok,
+                Ok(Err(_)) => Outcome::Error("stream"),
+                Ok(Ok(_)) if !check => Outcome::Ok,
+                Ok(Ok(resp)) => judge(&planned, &resp),
+            }
+        }
+        Conn::Redis(mut con) => {
+            match tokio::time::timeout(timeout, redis_get(&mut con, &planned, &card_key)).await {
+                Err(_) => Outcome::Error("timeout"),
+                Ok(Err(_)) => Outcome::Error("redis"),
+                Ok(Ok(statuses)) => {
+                    let expected: Vec<i32> =
+                        planned.expect.iter().map(|s| i32::from(s.code())).collect();
+                    if statuses == expected {
+                        Outcome::Ok
+                    } else {
+                        Outcome::Mismatch
+                    }
+                }
+            }
+        }
     };
+    let micros = scheduled.elapsed().as_micros() as u64;
     let _ = tx.send(Sample {
         kind: planned.kind,
         micros,
         outcome,
     });
+}
+
+/// The statuses Redis gives for a plan's lookups (GET, or MGET for a batch).
+async fn redis_get(
+    con: &mut redis::aio::MultiplexedConnection,
+    planned: &Planned,
+    card_key: &qualcache::model::CardKey,
+) -> redis::RedisResult<Vec<i32>> {
+    use crate::redis_peer::{key, missing_status};
+    let keys: Vec<String> = planned
+        .lookups
+        .iter()
+        .map(|l| key(l, planned.as_of, card_key).unwrap_or_default())
+        .collect();
+    let values: Vec<Option<Vec<u8>>> = if keys.len() == 1 {
+        vec![redis::cmd("GET").arg(&keys[0]).query_async(con).await?]
+    } else {
+        redis::cmd("MGET").arg(&keys).query_async(con).await?
+    };
+    Ok(planned
+        .lookups
+        .iter()
+        .zip(values)
+        .map(|(l, v)| match v {
+            None => missing_status(l),
+            Some(bytes) => {
+                <pb::Answer as prost::Message>::decode(&bytes[..]).map_or(-1, |a| a.status)
+            }
+        })
+        .collect())
 }
 
 /// Compares an answer with the plan's expectations.

@@ -75,6 +75,7 @@ async fn a_short_run_answers_everything_correctly() {
                 timeout: Duration::from_secs(5),
                 seed: 7,
                 progress: false,
+                card_key: CardKey::demo(),
             },
             workload,
         )

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs the same load against qualcached, Redis and the plain-quinn echo,
+# back to back at the same terminals and rate, and prints the ratios.
+#
+#   loadtest/compare.sh [TERMINALS] [RATE] [SECONDS]
+#
+# Needs: a running qualcached (README quick start) whose certificate
+# folder holds at least TERMINALS terminal certificates, and Redis on
+# 127.0.0.1:6379. Starts and stops the echo server itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=${1:-1000}
+RATE=${2:-5000}
+SECS=${3:-15}
+CERTS=${CERTS:-data/demo-daemon/certs}
+SNAP=${SNAP:-data/demo-daemon/snapshots}
+PROBES=${PROBES:-$SNAP/.synthetic/probes.jsonl}
+OUT=$(mktemp -d)
+LT="cargo run -q --release -p qualcache-loadtest --"
+
+$LT redis-load --snapshot "$SNAP" --probes "$PROBES"
+$LT echo-server --certs "$CERTS" --listen 127.0.0.1:4434 &
+ECHO=$!
+trap 'kill $ECHO 2>/dev/null || true; rm -rf "$OUT"' EXIT
+sleep 2
+
+for target in qualcache://127.0.0.1:4433 redis://127.0.0.1:6379 echo://127.0.0.1:4434; do
+  name=${target%%:*}
+  echo "== $name"
+  $LT run --target "$target" --certs "$CERTS" --probes "$PROBES" --terminals "$T" \
+    --profile constant --rate "$RATE" --seconds "$SECS" --quiet --json "$OUT/$name.json" || true
+done
+
+python3 - "$OUT" <<'PY'
+import json, sys, os
+d = sys.argv[1]
+r = {n: json.load(open(os.path.join(d, n + ".json"))) for n in ("qualcache", "redis", "echo")}
+print(f"{'target':<10} {'answers/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p999 ms':>8} {'errors':>7} {'mismatch':>8}")
+for n, x in r.items():
+    l = x["latency"]
+    print(f"{n:<10} {x['throughput_rps']:>10.0f} {l['p50_ms']:>8.3f} {l['p99_ms']:>8.3f} {l['p999_ms']:>8.3f} {sum(x['errors'].values()):>7} {x['mismatches']:>8}")
+q = r["qualcache"]["latency"]["p99_ms"]
+print(f"p99 qualcached / redis: {q / r['redis']['latency']['p99_ms']:.2f}")
+print(f"p99 qualcached / echo:  {q / r['echo']['latency']['p99_ms']:.2f}")
+PY
