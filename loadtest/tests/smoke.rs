@@ -111,3 +111,92 @@ fn peak_profile_ramps() {
     assert_eq!(p.rate_at(15.0), 1000.0);
     assert!((p.rate_at(35.0) - 500.0).abs() < 1e-9);
 }
+
+/// The Redis peer: the same answers stored in Redis, then a short run of
+/// GETs and MGETs, every one checked. Needs Redis on 127.0.0.1:6379 (CI
+/// starts it); elsewhere it says why it is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_peer_answers_like_the_daemon() {
+    let reachable = std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:6379".parse().unwrap(),
+        Duration::from_millis(500),
+    )
+    .is_ok();
+    if !reachable {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide Redis on 127.0.0.1:6379"
+        );
+        eprintln!("skipping the Redis peer test: no Redis on 127.0.0.1:6379");
+        return;
+    }
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
+            records: 5_000,
+            seed: 4,
+            out: dir.path().join("data"),
+            probes: 500,
+            as_of: "20261101".parse().unwrap(),
+            card_key: CardKey::demo(),
+        })
+        .unwrap();
+        let opts = qualcache::build::BuildOptions {
+            skip_invalid: false,
+            card_key_id: CardKey::demo().id(),
+        };
+        let built =
+            qualcache::build::build_from_csv(&g.csv, &dir.path().join("snap"), &opts, |_| {})
+                .unwrap();
+        // A database of its own, emptied first.
+        let url = "redis://127.0.0.1:6379/9";
+        let client = redis::Client::open(url).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("FLUSHDB")
+            .query_async::<()>(&mut con)
+            .await
+            .unwrap();
+        let probes = qualcache::probe::read_probes(&g.probes).unwrap();
+        let stored =
+            qualcache_loadtest::redis_peer::load(url, &built.path, &probes, &CardKey::demo())
+                .await
+                .unwrap();
+        assert!(
+            stored > 100 && stored < probes.len(),
+            "{stored} of {}",
+            probes.len()
+        );
+        let mix = Mix {
+            card: 0.4,
+            batch: 0.1,
+            batch_size: 20,
+            miss: 0.1,
+            lost: 0.1,
+        };
+        let report = run(
+            &RunOptions {
+                target: Target::Redis(url.into()),
+                certs: dir.path().to_path_buf(),
+                terminals: 10,
+                endpoints: 1,
+                profile: Profile::Constant {
+                    rate: 300.0,
+                    seconds: 1.0,
+                },
+                timeout: Duration::from_secs(5),
+                seed: 5,
+                progress: false,
+                card_key: CardKey::demo(),
+            },
+            Arc::new(Workload::new(probes, mix).unwrap()),
+        )
+        .await
+        .unwrap();
+        assert!(report.sent > 150, "sent {}", report.sent);
+        assert_eq!(report.answered, report.sent);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.mismatches, 0);
+    })
+    .await
+    .expect("bounded");
+}
