@@ -80,6 +80,8 @@ pub struct RawServer {
     pub udp_buffer_bytes: usize,
     /// Requests in flight above which new ones are answered OVERLOADED.
     pub max_in_flight: u64,
+    /// Connections one terminal (institution code) may hold at once.
+    pub max_connections_per_terminal: u32,
 }
 
 impl Default for RawServer {
@@ -94,6 +96,7 @@ impl Default for RawServer {
             shutdown_grace_secs: 10,
             udp_buffer_bytes: 8 << 20,
             max_in_flight: crate::server::DEFAULT_MAX_IN_FLIGHT,
+            max_connections_per_terminal: crate::server::DEFAULT_MAX_CONNECTIONS_PER_TERMINAL,
         }
     }
 }
@@ -210,6 +213,8 @@ pub struct Config {
     pub udp_buffer_bytes: usize,
     /// Load-shedding threshold.
     pub max_in_flight: u64,
+    /// Connections per terminal.
+    pub max_connections_per_terminal: u32,
     /// Server certificate.
     pub cert: PathBuf,
     /// Server key.
@@ -271,6 +276,10 @@ impl Config {
         )?;
         positive("server.idle_timeout_secs", s.idle_timeout_secs)?;
         positive("server.max_in_flight", s.max_in_flight)?;
+        positive(
+            "server.max_connections_per_terminal",
+            u64::from(s.max_connections_per_terminal),
+        )?;
         positive("snapshots.keep", raw.snapshots.keep as u64)?;
         positive(
             "snapshots.reload_interval_secs",
@@ -313,6 +322,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
             udp_buffer_bytes: s.udp_buffer_bytes,
             max_in_flight: s.max_in_flight,
+            max_connections_per_terminal: s.max_connections_per_terminal,
             cert: raw.tls.cert,
             key: raw.tls.key,
             client_ca: raw.tls.client_ca,

@@ -275,8 +275,11 @@ pub async fn run(config: Config) -> Result<()> {
         config.transport,
     )?;
     let store = Store::new(&config, card_key.id());
-    let shared =
-        Arc::new(Shared::new(card_key, config.limits).with_max_in_flight(config.max_in_flight));
+    let shared = Arc::new(
+        Shared::new(card_key, config.limits)
+            .with_max_in_flight(config.max_in_flight)
+            .with_max_connections_per_terminal(config.max_connections_per_terminal),
+    );
     let first = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.initial()).await??

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use dashmap::DashMap;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::model::{CardKey, Date};
+use crate::model::{CardKey, Date, InstitutionCode};
 use crate::protocol::{self, Context, Limits};
 use crate::snapshot::Snapshot;
 
@@ -39,6 +40,11 @@ pub struct Shared {
     /// Above this many requests in flight, new ones are answered
     /// OVERLOADED at once instead of queueing behind the others.
     max_in_flight: u64,
+    /// Open connections per terminal (institution code): one terminal
+    /// cannot take the server's connections from the others.
+    per_terminal: DashMap<InstitutionCode, u32>,
+    /// The most connections one terminal may hold.
+    max_connections_per_terminal: u32,
 }
 
 impl Shared {
@@ -52,7 +58,33 @@ impl Shared {
             connections: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            per_terminal: DashMap::new(),
+            max_connections_per_terminal: DEFAULT_MAX_CONNECTIONS_PER_TERMINAL,
         }
+    }
+
+    /// The same, allowing `max` connections per terminal.
+    pub fn with_max_connections_per_terminal(mut self, max: u32) -> Shared {
+        self.max_connections_per_terminal = max;
+        self
+    }
+
+    /// Counts a new connection of `terminal`; false if it has too many.
+    fn admit(&self, terminal: InstitutionCode) -> bool {
+        let mut n = self.per_terminal.entry(terminal).or_insert(0);
+        if *n >= self.max_connections_per_terminal {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Counts a connection of `terminal` as closed.
+    fn release(&self, terminal: InstitutionCode) {
+        self.per_terminal.remove_if_mut(&terminal, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
     }
 
     /// The same, shedding load above `max` requests in flight.
@@ -93,6 +125,9 @@ impl Shared {
         protocol::handle(&ctx, req)
     }
 }
+
+/// Default of [`Shared::with_max_connections_per_terminal`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_TERMINAL: u32 = 8;
 
 /// Default of [`Shared::with_max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: u64 = 16_384;
@@ -204,6 +239,11 @@ async fn connection(
         conn.close(1u32.into(), b"certificate has no institution code");
         return;
     };
+    if !shared.admit(institution) {
+        tracing::warn!(%remote, %institution, "too many connections from one terminal; closing");
+        conn.close(2u32.into(), b"too many connections for this terminal");
+        return;
+    }
     tracing::debug!(%remote, %institution, "terminal connected");
     shared.connections.fetch_add(1, Ordering::Relaxed);
     // One cancellation future for the connection's life (making one per
@@ -225,6 +265,7 @@ async fn connection(
         }
     }
     shared.connections.fetch_sub(1, Ordering::Relaxed);
+    shared.release(institution);
 }
 
 async fn request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: Arc<Shared>) {

@@ -38,7 +38,7 @@ impl Running {
 
     async fn start_with(max_in_flight: u64) -> Running {
         let dir = tempfile::tempdir().unwrap();
-        let certs = certs::generate(&dir.path().join("certs"), 2).unwrap();
+        let certs = certs::generate(&dir.path().join("certs"), 16).unwrap();
         let data = dir.path().join("data");
         let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
             records: 20_000,
@@ -98,7 +98,13 @@ impl Running {
     }
 
     async fn client(&self) -> Client {
-        let t = &self.certs.terminals[0];
+        self.client_n(0).await
+    }
+
+    /// A client with terminal certificate `i` (of 16): a terminal may
+    /// hold only a few connections at once.
+    async fn client_n(&self, i: usize) -> Client {
+        let t = &self.certs.terminals[i % self.certs.terminals.len()];
         let config = qualcache::tls::client_config(&self.certs.ca, &t.cert, &t.key).unwrap();
         Client::connect(self.addr, "localhost", config)
             .await
@@ -415,7 +421,7 @@ async fn reload_under_load_swaps_generations_and_refuses_corrupt_snapshots() {
         );
         let mut clients = Vec::new();
         for c in 0..64usize {
-            let client = server.client().await;
+            let client = server.client_n(c).await;
             let (probes, stop) = (probes.clone(), stop.clone());
             let (answered, wrong, failed, saw_two) = (
                 answered.clone(),
@@ -661,6 +667,78 @@ async fn requests_beyond_the_in_flight_limit_are_answered_overloaded() {
         check(&p, again.answer.as_ref().unwrap(), "after the shed");
         client.close().await;
         server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_terminal_cannot_hold_more_connections_than_its_limit() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = certs::generate(dir.path(), 2).unwrap();
+        let shared = Arc::new(
+            Shared::new(CardKey::demo(), Limits::default()).with_max_connections_per_terminal(1),
+        );
+        let config = qualcache::tls::server_config(
+            &certs.server_cert,
+            &certs.server_key,
+            &certs.ca,
+            Default::default(),
+        )
+        .unwrap();
+        let endpoint = server::bind("127.0.0.1:0".parse().unwrap(), config, 1 << 20).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(
+            endpoint,
+            shared,
+            async {
+                let _ = rx.await;
+            },
+            Duration::from_secs(1),
+        ));
+        let terminal = |i: usize| {
+            let t = &certs.terminals[i];
+            qualcache::tls::client_config(&certs.ca, &t.cert, &t.key).unwrap()
+        };
+        let status = pb::Request {
+            as_of: 0,
+            kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+        };
+        let first = Client::connect(addr, "localhost", terminal(0))
+            .await
+            .unwrap();
+        assert_eq!(
+            first.request(&status).await.unwrap().status,
+            pb::Status::Unavailable as i32
+        );
+        refused(
+            addr,
+            terminal(0),
+            "a second connection of the same terminal",
+        )
+        .await;
+        let other = Client::connect(addr, "localhost", terminal(1))
+            .await
+            .unwrap();
+        assert!(
+            other.request(&status).await.is_ok(),
+            "another terminal is served"
+        );
+        // Closing the first frees its place.
+        first.close().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let again = Client::connect(addr, "localhost", terminal(0))
+            .await
+            .unwrap();
+        assert!(
+            again.request(&status).await.is_ok(),
+            "the terminal's place was freed"
+        );
+        again.close().await;
+        other.close().await;
+        let _ = tx.send(());
+        task.await.unwrap();
     })
     .await;
 }
