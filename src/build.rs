@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::snapshot::{write_snapshot, BuildError, Builder, SnapshotError, SnapshotMeta};
 use crate::store::chunks::read_parallel;
-use crate::store::csv::{CsvError, RowError};
+use crate::store::csv::{CsvError, RowError, RowUnit};
+use crate::store::postgres::{self, PgError, PgSource};
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -60,6 +61,9 @@ pub enum BuildFailure {
     /// Writing the snapshot failed.
     #[error(transparent)]
     Write(#[from] SnapshotError),
+    /// The database failed (rows already read are discarded).
+    #[error(transparent)]
+    Postgres(#[from] PgError),
 }
 
 /// Threads parsing the CSV; the calling thread builds.
@@ -80,26 +84,103 @@ pub fn build_from_csv(
 ) -> Result<BuildSummary, BuildFailure> {
     let started = Instant::now();
     let mut builder = Builder::with_capacity_for(std::fs::metadata(source).map_or(0, |m| m.len()));
-    let mut bad = Vec::new();
-    let mut bad_count = 0u64;
+    let mut rows = Rows::default();
     // Parsing is most of the work: two parsing threads feed this one, which
     // folds rows into the builder in file order.
     read_parallel(source, PARSE_THREADS, |batch| {
         for row in batch {
-            let result = row.and_then(|(line, rec)| builder.push(line, rec));
-            if let Err(e) = result {
-                bad_count += 1;
-                if opts.skip_invalid {
-                    on_skip(&e);
-                } else if bad.len() < 100 {
-                    bad.push(e);
-                }
-            }
+            rows.fold(
+                row.and_then(|(line, rec)| builder.push(line, rec)),
+                opts,
+                &mut on_skip,
+            );
         }
     })?;
+    let meta = SnapshotMeta {
+        source: format!("csv:{}", source.display()),
+        source_version: crate::daemon::file_fingerprint(source),
+        card_key_id: opts.card_key_id,
+    };
+    finish(builder, rows, opts, &meta, out_dir, started)
+}
+
+/// Builds a snapshot in `out_dir` from a PostgreSQL store: every
+/// qualification in one consistent read (see `store::postgres::export`).
+/// The header's source version is the change counter the rows were read
+/// at. Bad rows are handled as in [`build_from_csv`], their position
+/// being their qualification id.
+pub fn build_from_postgres(
+    source: &PgSource,
+    out_dir: &Path,
+    opts: &BuildOptions,
+    mut on_skip: impl FnMut(&RowError),
+) -> Result<BuildSummary, BuildFailure> {
+    let started = Instant::now();
+    let runtime =
+        postgres::runtime().map_err(|e| PgError::Config(format!("cannot start a runtime: {e}")))?;
+    let (builder, rows, exported) = runtime.block_on(async {
+        let estimate = postgres::export::estimated_rows(source).await?;
+        let mut builder =
+            Builder::with_capacity(estimate.min(1 << 32) as usize).counting(RowUnit::Qualification);
+        let mut rows = Rows::default();
+        let exported = postgres::export::export(source, |row| {
+            rows.fold(
+                row.and_then(|(id, rec)| builder.push(id, rec)),
+                opts,
+                &mut on_skip,
+            )
+        })
+        .await?;
+        Ok::<_, PgError>((builder, rows, exported))
+    })?;
+    let meta = SnapshotMeta {
+        source: source.describe(),
+        source_version: exported.change_counter,
+        card_key_id: opts.card_key_id,
+    };
+    finish(builder, rows, opts, &meta, out_dir, started)
+}
+
+/// Bad rows met while reading.
+#[derive(Debug, Default)]
+struct Rows {
+    /// The first ones (at most 100), in order.
+    bad: Vec<RowError>,
+    bad_count: u64,
+}
+
+impl Rows {
+    /// Counts a failed row: skipped with `skip_invalid`, else kept for the error.
+    fn fold(
+        &mut self,
+        result: Result<(), RowError>,
+        opts: &BuildOptions,
+        on_skip: &mut impl FnMut(&RowError),
+    ) {
+        if let Err(e) = result {
+            self.bad_count += 1;
+            if opts.skip_invalid {
+                on_skip(&e);
+            } else if self.bad.len() < 100 {
+                self.bad.push(e);
+            }
+        }
+    }
+}
+
+/// Indexes the rows read, writes the snapshot and sums up the build.
+fn finish(
+    builder: Builder,
+    rows: Rows,
+    opts: &BuildOptions,
+    meta: &SnapshotMeta,
+    out_dir: &Path,
+    started: Instant,
+) -> Result<BuildSummary, BuildFailure> {
+    let bad_count = rows.bad_count;
     if bad_count > 0 && !opts.skip_invalid {
         return Err(BuildError::Rows {
-            errors: bad,
+            errors: rows.bad,
             count: bad_count,
         }
         .into());
@@ -107,12 +188,7 @@ pub fn build_from_csv(
     let read_seconds = started.elapsed().as_secs_f64();
     let body = builder.finish()?;
     let index_seconds = started.elapsed().as_secs_f64() - read_seconds;
-    let meta = SnapshotMeta {
-        source: format!("csv:{}", source.display()),
-        source_version: crate::daemon::file_fingerprint(source),
-        card_key_id: opts.card_key_id,
-    };
-    let written = write_snapshot(out_dir, &body, &meta)?;
+    let written = write_snapshot(out_dir, &body, meta)?;
     drop(body);
     let seconds = started.elapsed().as_secs_f64();
     Ok(BuildSummary {

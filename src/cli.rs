@@ -9,11 +9,13 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::answer::AnswerJson;
-use crate::build::{build_from_csv, BuildFailure, BuildOptions};
+use crate::build::{build_from_csv, build_from_postgres, BuildFailure, BuildOptions};
 use crate::gen::{generate, GenOptions};
 use crate::model::{CardKey, Date};
 use crate::probe::{check, read_probes, ProbeLookup};
 use crate::snapshot::{BuildError, Snapshot};
+use crate::store::csv::RowError;
+use crate::store::postgres::{self, load::LoadError, PgSource};
 
 /// Environment variable holding the card key (64 hex digits).
 pub const CARD_KEY_ENV: &str = "QUALCACHE_CARD_KEY";
@@ -44,6 +46,59 @@ pub enum Command {
     Certs(CertsArgs),
     /// Ask a running qualcached over QUIC and print the response as JSON.
     Query(QueryArgs),
+    /// Set up and fill the PostgreSQL store.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+/// `db` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create the schema and its tables, or bring them up to date; prints a JSON report.
+    Migrate(DbArgs),
+    /// Fill the tables from a CSV export with COPY, in one transaction; prints a JSON summary.
+    Load {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The CSV export (the format of `gen` and README.md).
+        #[arg(long, value_name = "FILE.csv")]
+        csv: PathBuf,
+        /// Empty the tables first (in the same transaction); without it the tables must be empty.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Print the schema version and the change counter as JSON.
+    Status(DbArgs),
+}
+
+/// Where the database is.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// postgres://USER@HOST:PORT/DATABASE (the password: --password-file or $QUALCACHE_PG_PASSWORD).
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    #[command(flatten)]
+    pub pg: PgArgs,
+}
+
+/// Schema and password of a PostgreSQL store.
+#[derive(Debug, Args, Clone)]
+pub struct PgArgs {
+    /// PostgreSQL schema holding qualcache's tables.
+    #[arg(long, default_value = crate::store::postgres::DEFAULT_SCHEMA)]
+    pub schema: String,
+    /// File holding the database password [default: $QUALCACHE_PG_PASSWORD, else none].
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl PgArgs {
+    /// The source at `url`.
+    pub fn source(&self, url: &str) -> Result<PgSource> {
+        let password =
+            postgres::read_password(self.password_file.as_deref(), postgres::PASSWORD_ENV)?;
+        Ok(PgSource::new(url, &self.schema, password.as_deref())?)
+    }
 }
 
 /// `certs` arguments.
@@ -147,7 +202,7 @@ pub struct GenArgs {
 /// `snapshot` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
-    /// Build a snapshot from a CSV export into DIR/<generation>.qcs; prints a JSON summary.
+    /// Build a snapshot from a CSV export or PostgreSQL into DIR/<generation>.qcs; prints a JSON summary.
     Build(BuildArgs),
     /// Print a snapshot's header as JSON.
     Inspect {
@@ -169,15 +224,18 @@ pub enum SnapshotCommand {
 /// `snapshot build` arguments.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// The CSV export (see README.md for its columns).
-    #[arg(long, value_name = "FILE.csv")]
-    pub source: PathBuf,
+    /// The CSV export (see README.md for its columns), or a postgres://USER@HOST:PORT/DATABASE URL.
+    #[arg(long, value_name = "FILE.csv|URL")]
+    pub source: String,
     /// Snapshot directory.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Build without invalid rows (each is reported on stderr) instead of failing.
     #[arg(long)]
     pub skip_invalid: bool,
+    /// With a postgres:// source: its schema and password.
+    #[command(flatten)]
+    pub pg: PgArgs,
     #[command(flatten)]
     pub key: KeyArgs,
 }
@@ -286,9 +344,15 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Snapshot(SnapshotCommand::Build(a)) => {
             let key = a.key.load()?;
-            let summary = build(&a.source, &a.out, a.skip_invalid, &key)?;
+            let source = if postgres::is_url(&a.source) {
+                BuildSource::Postgres(Box::new(a.pg.source(&a.source)?))
+            } else {
+                BuildSource::Csv(PathBuf::from(&a.source))
+            };
+            let summary = build(&source, &a.out, a.skip_invalid, &key)?;
             print_json(&summary)
         }
+        Command::Db(c) => db(c),
         Command::Snapshot(SnapshotCommand::Inspect { file }) => {
             let snap = open(&file)?;
             print_json(snap.header())
@@ -360,8 +424,14 @@ fn query(a: QueryArgs) -> Result<()> {
     print_json(&response)
 }
 
+/// What `snapshot build` reads.
+enum BuildSource {
+    Csv(PathBuf),
+    Postgres(Box<PgSource>),
+}
+
 fn build(
-    source: &Path,
+    source: &BuildSource,
     out: &Path,
     skip_invalid: bool,
     key: &CardKey,
@@ -371,9 +441,16 @@ fn build(
         card_key_id: key.id(),
     };
     let stderr = std::io::stderr();
-    let result = build_from_csv(source, out, &opts, |e| {
+    let skipped = |e: &RowError| {
         let _ = writeln!(stderr.lock(), "skipped: {e}");
-    });
+    };
+    let (result, name) = match source {
+        BuildSource::Csv(path) => (
+            build_from_csv(path, out, &opts, skipped),
+            path.display().to_string(),
+        ),
+        BuildSource::Postgres(pg) => (build_from_postgres(pg, out, &opts, skipped), pg.describe()),
+    };
     match result {
         Ok(s) => {
             // New data wins over a rollback pin.
@@ -383,7 +460,7 @@ fn build(
         Err(BuildFailure::Build(BuildError::Rows { errors, count })) => {
             let mut err = stderr.lock();
             for e in &errors {
-                let _ = writeln!(err, "{}: {e}", source.display());
+                let _ = writeln!(err, "{name}: {e}");
             }
             if count > errors.len() as u64 {
                 let _ = writeln!(err, "... and {} more", count - errors.len() as u64);
@@ -393,12 +470,43 @@ fn build(
             } else {
                 " (--skip-invalid builds without them)"
             };
-            bail!(
-                "{count} invalid rows in {}; nothing written{hint}",
-                source.display()
-            )
+            bail!("{count} invalid rows in {name}; nothing written{hint}")
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+fn db(command: DbCommand) -> Result<()> {
+    let runtime = postgres::runtime()?;
+    match command {
+        DbCommand::Migrate(a) => {
+            let source = a.pg.source(&a.url)?;
+            print_json(&runtime.block_on(postgres::migrate::migrate(&source))?)
+        }
+        DbCommand::Load { db, csv, replace } => {
+            let source = db.pg.source(&db.url)?;
+            match runtime.block_on(postgres::load::load(&source, &csv, replace)) {
+                Ok(summary) => print_json(&summary),
+                Err(LoadError::Rows(BuildError::Rows { errors, count })) => {
+                    let mut err = std::io::stderr().lock();
+                    for e in &errors {
+                        let _ = writeln!(err, "{}: {e}", csv.display());
+                    }
+                    if count > errors.len() as u64 {
+                        let _ = writeln!(err, "... and {} more", count - errors.len() as u64);
+                    }
+                    bail!("{count} invalid rows in {}; nothing loaded", csv.display())
+                }
+                Err(e) => Err(e).with_context(|| {
+                    format!("loading {} into {}", csv.display(), source.describe())
+                }),
+            }
+        }
+        DbCommand::Status(a) => {
+            let source = a.pg.source(&a.url)?;
+            let status = runtime.block_on(postgres::status(&source))?;
+            print_json(&status)
+        }
     }
 }
 
@@ -491,7 +599,7 @@ fn demo(a: DemoArgs) -> Result<()> {
     writeln!(out, "{}", serde_json::to_string(&g)?)?;
     let snapshots = a.dir.join("snapshots");
     writeln!(out, "== building a snapshot in {}", snapshots.display())?;
-    let b = build(&g.csv, &snapshots, false, &key)?;
+    let b = build(&BuildSource::Csv(g.csv.clone()), &snapshots, false, &key)?;
     writeln!(out, "{}", serde_json::to_string(&b)?)?;
     let snap = Snapshot::open(&b.path)?;
     writeln!(out, "== checking {} probes", g.probe_count)?;

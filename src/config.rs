@@ -162,6 +162,16 @@ pub struct RawSource {
     pub records: u64,
     /// `synthetic`: seed.
     pub seed: u64,
+    /// `postgres`: `postgres://USER@HOST:PORT/DATABASE`.
+    pub url: Option<String>,
+    /// `postgres`: the schema holding qualcache's tables.
+    pub schema: String,
+    /// `postgres`: file holding the password.
+    pub password_file: Option<PathBuf>,
+    /// `postgres`: environment variable holding the password (when no file).
+    pub password_env: String,
+    /// `postgres`: seconds between checks of the change counter.
+    pub rebuild_interval_secs: u64,
 }
 
 impl Default for RawSource {
@@ -171,6 +181,11 @@ impl Default for RawSource {
             path: Some("data/enrollees.csv".into()),
             records: 1_000_000,
             seed: 1,
+            url: None,
+            schema: crate::store::postgres::DEFAULT_SCHEMA.into(),
+            password_file: None,
+            password_env: crate::store::postgres::PASSWORD_ENV.into(),
+            rebuild_interval_secs: 60,
         }
     }
 }
@@ -195,6 +210,13 @@ pub enum Source {
         records: u64,
         /// Seed.
         seed: u64,
+    },
+    /// A PostgreSQL store, rebuilt when its change counter moves.
+    Postgres {
+        /// Where, which schema, and the password.
+        pg: Box<crate::store::postgres::PgSource>,
+        /// How often the change counter is checked.
+        rebuild_interval: Duration,
     },
 }
 
@@ -302,10 +324,40 @@ impl Config {
                 records: positive("source.records", raw.source.records)?,
                 seed: raw.source.seed,
             },
+            "postgres" => {
+                let url = raw.source.url.as_deref().ok_or_else(|| {
+                    invalid("source.url", "required for kind = \"postgres\"".into())
+                })?;
+                let password = crate::store::postgres::read_password(
+                    raw.source.password_file.as_deref(),
+                    &raw.source.password_env,
+                )
+                .map_err(|e| invalid("source.password_file", e.to_string()))?;
+                let pg = crate::store::postgres::PgSource::new(
+                    url,
+                    &raw.source.schema,
+                    password.as_deref(),
+                )
+                .map_err(|e| {
+                    let key = if e.to_string().contains("schema") {
+                        "source.schema"
+                    } else {
+                        "source.url"
+                    };
+                    invalid(key, e.to_string())
+                })?;
+                Source::Postgres {
+                    pg: Box::new(pg),
+                    rebuild_interval: Duration::from_secs(positive(
+                        "source.rebuild_interval_secs",
+                        raw.source.rebuild_interval_secs,
+                    )?),
+                }
+            }
             other => {
                 return Err(invalid(
                     "source.kind",
-                    format!("{other:?} is not one of \"csv\", \"synthetic\""),
+                    format!("{other:?} is not one of \"csv\", \"synthetic\", \"postgres\""),
                 ))
             }
         };
@@ -381,6 +433,29 @@ mod tests {
     }
 
     #[test]
+    fn postgres_source_takes_url_schema_interval_and_password_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let c = parse(&format!(
+            "[source]\nkind = \"postgres\"\nurl = \"postgres://app@db:6543/records\"\n\
+             schema = \"q2\"\nrebuild_interval_secs = 7\npassword_file = {:?}",
+            pw.display().to_string()
+        ))
+        .unwrap();
+        let Source::Postgres {
+            pg,
+            rebuild_interval,
+        } = &c.source
+        else {
+            panic!("{:?}", c.source);
+        };
+        assert_eq!(*rebuild_interval, Duration::from_secs(7));
+        assert_eq!(pg.describe(), "postgres://app@db:6543/records?schema=q2");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
     fn bad_configs_are_refused_precisely() {
         for (text, expected) in [
             (
@@ -395,8 +470,28 @@ mod tests {
             ),
             ("[server]\nmax_batch = \"many\"", "invalid type"),
             (
+                "[source]\nkind = \"mysql\"",
+                "source.kind: \"mysql\" is not one of",
+            ),
+            (
                 "[source]\nkind = \"postgres\"",
-                "source.kind: \"postgres\" is not one of",
+                "source.url: required for kind = \"postgres\"",
+            ),
+            (
+                "[source]\nkind = \"postgres\"\nurl = \"postgres://h:port/db\"",
+                "source.url: invalid PostgreSQL URL",
+            ),
+            (
+                "[source]\nkind = \"postgres\"\nurl = \"postgres://h/db\"\nschema = \"Bad-Name\"",
+                "source.schema",
+            ),
+            (
+                "[source]\nkind = \"postgres\"\nurl = \"postgres://h/db\"\npassword_file = \"/nonexistent/pw\"",
+                "source.password_file: reading password file",
+            ),
+            (
+                "[source]\nkind = \"postgres\"\nurl = \"postgres://h/db\"\nrebuild_interval_secs = 0",
+                "source.rebuild_interval_secs",
             ),
             (
                 "[source]\nkind = \"synthetic\"\nrecords = 0",

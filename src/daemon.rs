@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use crate::build::{build_from_csv, BuildOptions};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use crate::build::{build_from_csv, build_from_postgres, BuildOptions};
 use crate::config::{Config, Source};
 use crate::server::{self, Shared};
 use crate::snapshot::{list_generations, write::snapshot_path, Snapshot};
@@ -152,6 +155,13 @@ impl Store {
             card_key_id: self.card_key_id,
         };
         let csv = match &self.source {
+            Source::Postgres { pg, .. } => {
+                let summary = build_from_postgres(pg, &self.dir, &opts, |e| {
+                    tracing::warn!(qualification_id = e.line, column = e.column, reason = %e.reason, "row skipped")
+                })
+                .with_context(|| format!("building a snapshot from {}", pg.describe()))?;
+                return self.built(&summary);
+            }
             Source::Csv(path) => path.clone(),
             Source::Synthetic { records, seed } => {
                 let work = self.dir.join(".synthetic");
@@ -175,6 +185,10 @@ impl Store {
             |e| tracing::warn!(line = e.line, column = e.column, reason = %e.reason, "row skipped"),
         )
         .with_context(|| format!("building a snapshot from {}", csv.display()))?;
+        self.built(&summary)
+    }
+
+    fn built(&self, summary: &crate::build::BuildSummary) -> Result<u64> {
         unpin(&self.dir)?;
         tracing::info!(
             generation = summary.generation,
@@ -185,26 +199,55 @@ impl Store {
         Ok(summary.generation)
     }
 
-    /// Whether the source changed since `current` was built from it.
-    fn source_changed(&self, current: &Snapshot) -> bool {
+    /// Whether the source is a database (checked on its own timer).
+    pub fn source_is_database(&self) -> bool {
+        matches!(self.source, Source::Postgres { .. })
+    }
+
+    /// Whether the source changed since `current` was built from it: the
+    /// CSV file's fingerprint, or the database's change counter.
+    fn source_changed(&self, current: &Snapshot) -> Result<bool> {
+        let built_at = current.header().source_version;
         match &self.source {
             Source::Csv(path) => {
                 let now = file_fingerprint(path);
-                now != 0 && now != current.header().source_version
+                Ok(now != 0 && now != built_at)
             }
-            Source::Synthetic { .. } => false,
+            Source::Synthetic { .. } => Ok(false),
+            Source::Postgres { pg, .. } => {
+                let runtime = crate::store::postgres::runtime()?;
+                let now = runtime
+                    .block_on(pg.change_counter())
+                    .with_context(|| format!("checking {} for changes", pg.describe()))?;
+                Ok(now != built_at)
+            }
         }
     }
 
-    /// One reload: rebuild if the source changed, then serve the target
-    /// generation if it is not the one served. A snapshot that fails to
-    /// open is refused and the current one keeps serving.
-    pub fn reload(&self, shared: &Shared) -> Result<Reloaded> {
+    /// One reload: when `check_source`, rebuild if the source changed;
+    /// then serve the target generation if it is not the one served. A
+    /// failed build or a snapshot that fails to open is an error (counted
+    /// in `shared`'s metrics) and the current snapshot keeps serving.
+    pub fn reload(&self, shared: &Shared, check_source: bool) -> Result<Reloaded> {
         let current = shared.current();
-        if let Some(cur) = &current {
-            if self.source_changed(cur) {
-                tracing::info!("source changed: rebuilding");
-                self.build()?;
+        if let (Some(cur), true) = (&current, check_source) {
+            let built = self.source_changed(cur).and_then(|changed| {
+                if changed {
+                    tracing::info!("source changed: rebuilding");
+                    self.build().map(Some)
+                } else {
+                    Ok(None)
+                }
+            });
+            match built {
+                Ok(Some(_)) => {
+                    shared.metrics().builds.fetch_add(1, Relaxed);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    shared.metrics().build_failures.fetch_add(1, Relaxed);
+                    return Err(e);
+                }
             }
         }
         let Some(target) = target_generation(&self.dir)? else {
@@ -215,12 +258,17 @@ impl Store {
             return Ok(Reloaded::Unchanged);
         }
         let path = snapshot_path(&self.dir, target);
-        let snapshot = Snapshot::open(&path).with_context(|| {
-            format!("refusing generation {target}; still serving the current one")
-        })?;
-        if snapshot.header().card_key_id != self.card_key_id {
-            anyhow::bail!("generation {target} was built with another card key; still serving the current one");
-        }
+        let snapshot = Snapshot::open(&path)
+            .with_context(|| format!("refusing generation {target}; still serving the current one"))
+            .and_then(|snapshot| {
+                if snapshot.header().card_key_id != self.card_key_id {
+                    anyhow::bail!("generation {target} was built with another card key; still serving the current one");
+                }
+                Ok(snapshot)
+            })
+            .inspect_err(|_| {
+                shared.metrics().reload_failures.fetch_add(1, Relaxed);
+            })?;
         let records = snapshot.header().records;
         shared.swap(Arc::new(snapshot));
         tracing::info!(generation = target, records, "snapshot swapped in");
@@ -291,45 +339,22 @@ pub async fn run(config: Config) -> Result<()> {
     let listen = endpoint.local_addr().unwrap_or(config.listen);
     tracing::info!(%listen, generation, records, "serving");
 
-    let (signal_tx, mut signals) = tokio::sync::mpsc::channel(8);
+    let (signal_tx, signals) = tokio::sync::mpsc::channel(8);
     tokio::spawn(forward_signals(signal_tx));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let reloader = {
-        let shared = shared.clone();
-        let interval = config.reload_interval;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.tick().await;
-            let mut stop = Some(stop_tx);
-            loop {
-                let why = tokio::select! {
-                    _ = tick.tick() => "timer",
-                    s = signals.recv() => match s {
-                        Some(Signal::Reload) => "SIGHUP",
-                        Some(Signal::Shutdown) | None => {
-                            if let Some(stop) = stop.take() {
-                                let _ = stop.send(());
-                            }
-                            return;
-                        }
-                    },
-                };
-                let (store, shared) = (store.clone(), shared.clone());
-                match tokio::task::spawn_blocking(move || store.reload(&shared)).await {
-                    Ok(Ok(Reloaded::Swapped(g))) => {
-                        tracing::info!(generation = g, trigger = why, "reloaded")
-                    }
-                    Ok(Ok(Reloaded::Unchanged)) => {
-                        tracing::debug!(trigger = why, "nothing to reload")
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(trigger = why, error = format!("{e:#}"), "reload failed")
-                    }
-                    Err(e) => tracing::error!(trigger = why, error = %e, "reload task failed"),
-                }
-            }
-        })
-    };
+    let reloader = tokio::spawn(reload_loop(
+        store,
+        shared.clone(),
+        signals,
+        stop_tx,
+        config.reload_interval,
+        match &config.source {
+            Source::Postgres {
+                rebuild_interval, ..
+            } => Some(*rebuild_interval),
+            _ => None,
+        },
+    ));
     server::serve(
         endpoint,
         shared,
@@ -342,6 +367,107 @@ pub async fn run(config: Config) -> Result<()> {
     reloader.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// First wait after a failed reload or build; doubled after each further
+/// failure, up to the regular interval.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+
+/// Reloads on SIGHUP, every `reload_interval` (a newer generation on disk,
+/// a changed CSV) and, for a database source, checks the change counter
+/// every `rebuild_interval`. After a failure it retries with exponential
+/// backoff. On SIGTERM / SIGINT it fires `stop`, abandoning a build in
+/// progress.
+async fn reload_loop(
+    store: Store,
+    shared: Arc<Shared>,
+    mut signals: tokio::sync::mpsc::Receiver<Signal>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    reload_interval: Duration,
+    rebuild_interval: Option<Duration>,
+) {
+    let first_tick = |period| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    };
+    let mut reload_tick = first_tick(reload_interval);
+    let mut rebuild_tick = first_tick(rebuild_interval.unwrap_or(Duration::from_secs(86_400)));
+    let cap = rebuild_interval.map_or(reload_interval, |r| r.min(reload_interval));
+    // After a failure: when to retry, and the wait that led there.
+    let mut retry: Option<(tokio::time::Instant, Duration)> = None;
+    let mut failures_in_a_row = 0u32;
+    loop {
+        let retry_at = retry.map(|(at, _)| at);
+        let (why, check_source) = tokio::select! {
+            _ = reload_tick.tick() => ("timer", !store.source_is_database()),
+            _ = rebuild_tick.tick(), if rebuild_interval.is_some() => ("rebuild timer", true),
+            _ = sleep_until_some(retry_at), if retry_at.is_some() => ("retry", true),
+            s = signals.recv() => match s {
+                Some(Signal::Reload) => ("SIGHUP", true),
+                Some(Signal::Shutdown) | None => {
+                    let _ = stop.send(());
+                    return;
+                }
+            },
+        };
+        let (s, sh) = (store.clone(), shared.clone());
+        let mut work = tokio::task::spawn_blocking(move || s.reload(&sh, check_source));
+        // A shutdown does not wait for a build to finish; a SIGHUP during a
+        // reload is answered by the reload running.
+        let outcome = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                s = signals.recv() => {
+                    if matches!(s, Some(Signal::Shutdown) | None) {
+                        tracing::info!("shutting down during a reload; it is abandoned");
+                        let _ = stop.send(());
+                        return;
+                    }
+                }
+            }
+        };
+        let failed = match outcome {
+            Ok(Ok(Reloaded::Swapped(g))) => {
+                tracing::info!(generation = g, trigger = why, "reloaded");
+                None
+            }
+            Ok(Ok(Reloaded::Unchanged)) => {
+                tracing::debug!(trigger = why, "nothing to reload");
+                None
+            }
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(e) => Some(format!("reload task failed: {e}")),
+        };
+        match failed {
+            None => {
+                retry = None;
+                failures_in_a_row = 0;
+            }
+            Some(error) => {
+                failures_in_a_row += 1;
+                let wait = retry.map_or(RETRY_MIN, |(_, w)| (w * 2).min(cap));
+                retry = Some((tokio::time::Instant::now() + wait, wait));
+                let m = shared.metrics();
+                tracing::error!(
+                    trigger = why,
+                    error,
+                    failures_in_a_row,
+                    build_failures = m.build_failures.load(Relaxed),
+                    reload_failures = m.reload_failures.load(Relaxed),
+                    retry_in_secs = wait.as_secs_f64(),
+                    "reload failed; still serving the current snapshot"
+                );
+            }
+        }
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Turns SIGHUP into [`Signal::Reload`] and SIGTERM / SIGINT into

@@ -52,6 +52,8 @@ pub struct Context<'a> {
     pub uptime_seconds: u64,
     /// Filled into status responses.
     pub connections: u64,
+    /// Filled into status responses.
+    pub metrics: &'a crate::server::Metrics,
 }
 
 /// Decodes a request; `None` if the bytes are not a `Request` message.
@@ -131,6 +133,19 @@ pub fn handle(ctx: &Context<'_>, req: pb::Request) -> pb::Response {
                 uptime_seconds: ctx.uptime_seconds,
                 connections: ctx.connections,
                 version: env!("CARGO_PKG_VERSION").into(),
+                source_version: h.source_version,
+                builds: ctx
+                    .metrics
+                    .builds
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                build_failures: ctx
+                    .metrics
+                    .build_failures
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                reload_failures: ctx
+                    .metrics
+                    .reload_failures
+                    .load(std::sync::atomic::Ordering::Relaxed),
             });
         }
     }
@@ -333,6 +348,7 @@ mod tests {
 
     fn ctx(today: &str) -> Context<'static> {
         static KEY: std::sync::OnceLock<CardKey> = std::sync::OnceLock::new();
+        static METRICS: crate::server::Metrics = crate::server::Metrics::new();
         Context {
             snapshot: None,
             card_key: KEY.get_or_init(CardKey::demo),
@@ -340,6 +356,7 @@ mod tests {
             limits: Limits::default(),
             uptime_seconds: 0,
             connections: 0,
+            metrics: &METRICS,
         }
     }
 

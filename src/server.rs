@@ -21,6 +21,30 @@ use crate::model::{CardKey, Date, InstitutionCode};
 use crate::protocol::{self, Context, Limits};
 use crate::snapshot::Snapshot;
 
+/// Counters of the snapshot life cycle since start, reported by status
+/// requests (and logged as they move).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Snapshots built from the source.
+    pub builds: AtomicU64,
+    /// Builds that failed (source unreachable, bad rows, disk); the
+    /// snapshot served stays.
+    pub build_failures: AtomicU64,
+    /// Reloads that refused a snapshot (it would not open or verify).
+    pub reload_failures: AtomicU64,
+}
+
+impl Metrics {
+    /// All zero.
+    pub const fn new() -> Metrics {
+        Metrics {
+            builds: AtomicU64::new(0),
+            build_failures: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        }
+    }
+}
+
 /// State shared by every connection.
 #[derive(Debug)]
 pub struct Shared {
@@ -45,6 +69,8 @@ pub struct Shared {
     per_terminal: DashMap<InstitutionCode, u32>,
     /// The most connections one terminal may hold.
     max_connections_per_terminal: u32,
+    /// Build and reload counters.
+    metrics: Metrics,
 }
 
 impl Shared {
@@ -60,6 +86,7 @@ impl Shared {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             per_terminal: DashMap::new(),
             max_connections_per_terminal: DEFAULT_MAX_CONNECTIONS_PER_TERMINAL,
+            metrics: Metrics::new(),
         }
     }
 
@@ -103,6 +130,11 @@ impl Shared {
         self.snapshot.load_full()
     }
 
+    /// Build and reload counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The card key.
     pub fn card_key(&self) -> &CardKey {
         &self.card_key
@@ -121,6 +153,7 @@ impl Shared {
             limits: self.limits,
             uptime_seconds: self.started.elapsed().as_secs(),
             connections: self.connections.load(Ordering::Relaxed),
+            metrics: &self.metrics,
         };
         protocol::handle(&ctx, req)
     }

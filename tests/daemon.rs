@@ -456,13 +456,16 @@ async fn reload_under_load_swaps_generations_and_refuses_corrupt_snapshots() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         // Nothing new yet.
-        assert_eq!(store.reload(&server.shared).unwrap(), Reloaded::Unchanged);
+        assert_eq!(
+            store.reload(&server.shared, true).unwrap(),
+            Reloaded::Unchanged
+        );
         // A new generation from the same export: built, opened, swapped.
         let dir = server.snap_dir.clone();
         let (s2, shared) = (store.clone(), server.shared.clone());
         let outcome = tokio::task::spawn_blocking(move || {
             s2.build().unwrap();
-            s2.reload(&shared).unwrap()
+            s2.reload(&shared, true).unwrap()
         })
         .await
         .unwrap();
@@ -473,7 +476,7 @@ async fn reload_under_load_swaps_generations_and_refuses_corrupt_snapshots() {
         let n = bytes.len();
         bytes[n / 2] ^= 0x55;
         std::fs::write(dir.join("3.qcs"), bytes).unwrap();
-        let err = store.reload(&server.shared).unwrap_err();
+        let err = store.reload(&server.shared, true).unwrap_err();
         assert!(format!("{err:#}").contains("checksum mismatch"), "{err:#}");
         assert_eq!(server.shared.current().unwrap().header().generation, 2);
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -136,6 +136,7 @@ fn examples() -> Vec<(&'static str, &'static str, Vec<u8>)> {
                     uptime_seconds: 3_600,
                     connections: 1_000,
                     version: "0.1.0".into(),
+                    ..Default::default()
                 }),
                 ..Default::default()
             }

@@ -49,7 +49,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(qualcache::daemon::run(config)) {
+    let result = runtime.block_on(qualcache::daemon::run(config));
+    // Do not wait for an abandoned build (its temporary file is never linked in).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("qualcached: error: {e:#}");

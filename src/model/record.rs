@@ -139,4 +139,25 @@ impl Qualification {
     pub fn holds_on(&self, day: Date) -> bool {
         self.acquired_date <= day && self.loss.is_none_or(|l| l.date > day)
     }
+
+    /// The first date that is out of order, as (CSV column, reason): the
+    /// checks every store's rows pass before they reach a snapshot.
+    pub fn date_order_error(&self) -> Option<(&'static str, &'static str)> {
+        if self.acquired_date < self.birth_date {
+            return Some(("acquired_date", "before birth_date"));
+        }
+        if self.loss.is_some_and(|l| l.date <= self.acquired_date) {
+            return Some(("lost_date", "not after acquired_date"));
+        }
+        if self
+            .certificate
+            .is_some_and(|c| c.valid_until < c.valid_from)
+        {
+            return Some(("cert_valid_until", "before cert_valid_from"));
+        }
+        if self.elderly.is_some_and(|e| e.valid_until < e.valid_from) {
+            return Some(("elderly_valid_until", "before elderly_valid_from"));
+        }
+        None
+    }
 }

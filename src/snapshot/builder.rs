@@ -14,7 +14,7 @@ use super::body::{
     INLINE_KEY, MEDICAL_AID_SCHEME, NONE, NO_BYTE, NO_DATE, TAG_ALL,
 };
 use crate::model::{CardLink, EnrolleeRecord, KeyText, Qualification};
-use crate::store::csv::RowError;
+use crate::store::csv::{RowError, RowUnit};
 
 /// The most duplicate errors collected before giving up on listing them.
 const MAX_REPORTED: usize = 100;
@@ -56,6 +56,8 @@ pub struct Builder {
     /// on from the previous row; maps a qualification back to its line.
     line_marks: Vec<(u32, u64)>,
     last_line: u64,
+    /// What row positions ("lines") count.
+    unit: RowUnit,
 }
 
 impl Default for Builder {
@@ -76,6 +78,7 @@ impl Builder {
             current: None,
             line_marks: Vec::new(),
             last_line: 0,
+            unit: RowUnit::Line,
         }
     }
 
@@ -83,13 +86,24 @@ impl Builder {
     /// `source_bytes` bytes (about 190 bytes a row), so the big arrays are
     /// not copied as they grow. Reserved but untouched memory costs nothing.
     pub fn with_capacity_for(source_bytes: u64) -> Builder {
-        let rows = (source_bytes / 150) as usize;
+        Builder::with_capacity((source_bytes / 150) as usize)
+    }
+
+    /// An empty builder with room reserved for about `rows` rows.
+    pub fn with_capacity(rows: usize) -> Builder {
         let mut b = Builder::new();
         b.body.quals.reserve(rows);
         b.body.persons.reserve(rows);
         b.body.extras.reserve(rows / 2);
         b.person_ids.reserve(rows);
         b
+    }
+
+    /// Says what the positions passed to [`push`](Self::push) count
+    /// (CSV lines by default), for error messages.
+    pub fn counting(mut self, unit: RowUnit) -> Builder {
+        self.unit = unit;
+        self
     }
 
     /// Qualifications added so far.
@@ -180,10 +194,12 @@ impl Builder {
             return Ok(());
         };
         let (a, b) = (&first.qualification, &rec.qualification);
+        let unit = self.unit;
         let differs = |column| RowError {
             line,
             column: Some(column),
-            reason: format!("differs from line {first_line} for the same person_id"),
+            reason: format!("differs from {unit} {first_line} for the same person_id"),
+            unit,
         };
         let (ca, cb) = (first.card, rec.card);
         if ca.map(|c| c.digest) != cb.map(|c| c.digest) {
@@ -247,6 +263,7 @@ impl Builder {
                     line,
                     column: Some("insurer_name"),
                     reason: "differs from an earlier row with the same insurer_number".into(),
+                    unit: self.unit,
                 });
             }
             return Ok(i);
@@ -405,9 +422,11 @@ impl Builder {
                             line,
                             column: Some("person_id"),
                             reason: format!(
-                                "rows of this person are not adjacent (also at line {first}); \
-                                 the export must be ordered by person_id"
+                                "rows of this person are not adjacent (also at {unit} {first}); \
+                                 the export must be ordered by person_id",
+                                unit = self.unit
                             ),
+                            unit: self.unit,
                         });
                     }
                 }
@@ -440,7 +459,11 @@ impl Builder {
                 errors.push(RowError {
                     line: self.line_of(p.first_qual),
                     column: Some("card_digest"),
-                    reason: format!("same card as the person at line {first}"),
+                    reason: format!(
+                        "same card as the person at {unit} {first}",
+                        unit = self.unit
+                    ),
+                    unit: self.unit,
                 });
             }
         }
@@ -504,9 +527,11 @@ impl Builder {
                     line: self.line_of(row as u32),
                     column: Some("number"),
                     reason: format!(
-                        "duplicate insurance key (insurer, symbol, number, branch) of line {}",
+                        "duplicate insurance key (insurer, symbol, number, branch) of {} {}",
+                        self.unit,
                         self.line_of(other)
                     ),
+                    unit: self.unit,
                 }),
                 None => earlier.push(row as u32),
             }
@@ -605,5 +630,6 @@ fn capacity_row(line: u64, what: &str) -> RowError {
         line,
         column: None,
         reason: format!("snapshot capacity exceeded: {what}"),
+        unit: RowUnit::Line,
     }
 }

@@ -93,14 +93,36 @@ const fn const_eq(a: &[u8], b: &[u8]) -> bool {
 /// A row that could not be read: where and why. The reason never repeats
 /// the field's value (it may be personal data).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}{}: {reason}", column.map(|c| format!(", column {c}")).unwrap_or_default())]
+#[error("{unit} {line}{}: {reason}", column.map(|c| format!(", column {c}")).unwrap_or_default())]
 pub struct RowError {
-    /// 1-based line of the CSV file where the row starts.
+    /// Where the row is: the 1-based line of the CSV file where it starts,
+    /// or its qualification id in the database (see `unit`).
     pub line: u64,
     /// The column at fault, when one is.
     pub column: Option<&'static str>,
     /// Why.
     pub reason: String,
+    /// What `line` counts.
+    pub unit: RowUnit,
+}
+
+/// What a [`RowError`]'s position counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RowUnit {
+    /// Lines of a CSV file.
+    #[default]
+    Line,
+    /// Qualification ids of the database.
+    Qualification,
+}
+
+impl std::fmt::Display for RowUnit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RowUnit::Line => "line",
+            RowUnit::Qualification => "qualification_id",
+        })
+    }
 }
 
 /// A CSV file that cannot be read at all.
@@ -238,6 +260,7 @@ pub(crate) fn parse_record(
             line,
             column: None,
             reason: format!("expected {} fields, found {}", COLUMNS.len(), record.len()),
+            unit: RowUnit::Line,
         });
     }
     Row {
@@ -259,6 +282,7 @@ pub(crate) fn malformed(e: &csv::Error, line: u64) -> RowError {
         line,
         column: None,
         reason,
+        unit: RowUnit::Line,
     }
 }
 
@@ -286,6 +310,7 @@ impl Row<'_> {
             line: self.line,
             column: Some(column.1),
             reason: reason.to_string(),
+            unit: RowUnit::Line,
         }
     }
 
@@ -357,16 +382,9 @@ impl Row<'_> {
         };
         let birth_date: Date = self.req(col!("birth_date"))?;
         let acquired_date: Date = self.req(col!("acquired_date"))?;
-        if acquired_date < birth_date {
-            return Err(self.err(col!("acquired_date"), "before birth_date"));
-        }
         let loss = if self.group(&[col!("lost_date"), col!("loss_reason")])? {
-            let date: Date = self.req(col!("lost_date"))?;
-            if date <= acquired_date {
-                return Err(self.err(col!("lost_date"), "not after acquired_date"));
-            }
             Some(Loss {
-                date,
+                date: self.req(col!("lost_date"))?,
                 reason: self.req::<LossReason>(col!("loss_reason"))?,
             })
         } else {
@@ -377,15 +395,11 @@ impl Row<'_> {
             col!("cert_valid_from"),
             col!("cert_valid_until"),
         ])? {
-            let c = Certificate {
+            Some(Certificate {
                 issued: self.req(col!("cert_issued"))?,
                 valid_from: self.req(col!("cert_valid_from"))?,
                 valid_until: self.req(col!("cert_valid_until"))?,
-            };
-            if c.valid_until < c.valid_from {
-                return Err(self.err(col!("cert_valid_until"), "before cert_valid_from"));
-            }
-            Some(c)
+            })
         } else {
             None
         };
@@ -394,15 +408,11 @@ impl Row<'_> {
             col!("elderly_valid_until"),
             col!("elderly_percent"),
         ])? {
-            let e = ElderlyCertificate {
+            Some(ElderlyCertificate {
                 valid_from: self.req(col!("elderly_valid_from"))?,
                 valid_until: self.req(col!("elderly_valid_until"))?,
                 percent: self.req(col!("elderly_percent"))?,
-            };
-            if e.valid_until < e.valid_from {
-                return Err(self.err(col!("elderly_valid_until"), "before elderly_valid_from"));
-            }
-            Some(e)
+            })
         } else {
             None
         };
@@ -451,6 +461,14 @@ impl Row<'_> {
             specific_disease,
             public_expense,
         };
+        if let Some((column, reason)) = qualification.date_order_error() {
+            return Err(RowError {
+                line: self.line,
+                column: Some(column),
+                reason: reason.to_string(),
+                unit: RowUnit::Line,
+            });
+        }
         Ok(EnrolleeRecord {
             person_id,
             card,

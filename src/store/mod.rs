@@ -3,3 +3,4 @@
 
 pub mod chunks;
 pub mod csv;
+pub mod postgres;

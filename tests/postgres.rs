@@ -1,0 +1,562 @@
+//! The PostgreSQL store against a real server: migrations, COPY load, the
+//! consistent binary-COPY export into snapshots (equivalent to the CSV
+//! path), and the daemon rebuilding after updates and surviving the loss
+//! of the database during a rebuild.
+//!
+//! The server is `$QUALCACHE_TEST_PG_URL` (default
+//! postgres://postgres@127.0.0.1:5432/test). Each test works in a fresh
+//! schema of its own and drops it. Without a reachable server the tests
+//! print one line and pass, unless `$QUALCACHE_REQUIRE_PG` is set (as
+//! `.ci/run` does), which makes them fail.
+
+mod util;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use qualcache::client::Client;
+use qualcache::model::{CardKey, Status};
+use qualcache::probe::{check, read_probes, Probe, ProbeLookup};
+use qualcache::protocol::pb;
+use qualcache::snapshot::Snapshot;
+use qualcache::store::postgres::PgSource;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn url() -> String {
+    std::env::var("QUALCACHE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh schema on the test server, dropped with the value; `None` (after
+/// one line on stderr) when there is no server and none is required.
+struct Schema {
+    name: String,
+    source: PgSource,
+}
+
+impl Schema {
+    async fn fresh() -> Option<Schema> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "qct_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let source = PgSource::new(&url(), &name, None).unwrap();
+        match connect(&url()).await {
+            Ok(c) => {
+                c.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .await
+                    .unwrap();
+            }
+            Err(e) => {
+                let why = match std::error::Error::source(&e) {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                };
+                if std::env::var_os("QUALCACHE_REQUIRE_PG").is_some() {
+                    panic!(
+                        "QUALCACHE_REQUIRE_PG is set but PostgreSQL at {} is unreachable: {why}",
+                        url()
+                    );
+                }
+                // Once per run, and past the test harness's capture.
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    use std::io::Write;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "skipping the PostgreSQL tests: no server at {} ({why}); see README.md",
+                        url()
+                    );
+                });
+                return None;
+            }
+        }
+        Some(Schema { name, source })
+    }
+
+    /// A client whose search_path is this schema.
+    async fn client(&self) -> tokio_postgres::Client {
+        self.source.connect().await.unwrap()
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Its own thread and runtime: drop may run inside an async test.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(c) = connect(&url()).await {
+                    let _ = c
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    config.connect_timeout(Duration::from_secs(3));
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("test took too long")
+}
+
+fn generate(dir: &Path, records: u64) -> qualcache::gen::GenSummary {
+    qualcache::gen::generate(&qualcache::gen::GenOptions {
+        records,
+        seed: 21,
+        out: dir.to_path_buf(),
+        probes: 1_000,
+        as_of: "20261101".parse().unwrap(),
+        card_key: CardKey::demo(),
+    })
+    .unwrap()
+}
+
+/// Runs the `qualcache` binary against the schema; returns (ok, stdout, stderr).
+fn cli(schema: &Schema, args: &[&str]) -> (bool, String, String) {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--schema", &schema.name]);
+    util::run(&all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_then_build_answers_every_probe_as_the_csv_path_does() {
+    bounded(async {
+        let Some(schema) = Schema::fresh().await else {
+            return;
+        };
+        let dir = util::tempdir();
+        let g = generate(dir.path(), 20_000);
+        let csv = g.csv.to_str().unwrap();
+        let url = url();
+
+        let (ok, out, err) = cli(&schema, &["db", "migrate", "--url", &url]);
+        assert!(ok, "{err}");
+        assert!(out.contains("\"applied\": [\n    1\n  ]"), "{out}");
+        let (ok, out, err) = cli(&schema, &["db", "load", "--url", &url, "--csv", csv]);
+        assert!(ok, "{err}");
+        assert!(out.contains("\"records\": 20000"), "{out}");
+
+        let pg_dir = dir.path().join("pg");
+        let csv_dir = dir.path().join("csv");
+        let (ok, _, err) = cli(
+            &schema,
+            &[
+                "snapshot",
+                "build",
+                "--source",
+                &url,
+                "--out",
+                pg_dir.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{err}");
+        let (ok, _, err) = util::run(&[
+            "snapshot",
+            "build",
+            "--source",
+            csv,
+            "--out",
+            csv_dir.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+
+        let from_pg = Snapshot::open(&pg_dir.join("1.qcs")).unwrap();
+        let from_csv = Snapshot::open(&csv_dir.join("1.qcs")).unwrap();
+        // The header records the change counter the rows were read at.
+        let counter = schema.source.change_counter().await.unwrap();
+        assert_eq!(from_pg.header().source_version, counter);
+        assert!(from_pg.header().source.contains(&schema.name));
+        // Every probe answers the same through both paths...
+        let probes = read_probes(&g.probes).unwrap();
+        for (what, snap) in [("postgres", &from_pg), ("csv", &from_csv)] {
+            for p in &probes {
+                if let Err(e) = check(snap, &CardKey::demo(), p) {
+                    panic!("{what}: probe {}: {e}", p.case);
+                }
+            }
+        }
+        // ...because the snapshots hold the same bytes past their headers.
+        let body = |p: &Path| std::fs::read(p).unwrap()[512..].to_vec();
+        assert!(
+            body(&pg_dir.join("1.qcs")) == body(&csv_dir.join("1.qcs")),
+            "the PostgreSQL and CSV snapshots differ"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_constraints_and_bad_loads() {
+    bounded(async {
+        let Some(schema) = Schema::fresh().await else { return };
+        let url = url();
+        // A schema that was never migrated is reported as such.
+        let (ok, _, err) = cli(&schema, &["db", "status", "--url", &url]);
+        assert!(!ok);
+        assert!(err.contains("qualcache db migrate"), "{err}");
+        // Migrating twice applies once.
+        assert!(cli(&schema, &["db", "migrate", "--url", &url]).0);
+        let (ok, out, _) = cli(&schema, &["db", "migrate", "--url", &url]);
+        assert!(ok && out.contains("\"applied\": []"), "{out}");
+
+        // A CSV with one bad row loads nothing and names the line and column.
+        let dir = util::tempdir();
+        let g = generate(dir.path(), 500);
+        let text = std::fs::read_to_string(&g.csv).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let header: Vec<&str> = lines[0].split(',').collect();
+        let birth = header.iter().position(|c| *c == "birth_date").unwrap();
+        let mut fields: Vec<String> = lines[7].split(',').map(str::to_string).collect();
+        let name_col = header.iter().position(|c| *c == "name").unwrap();
+        let name = fields[name_col].clone();
+        fields[birth] = "19991399".into();
+        lines[7] = fields.join(",");
+        let bad = dir.path().join("bad.csv");
+        std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+        let (ok, _, err) = cli(&schema, &["db", "load", "--url", &url, "--csv", bad.to_str().unwrap()]);
+        assert!(!ok);
+        assert!(err.contains("line 8, column birth_date"), "{err}");
+        assert!(err.contains("nothing loaded"), "{err}");
+        assert!(!err.contains("19991399") && !err.contains(&name), "personal data in: {err}");
+        let status = qualcache::store::postgres::status(&schema.source).await.unwrap();
+        assert_eq!(status.qualifications, 0);
+
+        // A good load, then a second one needs --replace.
+        let csv = g.csv.to_str().unwrap();
+        assert!(cli(&schema, &["db", "load", "--url", &url, "--csv", csv]).0);
+        let (ok, _, err) = cli(&schema, &["db", "load", "--url", &url, "--csv", csv]);
+        assert!(!ok && err.contains("--replace"), "{err}");
+        let before = schema.source.change_counter().await.unwrap();
+        let (ok, out, err) =
+            cli(&schema, &["db", "load", "--url", &url, "--csv", csv, "--replace"]);
+        assert!(ok, "{err}");
+        assert!(out.contains("\"records\": 500"), "{out}");
+        assert!(schema.source.change_counter().await.unwrap() > before);
+
+        // Constraints hold the formats; errors name the constraint, never the row.
+        let c = schema.client().await;
+        for (sql, constraint) in [
+            ("UPDATE qualifications SET card_class = '99' WHERE qualification_id = (SELECT min(qualification_id) FROM qualifications)", "card_class_code"),
+            ("INSERT INTO insurers VALUES ('12a456', 'x')", "insurer_number_format"),
+            ("UPDATE card_links SET digest = '\\x00' WHERE person_id = (SELECT min(person_id) FROM card_links)", "card_digest_length"),
+            ("UPDATE qualifications SET lost_date = acquired_date + 1, loss_reason = NULL WHERE qualification_id = (SELECT min(qualification_id) FROM qualifications)", "loss_complete"),
+            ("UPDATE qualifications SET lost_date = acquired_date, loss_reason = '01' WHERE qualification_id = (SELECT min(qualification_id) FROM qualifications)", "loss_after_acquired"),
+        ] {
+            let e = c.batch_execute(sql).await.unwrap_err();
+            assert_eq!(e.as_db_error().unwrap().constraint(), Some(constraint), "{sql}");
+        }
+        // Every write moves the change counter, visible once committed.
+        let before = schema.source.change_counter().await.unwrap();
+        c.batch_execute("UPDATE persons SET sex = '3' WHERE person_id = (SELECT min(person_id) FROM persons)")
+            .await
+            .unwrap();
+        assert!(schema.source.change_counter().await.unwrap() > before);
+    })
+    .await;
+}
+
+/// A TCP relay in front of PostgreSQL that can cut connections, standing
+/// in for a database that goes away in the middle of a rebuild.
+struct Relay {
+    addr: SocketAddr,
+    /// [`PASS`] or [`CUT`].
+    mode: Arc<AtomicU8>,
+}
+
+const PASS: u8 = 0;
+/// Each connection carries the first [`CUT_AFTER`] bytes from the server,
+/// then both ends are closed: small queries pass, an export dies midway.
+const CUT: u8 = 1;
+const CUT_AFTER: u64 = 32 * 1024;
+
+impl Relay {
+    async fn start(upstream: SocketAddr) -> Relay {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(AtomicU8::new(PASS));
+        let m = mode.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mode = m.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    });
+                    let mut passed = 0u64;
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        passed += n as u64;
+                        if mode == CUT && passed > CUT_AFTER {
+                            break;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    up.abort();
+                });
+            }
+        });
+        Relay { addr, mode }
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+}
+
+/// The daemon's stderr, line by line.
+struct Log(std::sync::mpsc::Receiver<String>);
+
+impl Log {
+    /// Waits (bounded) for a line matching `pred`; returns it.
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.0.recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("qualcached never logged {what}"),
+            }
+        }
+    }
+}
+
+async fn ask(client: &Client, p: &Probe) -> pb::Answer {
+    let r = client
+        .request(&pb::Request {
+            as_of: qualcache::protocol::day(p.as_of),
+            kind: Some(qualcache::protocol::request_kind(&p.lookup)),
+        })
+        .await
+        .unwrap();
+    r.answer.unwrap()
+}
+
+async fn server_status(client: &Client) -> pb::ServerStatus {
+    let r = client
+        .request(&pb::Request {
+            as_of: 0,
+            kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+        })
+        .await
+        .unwrap();
+    r.server.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lost() {
+    use std::io::BufRead;
+    bounded(async {
+        let Some(schema) = Schema::fresh().await else { return };
+        let dir = util::tempdir();
+        let d = dir.path();
+        let g = generate(&d.join("data"), 5_000);
+        qualcache::store::postgres::migrate::migrate(&schema.source).await.unwrap();
+        qualcache::store::postgres::load::load(&schema.source, &g.csv, false).await.unwrap();
+
+        let upstream: SocketAddr = {
+            let u: tokio_postgres::Config = url().parse().unwrap();
+            let host = match &u.get_hosts()[0] {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                _ => "127.0.0.1".into(),
+            };
+            let port = u.get_ports().first().copied().unwrap_or(5432);
+            let mut addrs = tokio::net::lookup_host((host.as_str(), port)).await.unwrap();
+            addrs.next().unwrap()
+        };
+        let relay = Relay::start(upstream).await;
+        let db = {
+            let u: tokio_postgres::Config = url().parse().unwrap();
+            format!(
+                "postgres://{}@{}/{}",
+                u.get_user().unwrap_or("postgres"),
+                relay.addr,
+                u.get_dbname().unwrap_or("postgres")
+            )
+        };
+        let config = d.join("qualcached.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\nreload_interval_secs = 3600\n[source]\nkind = \"postgres\"\nurl = \"{db}\"\nschema = \"{1}\"\nrebuild_interval_secs = 1\n",
+                d.display(),
+                schema.name
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qualcached"))
+            .args(["--config", config.to_str().unwrap()])
+            .env_remove("QUALCACHE_CARD_KEY")
+            .env("QUALCACHE_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let log = Log(rx);
+        let line = log.wait_for("serving", |l| l.contains("serving") && l.contains("listen="));
+        let addr: SocketAddr = line.split("listen=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+
+        let certs = d.join("certs");
+        let t = std::fs::read_dir(certs.join("terminals"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "pem"))
+            .unwrap();
+        let tls = qualcache::tls::client_config(&certs.join("ca.pem"), &t, &t.with_extension("key")).unwrap();
+        let client = Client::connect(addr, "localhost", tls).await.unwrap();
+        assert_eq!(server_status(&client).await.generation, 1);
+
+        // Pick a valid insurance lookup and a valid card lookup.
+        let probes = read_probes(&g.probes).unwrap();
+        let valid = |card: bool| {
+            probes
+                .iter()
+                .filter(|p| p.expect == Status::Valid)
+                .filter(move |p| matches!(p.lookup, ProbeLookup::Card { .. }) == card)
+        };
+        let c = schema.client().await;
+        // Lose the first valid insurance qualification that can be lost on its probe's day.
+        let mut lost_probe = None;
+        for p in valid(false) {
+            let key = p.expect_key.as_ref().unwrap();
+            let k: Vec<&str> = key.split(':').collect();
+            let day = p.as_of.to_string();
+            let n = c
+                .execute(
+                    "UPDATE qualifications SET lost_date = to_date($1, 'YYYYMMDD'), loss_reason = '03'
+                      WHERE insurer_number = $2 AND coalesce(symbol, '') = $3 AND number = $4
+                        AND coalesce(branch, '') = $5 AND acquired_date < to_date($1, 'YYYYMMDD')",
+                    &[&day, &k[0], &k[1], &k[2], &k[3]],
+                )
+                .await
+                .unwrap();
+            if n == 1 {
+                lost_probe = Some(p.clone());
+                break;
+            }
+        }
+        let lost_probe = lost_probe.expect("no valid insurance probe could be made lost");
+        // A card of another person (whose valid qualification is another one).
+        let card_probe = valid(true)
+            .find(|p| p.expect_key != lost_probe.expect_key)
+            .unwrap()
+            .clone();
+        assert_eq!(ask(&client, &lost_probe).await.status, Status::Valid.code() as i32);
+        assert_eq!(ask(&client, &card_probe).await.status, Status::Valid.code() as i32);
+        let ProbeLookup::Card { serial } = &card_probe.lookup else { unreachable!() };
+        let digest = CardKey::demo().digest(serial);
+        let n = c
+            .execute(
+                "UPDATE card_links SET status = 'withdrawn' WHERE digest = $1",
+                &[&&digest.as_bytes()[..]],
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+
+        // The change counter moved: the daemon rebuilds and answers anew.
+        let mut status = server_status(&client).await;
+        for _ in 0..200 {
+            if status.generation == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            status = server_status(&client).await;
+        }
+        assert_eq!(status.generation, 2, "no rebuild after the updates");
+        assert_eq!(status.source_version, schema.source.change_counter().await.unwrap());
+        assert!(status.builds >= 1);
+        let a = ask(&client, &lost_probe).await;
+        assert!(
+            a.status == Status::Lost.code() as i32 || a.status == Status::LostWithNewer.code() as i32,
+            "after losing the qualification: status {}",
+            a.status
+        );
+        assert_eq!(
+            a.qualification.unwrap().lost_date,
+            lost_probe.as_of.to_string().parse::<u32>().unwrap()
+        );
+        assert_eq!(ask(&client, &card_probe).await.status, Status::CardNotRegistered.code() as i32);
+
+        // The database goes away in the middle of the next rebuild.
+        relay.set(CUT);
+        c.batch_execute(&format!(
+            "UPDATE card_links SET status = 'registered' WHERE digest = '\\x{}'",
+            digest
+        ))
+        .await
+        .unwrap();
+        let failed = log.wait_for("a failed rebuild", |l| l.contains("reload failed"));
+        assert!(failed.contains("building a snapshot from"), "{failed}");
+        assert!(failed.contains("retry_in_secs"), "{failed}");
+        assert!(!failed.contains(serial.as_str()), "card serial in the log: {failed}");
+        // The old snapshot keeps answering, and the failure is counted.
+        let status = server_status(&client).await;
+        assert_eq!(status.generation, 2);
+        assert!(status.build_failures >= 1);
+        assert_eq!(ask(&client, &card_probe).await.status, Status::CardNotRegistered.code() as i32);
+
+        // The database is back: the retry rebuilds.
+        relay.set(PASS);
+        let mut generation = 2;
+        for _ in 0..200 {
+            generation = server_status(&client).await.generation;
+            if generation == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(generation, 3, "no rebuild after the database came back");
+        assert_eq!(ask(&client, &card_probe).await.status, Status::Valid.code() as i32);
+
+        client.close().await;
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        assert!(code.success(), "exit status {code:?}");
+    })
+    .await;
+}
