@@ -267,6 +267,35 @@ async fn migrations_constraints_and_bad_loads() {
             let e = c.batch_execute(sql).await.unwrap_err();
             assert_eq!(e.as_db_error().unwrap().constraint(), Some(constraint), "{sql}");
         }
+        // A value the constraints let through but a snapshot must not hold
+        // fails the build, naming the qualification and the column only.
+        c.batch_execute(
+            "UPDATE persons SET name = name || chr(7) WHERE person_id = (SELECT person_id FROM qualifications ORDER BY qualification_id LIMIT 1)",
+        )
+        .await
+        .unwrap();
+        let first: i64 = c
+            .query_one("SELECT min(qualification_id) FROM qualifications", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let out_dir = dir.path().join("snap");
+        let out = out_dir.to_str().unwrap();
+        let (ok, _, err) = cli(&schema, &["snapshot", "build", "--source", &url, "--out", out]);
+        assert!(!ok);
+        assert!(
+            err.contains(&format!("qualification_id {first}, column name: contains a control character")),
+            "{err}"
+        );
+        assert!(!err.contains('\u{7}'), "{err}");
+        assert!(!out_dir.join("1.qcs").exists());
+        let (ok, out_json, err) = cli(
+            &schema,
+            &["snapshot", "build", "--source", &url, "--out", out, "--skip-invalid"],
+        );
+        assert!(ok, "{err}");
+        assert!(out_json.contains("\"skipped_rows\": 1"), "{out_json}");
+
         // Every write moves the change counter, visible once committed.
         let before = schema.source.change_counter().await.unwrap();
         c.batch_execute("UPDATE persons SET sex = '3' WHERE person_id = (SELECT min(person_id) FROM persons)")

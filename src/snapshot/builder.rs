@@ -584,10 +584,10 @@ fn insert(
 
 /// Hasher for integer keys (insurer numbers, and text hashes that are
 /// already uniform): one multiply, whose high bits hashbrown uses.
-type IntHash = std::hash::BuildHasherDefault<IntHasher>;
+pub(crate) type IntHash = std::hash::BuildHasherDefault<IntHasher>;
 
 #[derive(Debug, Default)]
-struct IntHasher(u64);
+pub(crate) struct IntHasher(u64);
 
 impl std::hash::Hasher for IntHasher {
     fn finish(&self) -> u64 {

@@ -1,127 +1,70 @@
 //! Streams every qualification out of the database, one consistent view,
 //! into the snapshot builder.
 //!
-//! One `COPY (SELECT ...) TO STDOUT (FORMAT binary)` joins the tables and
-//! orders rows by (person, qualification id), as the builder needs a
-//! person's rows adjacent. It runs in a REPEATABLE READ, read-only
-//! transaction that also reads the change counter, so the snapshot and the
-//! counter recorded in its header describe the same state of the database.
+//! PostgreSQL spends most of an export formatting values, one core per
+//! connection, so the export reads the tables on several connections at
+//! once and joins them here:
+//!
+//! - a leader connection opens a REPEATABLE READ, read-only transaction,
+//!   exports its snapshot (`pg_export_snapshot`), reads the change counter
+//!   and the small tables (insurers, certificates, public expense) into
+//!   maps;
+//! - three follower connections import that snapshot (`SET TRANSACTION
+//!   SNAPSHOT`) and stream, with binary COPY, `qualifications` ordered by
+//!   (person, id), `persons` ordered by person and `card_links` ordered by
+//!   person;
+//! - the caller's thread merges the three ordered streams (a person's rows
+//!   come out adjacent, as the builder needs) and hands each record over.
+//!
+//! Every stream sees the same snapshot, so the records and the change
+//! counter recorded in the snapshot header describe one state of the
+//! database.
 
-use std::pin::pin;
+use std::collections::HashMap;
 use std::str::FromStr;
 
-use futures_util::TryStreamExt;
-use tokio_postgres::binary_copy::{BinaryCopyOutRow, BinaryCopyOutStream};
-use tokio_postgres::types::{FromSql, Type};
-use tokio_postgres::IsolationLevel;
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, IsolationLevel};
 
-use super::types::PgDate;
+use super::copy::{CopyRows, RawRow};
+use super::types::date_from_pg;
 use super::{query_error, read_change_counter, PgError, PgSource};
 use crate::model::{
-    CardDigest, CardLink, Certificate, ElderlyCertificate, EnrolleeRecord, KeyText, Loss,
-    PublicExpense, Qualification, SpecificDisease,
+    Branch, CardClass, CardDigest, CardLink, Certificate, Date, ElderlyCertificate, EnrolleeRecord,
+    InsurerNumber, KeyText, LimitCategory, Loss, Percent, PublicExpense, Qualification, Relation,
+    Sex, SpecificDisease,
 };
+use crate::snapshot::builder::IntHash;
 use crate::store::csv::{RowError, RowUnit};
 
-/// The export query. Column order matches [`COLUMN_TYPES`] and the `col::`
-/// constants below.
-const QUERY: &str = "COPY (
-    SELECT q.qualification_id, q.person_id, c.digest, c.status,
-           q.insurer_number, i.name, q.card_class, q.symbol, q.number, q.branch, q.relation,
-           p.name, p.name_kana, p.sex, p.birth_date,
-           q.acquired_date, q.lost_date, q.loss_reason,
-           q.cert_issued, q.cert_valid_from, q.cert_valid_until,
-           q.copay_percent, q.preschool,
-           e.valid_from, e.valid_until, e.percent,
-           l.category, d.disease, d.monthly_cap_yen,
-           x.payer, x.recipient, x.welfare_office, x.registered
-      FROM qualifications q
-      JOIN persons p ON p.person_id = q.person_id
-      JOIN insurers i ON i.insurer_number = q.insurer_number
-      LEFT JOIN card_links c ON c.person_id = q.person_id
-      LEFT JOIN elderly_certificates e ON e.qualification_id = q.qualification_id
-      LEFT JOIN limit_certificates l ON l.qualification_id = q.qualification_id
-      LEFT JOIN disease_certificates d ON d.qualification_id = q.qualification_id
-      LEFT JOIN public_expenses x ON x.qualification_id = q.qualification_id
-     ORDER BY q.person_id, q.qualification_id
+/// A column of an export stream: (position, name used in errors). The
+/// names are the CSV columns of the same fields, so errors read alike for
+/// both stores.
+type Col = (usize, &'static str);
+
+/// Rows sent from a stream to the merge at a time.
+const BATCH: usize = 1024;
+
+/// Batches buffered per stream.
+const QUEUE: usize = 16;
+
+const QUALIFICATIONS: &str = "COPY (
+    SELECT qualification_id, person_id, insurer_number, card_class, symbol, number, branch,
+           relation, acquired_date, lost_date, loss_reason,
+           cert_issued, cert_valid_from, cert_valid_until, copay_percent, preschool
+      FROM qualifications ORDER BY person_id, qualification_id
 ) TO STDOUT (FORMAT binary)";
+const QUALIFICATION_COLUMNS: usize = 16;
 
-/// Types of the export's columns (the staging table of `load` has the same).
-pub(crate) const COLUMN_TYPES: [Type; 33] = [
-    Type::INT8,
-    Type::INT8,
-    Type::BYTEA,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::DATE,
-    Type::DATE,
-    Type::DATE,
-    Type::TEXT,
-    Type::DATE,
-    Type::DATE,
-    Type::DATE,
-    Type::TEXT,
-    Type::BOOL,
-    Type::DATE,
-    Type::DATE,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT4,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::BOOL,
-];
+const PERSONS: &str = "COPY (
+    SELECT person_id, name, name_kana, sex, birth_date FROM persons ORDER BY person_id
+) TO STDOUT (FORMAT binary)";
+const PERSON_COLUMNS: usize = 5;
 
-/// Export columns: (position, name used in errors). The names are the CSV
-/// columns of the same fields, so errors read alike for both stores.
-mod col {
-    pub type Col = (usize, &'static str);
-    pub const QUALIFICATION_ID: Col = (0, "qualification_id");
-    pub const PERSON_ID: Col = (1, "person_id");
-    pub const CARD_DIGEST: Col = (2, "card_digest");
-    pub const CARD_STATUS: Col = (3, "card_status");
-    pub const INSURER_NUMBER: Col = (4, "insurer_number");
-    pub const INSURER_NAME: Col = (5, "insurer_name");
-    pub const CARD_CLASS: Col = (6, "card_class");
-    pub const SYMBOL: Col = (7, "symbol");
-    pub const NUMBER: Col = (8, "number");
-    pub const BRANCH: Col = (9, "branch");
-    pub const RELATION: Col = (10, "relation");
-    pub const NAME: Col = (11, "name");
-    pub const NAME_KANA: Col = (12, "name_kana");
-    pub const SEX: Col = (13, "sex");
-    pub const BIRTH_DATE: Col = (14, "birth_date");
-    pub const ACQUIRED_DATE: Col = (15, "acquired_date");
-    pub const LOST_DATE: Col = (16, "lost_date");
-    pub const LOSS_REASON: Col = (17, "loss_reason");
-    pub const CERT_ISSUED: Col = (18, "cert_issued");
-    pub const CERT_VALID_FROM: Col = (19, "cert_valid_from");
-    pub const CERT_VALID_UNTIL: Col = (20, "cert_valid_until");
-    pub const COPAY_PERCENT: Col = (21, "copay_percent");
-    pub const PRESCHOOL: Col = (22, "preschool");
-    pub const ELDERLY_VALID_FROM: Col = (23, "elderly_valid_from");
-    pub const ELDERLY_VALID_UNTIL: Col = (24, "elderly_valid_until");
-    pub const ELDERLY_PERCENT: Col = (25, "elderly_percent");
-    pub const LIMIT_CATEGORY: Col = (26, "limit_category");
-    pub const DISEASE: Col = (27, "disease");
-    pub const DISEASE_CAP_YEN: Col = (28, "disease_cap_yen");
-    pub const PUBLIC_PAYER: Col = (29, "public_payer");
-    pub const PUBLIC_RECIPIENT: Col = (30, "public_recipient");
-    pub const WELFARE_OFFICE: Col = (31, "welfare_office");
-    pub const AID_REGISTERED: Col = (32, "aid_registered");
-}
-use col::Col;
+const CARDS: &str = "COPY (
+    SELECT person_id, digest, status FROM card_links ORDER BY person_id
+) TO STDOUT (FORMAT binary)";
+const CARD_COLUMNS: usize = 3;
 
 /// What an export read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +88,103 @@ pub async fn estimated_rows(source: &PgSource) -> Result<u64, PgError> {
     Ok(row.get::<_, i64>(0) as u64)
 }
 
+/// A qualification row without its person, insurer name and attachments.
+struct QualRow {
+    id: u64,
+    person_id: u64,
+    insurer_number: InsurerNumber,
+    card_class: CardClass,
+    symbol: Option<KeyText>,
+    number: KeyText,
+    branch: Option<Branch>,
+    relation: Relation,
+    acquired_date: Date,
+    loss: Option<Loss>,
+    certificate: Option<Certificate>,
+    copay_percent: Percent,
+    preschool: bool,
+}
+
+/// A person row; a bad one is kept as its error until a qualification
+/// of the person reports it.
+struct PersonRow {
+    person_id: u64,
+    fields: Result<PersonFields, FieldError>,
+}
+
+struct PersonFields {
+    name: String,
+    name_kana: String,
+    sex: Sex,
+    birth_date: Date,
+}
+
+struct CardRow {
+    person_id: u64,
+    link: Result<CardLink, FieldError>,
+}
+
+/// The attachments of qualifications, read on the leader.
+#[derive(Default)]
+struct Attachments {
+    /// Insurer names by raw insurer number.
+    insurers: HashMap<u32, String, IntHash>,
+    elderly: Attached<ElderlyCertificate>,
+    limit: Attached<LimitCategory>,
+    disease: Attached<SpecificDisease>,
+    public: Attached<PublicExpense>,
+}
+
+/// Rows of one attachment table, sorted by qualification id. Lookups come
+/// in qualification-stream order, which is ascending id for data loaded
+/// in person order, so they walk the rows front to back (cache-friendly);
+/// an id behind the walk is found by binary search.
+struct Attached<T> {
+    rows: Vec<(u64, Result<T, FieldError>)>,
+    pos: usize,
+}
+
+impl<T> Default for Attached<T> {
+    fn default() -> Self {
+        Attached {
+            rows: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl<T: Clone> Attached<T> {
+    fn push(&mut self, id: u64, row: Result<T, FieldError>) {
+        self.rows.push((id, row));
+    }
+
+    fn sort(&mut self) {
+        self.rows.sort_unstable_by_key(|r| r.0);
+    }
+
+    /// The attachment of qualification `id`, if any.
+    fn get(&mut self, id: u64) -> Result<Option<T>, FieldError> {
+        let rows = &self.rows;
+        let found = if self.pos > 0 && rows[self.pos - 1].0 >= id {
+            rows[..self.pos]
+                .binary_search_by_key(&id, |r| r.0)
+                .ok()
+                .map(|i| &rows[i].1)
+        } else {
+            while self.pos < rows.len() && rows[self.pos].0 < id {
+                self.pos += 1;
+            }
+            if self.pos < rows.len() && rows[self.pos].0 == id {
+                self.pos += 1;
+                Some(&rows[self.pos - 1].1)
+            } else {
+                None
+            }
+        };
+        found.cloned().transpose()
+    }
+}
+
 /// Streams every qualification to `sink`, in (person, qualification id)
 /// order, with its qualification id (used as the row's position in
 /// errors). A row that cannot be read as a record reaches `sink` as an
@@ -153,198 +193,604 @@ pub async fn export(
     source: &PgSource,
     mut sink: impl FnMut(Result<(u64, EnrolleeRecord), RowError>),
 ) -> Result<Exported, PgError> {
-    let mut client = source.connect().await?;
-    super::migrate::schema_version(&client).await?;
-    let tx = client
+    let mut leader = source.connect().await?;
+    super::migrate::schema_version(&leader).await?;
+    let tx = leader
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await
         .map_err(|e| query_error("starting the export transaction", &e))?;
+    let snapshot: String = tx
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| query_error("exporting the snapshot", &e))?
+        .get(0);
     let change_counter = read_change_counter(&tx).await?;
-    // Room for the joins' hash tables, so they do not spill to disk.
-    tx.batch_execute("SET LOCAL work_mem = '256MB'")
-        .await
-        .map_err(|e| query_error("setting work_mem", &e))?;
-    let stream = tx
-        .copy_out(QUERY)
-        .await
-        .map_err(|e| query_error("starting the export", &e))?;
-    let mut rows = pin!(BinaryCopyOutStream::new(stream, &COLUMN_TYPES));
-    let mut count = 0u64;
-    while let Some(row) = rows
-        .try_next()
-        .await
-        .map_err(|e| query_error("reading the export", &e))?
-    {
-        count += 1;
-        sink(record(&row));
+
+    // The big tables stream on their own connections while the leader
+    // reads the small ones.
+    let quals = follow(
+        source,
+        &snapshot,
+        QUALIFICATIONS,
+        QUALIFICATION_COLUMNS,
+        qual_row,
+    )
+    .await?;
+    let persons = follow(source, &snapshot, PERSONS, PERSON_COLUMNS, person_row).await?;
+    let cards = follow(source, &snapshot, CARDS, CARD_COLUMNS, card_row).await?;
+    let attachments = attachments(&tx).await?;
+
+    let mut merge = Merge {
+        quals,
+        persons: Cursor::new(persons),
+        cards: Cursor::new(cards),
+        attachments,
+    };
+    let mut rows = 0u64;
+    while let Some(batch) = merge.quals.next().await? {
+        for q in batch {
+            rows += 1;
+            let record = match q {
+                Ok(q) => merge.record(q).await?,
+                Err(e) => Err(e),
+            };
+            sink(record);
+        }
     }
+    // Streams that ended early or failed surface here.
+    merge.persons.finish().await?;
+    merge.cards.finish().await?;
     tx.commit()
         .await
         .map_err(|e| query_error("ending the export transaction", &e))?;
     Ok(Exported {
         change_counter,
-        rows: count,
+        rows,
     })
 }
 
-/// One exported row as a record.
-fn record(row: &BinaryCopyOutRow) -> Result<(u64, EnrolleeRecord), RowError> {
-    let id = row
-        .try_get::<i64>(col::QUALIFICATION_ID.0)
-        .map_err(|_| RowError {
-            line: 0,
-            column: Some(col::QUALIFICATION_ID.1),
-            reason: "unreadable".into(),
-            unit: RowUnit::Qualification,
-        })? as u64;
-    let r = Row { row, id };
-    let person_id = r.req::<i64>(col::PERSON_ID)?;
-    let person_id = u64::try_from(person_id).map_err(|_| r.err(col::PERSON_ID, "negative"))?;
-    let card = match r.opt::<&[u8]>(col::CARD_DIGEST)? {
-        Some(digest) => Some(CardLink {
-            digest: CardDigest(
-                digest
-                    .try_into()
-                    .map_err(|_| r.err(col::CARD_DIGEST, "not 16 bytes"))?,
-            ),
-            status: r.parsed(col::CARD_STATUS)?,
-        }),
-        None => None,
-    };
-    let date = |c: Col| r.req::<PgDate>(c).map(|d| d.0);
-    let opt_date = |c: Col| r.opt::<PgDate>(c).map(|d| d.map(|d| d.0));
-    let loss = match opt_date(col::LOST_DATE)? {
-        Some(date) => Some(Loss {
-            date,
-            reason: r.parsed(col::LOSS_REASON)?,
-        }),
-        None => None,
-    };
-    let certificate = match opt_date(col::CERT_ISSUED)? {
-        Some(issued) => Some(Certificate {
-            issued,
-            valid_from: date(col::CERT_VALID_FROM)?,
-            valid_until: date(col::CERT_VALID_UNTIL)?,
-        }),
-        None => None,
-    };
-    let elderly = match opt_date(col::ELDERLY_VALID_FROM)? {
-        Some(valid_from) => Some(ElderlyCertificate {
-            valid_from,
-            valid_until: date(col::ELDERLY_VALID_UNTIL)?,
-            percent: r.parsed(col::ELDERLY_PERCENT)?,
-        }),
-        None => None,
-    };
-    let specific_disease = match r.opt_parsed(col::DISEASE)? {
-        Some(kind) => Some(SpecificDisease {
-            kind,
-            monthly_cap_yen: u32::try_from(r.req::<i32>(col::DISEASE_CAP_YEN)?)
-                .map_err(|_| r.err(col::DISEASE_CAP_YEN, "negative"))?,
-        }),
-        None => None,
-    };
-    let public_expense = match r.opt_parsed(col::PUBLIC_PAYER)? {
-        Some(payer) => Some(PublicExpense {
-            payer,
-            recipient: r.parsed(col::PUBLIC_RECIPIENT)?,
-            welfare_office: r.text(col::WELFARE_OFFICE)?,
-            registered: r.req(col::AID_REGISTERED)?,
-        }),
-        None => None,
-    };
-    let qualification = Qualification {
-        insurer_number: r.parsed(col::INSURER_NUMBER)?,
-        insurer_name: r.text(col::INSURER_NAME)?,
-        card_class: r.parsed(col::CARD_CLASS)?,
-        symbol: r.opt_parsed::<KeyText>(col::SYMBOL)?,
-        number: r.parsed(col::NUMBER)?,
-        branch: r.opt_parsed(col::BRANCH)?,
-        relation: r.parsed(col::RELATION)?,
-        name: r.text(col::NAME)?,
-        name_kana: r.text(col::NAME_KANA)?,
-        sex: r.parsed(col::SEX)?,
-        birth_date: date(col::BIRTH_DATE)?,
-        acquired_date: date(col::ACQUIRED_DATE)?,
-        loss,
-        certificate,
-        copay_percent: r.parsed(col::COPAY_PERCENT)?,
-        preschool: r.req(col::PRESCHOOL)?,
-        elderly,
-        limit_category: r.opt_parsed(col::LIMIT_CATEGORY)?,
-        specific_disease,
-        public_expense,
-    };
-    if let Some((column, reason)) = qualification.date_order_error() {
-        return Err(r.err((0, column), reason));
+/// One follower stream: rows decoded on a task, sent in batches.
+struct Stream<T> {
+    rx: mpsc::Receiver<Result<Vec<T>, PgError>>,
+}
+
+impl<T> Stream<T> {
+    /// The next batch; `None` at the end.
+    async fn next(&mut self) -> Result<Option<Vec<T>>, PgError> {
+        self.rx.recv().await.transpose()
     }
-    Ok((
-        id,
-        EnrolleeRecord {
-            person_id,
-            card,
-            qualification,
-        },
-    ))
 }
 
-/// Typed access to one exported row, with errors naming the row and column.
-struct Row<'a> {
-    row: &'a BinaryCopyOutRow,
-    id: u64,
+/// Opens a follower connection on `snapshot` and streams `query` through
+/// `decode` on a task of its own.
+async fn follow<T: Send + 'static>(
+    source: &PgSource,
+    snapshot: &str,
+    query: &'static str,
+    columns: usize,
+    decode: fn(&RawRow) -> T,
+) -> Result<Stream<T>, PgError> {
+    let mut client = source.connect().await?;
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let snapshot = snapshot.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = stream(&mut client, &snapshot, query, columns, decode, &tx).await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    Ok(Stream { rx })
 }
 
-impl<'a> Row<'a> {
-    fn err(&self, column: Col, reason: impl std::fmt::Display) -> RowError {
-        RowError {
-            line: self.id,
-            column: Some(column.1),
-            reason: reason.to_string(),
-            unit: RowUnit::Qualification,
+async fn stream<T>(
+    client: &mut Client,
+    snapshot: &str,
+    query: &'static str,
+    columns: usize,
+    decode: fn(&RawRow) -> T,
+    out: &mpsc::Sender<Result<Vec<T>, PgError>>,
+) -> Result<(), PgError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| query_error("starting an export stream", &e))?;
+    tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))
+        .await
+        .map_err(|e| query_error("joining the export snapshot", &e))?;
+    let copy = tx
+        .copy_out(query)
+        .await
+        .map_err(|e| query_error("starting the export", &e))?;
+    let mut rows = CopyRows::new(copy, columns);
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some(row) = rows.next().await? {
+        batch.push(decode(&row));
+        if batch.len() == BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            if out.send(Ok(full)).await.is_err() {
+                return Ok(()); // The merge stopped.
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = out.send(Ok(batch)).await;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| query_error("ending an export stream", &e))
+}
+
+/// Rows that belong to a person.
+trait OfPerson {
+    fn person_id(&self) -> u64;
+}
+
+impl OfPerson for PersonRow {
+    fn person_id(&self) -> u64 {
+        self.person_id
+    }
+}
+
+impl OfPerson for CardRow {
+    fn person_id(&self) -> u64 {
+        self.person_id
+    }
+}
+
+/// An ascending stream of person rows, read as the qualifications ask.
+struct Cursor<T> {
+    stream: Stream<T>,
+    batch: std::vec::IntoIter<T>,
+    current: Option<T>,
+    ended: bool,
+}
+
+impl<T: OfPerson> Cursor<T> {
+    fn new(stream: Stream<T>) -> Cursor<T> {
+        Cursor {
+            stream,
+            batch: Vec::new().into_iter(),
+            current: None,
+            ended: false,
         }
     }
 
-    fn opt<T: FromSql<'a>>(&self, column: Col) -> Result<Option<T>, RowError> {
-        self.row
-            .try_get::<Option<T>>(column.0)
-            .map_err(|e| self.err(column, super::describe_error(&e)))
+    async fn next_row(&mut self) -> Result<Option<T>, PgError> {
+        loop {
+            if let Some(row) = self.batch.next() {
+                return Ok(Some(row));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            match self.stream.next().await? {
+                Some(batch) => self.batch = batch.into_iter(),
+                None => self.ended = true,
+            }
+        }
     }
 
-    fn req<T: FromSql<'a>>(&self, column: Col) -> Result<T, RowError> {
-        self.opt(column)?
-            .ok_or_else(|| self.err(column, "required"))
+    /// The row of `person_id`, if there is one. Calls come in ascending
+    /// person order (rows of persons without qualifications are passed).
+    async fn seek(&mut self, person_id: u64) -> Result<Option<&T>, PgError> {
+        loop {
+            if self
+                .current
+                .as_ref()
+                .is_some_and(|r| r.person_id() >= person_id)
+            {
+                break;
+            }
+            match self.next_row().await? {
+                Some(row) => self.current = Some(row),
+                None => {
+                    self.current = None;
+                    break;
+                }
+            }
+        }
+        Ok(self.current.as_ref().filter(|r| r.person_id() == person_id))
     }
 
-    /// An optional text field parsed as `T` (codes, numbers, key texts).
-    fn opt_parsed<T: FromStr>(&self, column: Col) -> Result<Option<T>, RowError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        match self.opt::<&str>(column)? {
-            Some(s) => s.parse().map(Some).map_err(|e| self.err(column, e)),
+    /// Reads to the end, so a failure of the stream is reported.
+    async fn finish(&mut self) -> Result<(), PgError> {
+        while self.next_row().await?.is_some() {}
+        Ok(())
+    }
+}
+
+/// The merge of the three ordered streams and the attachments.
+struct Merge {
+    quals: Stream<Result<QualRow, RowError>>,
+    persons: Cursor<PersonRow>,
+    cards: Cursor<CardRow>,
+    attachments: Attachments,
+}
+
+impl Merge {
+    /// The full record of one qualification row.
+    async fn record(
+        &mut self,
+        q: QualRow,
+    ) -> Result<Result<(u64, EnrolleeRecord), RowError>, PgError> {
+        let err = |(column, reason): (&'static str, String)| RowError {
+            line: q.id,
+            column: Some(column),
+            reason,
+            unit: RowUnit::Qualification,
+        };
+        let person = match self.persons.seek(q.person_id).await? {
+            Some(PersonRow { fields: Ok(f), .. }) => f,
+            Some(PersonRow { fields: Err(e), .. }) => return Ok(Err(err(e.clone()))),
+            None => return Ok(Err(err(("person_id", "no such person".into())))),
+        };
+        let (name, name_kana, sex, birth_date) = (
+            person.name.clone(),
+            person.name_kana.clone(),
+            person.sex,
+            person.birth_date,
+        );
+        let card = match self.cards.seek(q.person_id).await? {
+            Some(CardRow { link: Ok(l), .. }) => Some(*l),
+            Some(CardRow { link: Err(e), .. }) => return Ok(Err(err(e.clone()))),
+            None => None,
+        };
+        let a = &mut self.attachments;
+        let Some(insurer_name) = a.insurers.get(&q.insurer_number.to_raw()).cloned() else {
+            return Ok(Err(err(("insurer_number", "no such insurer".into()))));
+        };
+        let elderly = match a.elderly.get(q.id) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(err(e))),
+        };
+        let limit_category = match a.limit.get(q.id) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(err(e))),
+        };
+        let specific_disease = match a.disease.get(q.id) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(err(e))),
+        };
+        let public_expense = match a.public.get(q.id) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(err(e))),
+        };
+        let qualification = Qualification {
+            insurer_number: q.insurer_number,
+            insurer_name,
+            card_class: q.card_class,
+            symbol: q.symbol,
+            number: q.number,
+            branch: q.branch,
+            relation: q.relation,
+            name,
+            name_kana,
+            sex,
+            birth_date,
+            acquired_date: q.acquired_date,
+            loss: q.loss,
+            certificate: q.certificate,
+            copay_percent: q.copay_percent,
+            preschool: q.preschool,
+            elderly,
+            limit_category,
+            specific_disease,
+            public_expense,
+        };
+        if let Some((column, reason)) = qualification.date_order_error() {
+            return Ok(Err(err((column, reason.to_string()))));
+        }
+        Ok(Ok((
+            q.id,
+            EnrolleeRecord {
+                person_id: q.person_id,
+                card,
+                qualification,
+            },
+        )))
+    }
+}
+
+/// Reads the insurers and the qualifications' attachments on the leader.
+async fn attachments(tx: &tokio_postgres::Transaction<'_>) -> Result<Attachments, PgError> {
+    let mut a = Attachments::default();
+    read_all(
+        tx,
+        "COPY insurers (insurer_number, name) TO STDOUT (FORMAT binary)",
+        2,
+        |row| {
+            let r = Fields(row);
+            // An insurer number that does not parse is reported by the
+            // qualifications that use it ("no such insurer").
+            if let (Ok(n), Ok(name)) = (r.parsed::<InsurerNumber>(INS_NUMBER), r.text(INS_NAME)) {
+                a.insurers.insert(n.to_raw(), name);
+            }
+        },
+    )
+    .await?;
+    read_all(
+        tx,
+        "COPY elderly_certificates (qualification_id, valid_from, valid_until, percent) TO STDOUT (FORMAT binary)",
+        4,
+        |row| {
+            let r = Fields(row);
+            if let Ok(id) = r.id() {
+                a.elderly.push(id, (|| Ok(ElderlyCertificate {
+                    valid_from: r.date((1, "elderly_valid_from"))?,
+                    valid_until: r.date((2, "elderly_valid_until"))?,
+                    percent: r.parsed((3, "elderly_percent"))?,
+                }))());
+            }
+        },
+    )
+    .await?;
+    read_all(
+        tx,
+        "COPY limit_certificates (qualification_id, category) TO STDOUT (FORMAT binary)",
+        2,
+        |row| {
+            let r = Fields(row);
+            if let Ok(id) = r.id() {
+                a.limit.push(id, r.parsed((1, "limit_category")));
+            }
+        },
+    )
+    .await?;
+    read_all(
+        tx,
+        "COPY disease_certificates (qualification_id, disease, monthly_cap_yen) TO STDOUT (FORMAT binary)",
+        3,
+        |row| {
+            let r = Fields(row);
+            if let Ok(id) = r.id() {
+                a.disease.push(id, (|| Ok(SpecificDisease {
+                    kind: r.parsed((1, "disease"))?,
+                    monthly_cap_yen: u32::try_from(r.int4((2, "disease_cap_yen"))?)
+                        .map_err(|_| ("disease_cap_yen", "negative".to_string()))?,
+                }))());
+            }
+        },
+    )
+    .await?;
+    read_all(
+        tx,
+        "COPY public_expenses (qualification_id, payer, recipient, welfare_office, registered) TO STDOUT (FORMAT binary)",
+        5,
+        |row| {
+            let r = Fields(row);
+            if let Ok(id) = r.id() {
+                a.public.push(id, (|| Ok(PublicExpense {
+                    payer: r.parsed((1, "public_payer"))?,
+                    recipient: r.parsed((2, "public_recipient"))?,
+                    welfare_office: r.text((3, "welfare_office"))?,
+                    registered: r.boolean((4, "aid_registered"))?,
+                }))());
+            }
+        },
+    )
+    .await?;
+    a.elderly.sort();
+    a.limit.sort();
+    a.disease.sort();
+    a.public.sort();
+    Ok(a)
+}
+
+const INS_NUMBER: Col = (0, "insurer_number");
+const INS_NAME: Col = (1, "insurer_name");
+
+/// Runs one binary COPY on the leader and hands each row to `each`.
+async fn read_all(
+    tx: &tokio_postgres::Transaction<'_>,
+    query: &str,
+    columns: usize,
+    mut each: impl FnMut(&RawRow),
+) -> Result<(), PgError> {
+    let copy = tx
+        .copy_out(query)
+        .await
+        .map_err(|e| query_error("starting the export", &e))?;
+    let mut rows = CopyRows::new(copy, columns);
+    while let Some(row) = rows.next().await? {
+        each(&row);
+    }
+    Ok(())
+}
+
+/// A field that could not be read: (column, reason).
+type FieldError = (&'static str, String);
+
+/// Typed access to the fields of one row.
+struct Fields<'a>(&'a RawRow);
+
+impl<'a> Fields<'a> {
+    /// The raw bytes of a field of `len` bytes (or any length), `None` for NULL.
+    fn raw(&self, column: Col, len: Option<usize>) -> Result<Option<&'a [u8]>, FieldError> {
+        match self.0.field(column.0) {
+            Some(b) if len.is_some_and(|l| l != b.len()) => {
+                Err((column.1, format!("expected {} bytes", len.unwrap_or(0))))
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn required<T>(column: Col, v: Option<T>) -> Result<T, FieldError> {
+        v.ok_or_else(|| (column.1, "required".to_string()))
+    }
+
+    fn int8(&self, column: Col) -> Result<i64, FieldError> {
+        let b = Self::required(column, self.raw(column, Some(8))?)?;
+        Ok(i64::from_be_bytes(b.try_into().unwrap_or_default()))
+    }
+
+    fn int4(&self, column: Col) -> Result<i32, FieldError> {
+        let b = Self::required(column, self.raw(column, Some(4))?)?;
+        Ok(i32::from_be_bytes(b.try_into().unwrap_or_default()))
+    }
+
+    fn boolean(&self, column: Col) -> Result<bool, FieldError> {
+        let b = Self::required(column, self.raw(column, Some(1))?)?;
+        Ok(b[0] != 0)
+    }
+
+    fn bytes(&self, column: Col) -> Result<&'a [u8], FieldError> {
+        Self::required(column, self.raw(column, None)?)
+    }
+
+    fn opt_str(&self, column: Col) -> Result<Option<&'a str>, FieldError> {
+        match self.raw(column, None)? {
+            Some(b) => std::str::from_utf8(b)
+                .map(Some)
+                .map_err(|_| (column.1, "not valid UTF-8".to_string())),
             None => Ok(None),
         }
     }
 
-    fn parsed<T: FromStr>(&self, column: Col) -> Result<T, RowError>
+    fn id(&self) -> Result<u64, FieldError> {
+        let id = self.int8((0, "qualification_id"))?;
+        u64::try_from(id).map_err(|_| ("qualification_id", "negative".to_string()))
+    }
+
+    fn date(&self, column: Col) -> Result<Date, FieldError> {
+        Self::required(column, self.opt_date(column)?)
+    }
+
+    fn opt_date(&self, column: Col) -> Result<Option<Date>, FieldError> {
+        match self.raw(column, Some(4))? {
+            Some(b) => date_from_pg(b.try_into().unwrap_or_default())
+                .map(Some)
+                .ok_or_else(|| (column.1, "date outside the years 1800-2999".to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// An optional text field parsed as `T` (codes, numbers, key texts).
+    fn opt_parsed<T: FromStr>(&self, column: Col) -> Result<Option<T>, FieldError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.opt_str(column)? {
+            Some(s) => s
+                .parse::<T>()
+                .map(Some)
+                .map_err(|e| (column.1, e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    fn parsed<T: FromStr>(&self, column: Col) -> Result<T, FieldError>
     where
         T::Err: std::fmt::Display,
     {
         self.opt_parsed(column)?
-            .ok_or_else(|| self.err(column, "required"))
+            .ok_or_else(|| (column.1, "required".to_string()))
     }
 
-    fn text(&self, column: Col) -> Result<String, RowError> {
-        let s = self.req::<&str>(column)?;
+    fn text(&self, column: Col) -> Result<String, FieldError> {
+        let s = Self::required(column, self.opt_str(column)?)?;
         if s.is_empty() {
-            return Err(self.err(column, "required"));
+            return Err((column.1, "required".into()));
         }
         if s.chars().any(char::is_control) {
-            return Err(self.err(column, "contains a control character"));
+            return Err((column.1, "contains a control character".into()));
         }
         Ok(s.to_string())
     }
+}
+
+/// Decodes a `qualifications` row.
+fn qual_row(row: &RawRow) -> Result<QualRow, RowError> {
+    let r = Fields(row);
+    let id = r.id().map_err(|(column, reason)| RowError {
+        line: 0,
+        column: Some(column),
+        reason,
+        unit: RowUnit::Qualification,
+    })?;
+    let fields = || -> Result<QualRow, FieldError> {
+        let person_id = u64::try_from(r.int8((1, "person_id"))?)
+            .map_err(|_| ("person_id", "negative".to_string()))?;
+        let loss = match r.opt_date((9, "lost_date"))? {
+            Some(date) => Some(Loss {
+                date,
+                reason: r.parsed((10, "loss_reason"))?,
+            }),
+            None => None,
+        };
+        let certificate = match r.opt_date((11, "cert_issued"))? {
+            Some(issued) => Some(Certificate {
+                issued,
+                valid_from: r.date((12, "cert_valid_from"))?,
+                valid_until: r.date((13, "cert_valid_until"))?,
+            }),
+            None => None,
+        };
+        Ok(QualRow {
+            id,
+            person_id,
+            insurer_number: r.parsed((2, "insurer_number"))?,
+            card_class: r.parsed((3, "card_class"))?,
+            symbol: r.opt_parsed((4, "symbol"))?,
+            number: r.parsed((5, "number"))?,
+            branch: r.opt_parsed((6, "branch"))?,
+            relation: r.parsed((7, "relation"))?,
+            acquired_date: r.date((8, "acquired_date"))?,
+            loss,
+            certificate,
+            copay_percent: r.parsed((14, "copay_percent"))?,
+            preschool: r.boolean((15, "preschool"))?,
+        })
+    };
+    fields().map_err(|(column, reason)| RowError {
+        line: id,
+        column: Some(column),
+        reason,
+        unit: RowUnit::Qualification,
+    })
+}
+
+/// Decodes a `persons` row (an unreadable id sorts it nowhere: u64::MAX).
+fn person_row(row: &RawRow) -> PersonRow {
+    let r = Fields(row);
+    let person_id = r
+        .int8((0, "person_id"))
+        .ok()
+        .and_then(|id| u64::try_from(id).ok())
+        .unwrap_or(u64::MAX);
+    let fields = (|| {
+        Ok(PersonFields {
+            name: r.text((1, "name"))?,
+            name_kana: r.text((2, "name_kana"))?,
+            sex: r.parsed((3, "sex"))?,
+            birth_date: r.date((4, "birth_date"))?,
+        })
+    })();
+    PersonRow { person_id, fields }
+}
+
+/// Decodes a `card_links` row.
+fn card_row(row: &RawRow) -> CardRow {
+    let r = Fields(row);
+    let person_id = r
+        .int8((0, "person_id"))
+        .ok()
+        .and_then(|id| u64::try_from(id).ok())
+        .unwrap_or(u64::MAX);
+    let link = (|| {
+        let digest = r.bytes((1, "card_digest"))?;
+        Ok(CardLink {
+            digest: CardDigest(
+                digest
+                    .try_into()
+                    .map_err(|_| ("card_digest", "not 16 bytes".to_string()))?,
+            ),
+            status: r.parsed((2, "card_status"))?,
+        })
+    })();
+    CardRow { person_id, link }
 }

@@ -16,15 +16,52 @@ use serde::Serialize;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::ToSql;
 
-use super::export::COLUMN_TYPES;
 use super::types::PgDate;
 use super::{query_error, PgError, PgSource};
 use crate::model::EnrolleeRecord;
 use crate::snapshot::{BuildError, Builder};
 use crate::store::chunks::{read_parallel, Batch};
 use crate::store::csv::RowError;
+use tokio_postgres::types::Type;
 
-/// The staging table: the export's columns, in the export's order.
+/// Types of the staging table's columns.
+const COLUMN_TYPES: [Type; 33] = [
+    Type::INT8,
+    Type::INT8,
+    Type::BYTEA,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::DATE,
+    Type::DATE,
+    Type::DATE,
+    Type::TEXT,
+    Type::DATE,
+    Type::DATE,
+    Type::DATE,
+    Type::TEXT,
+    Type::BOOL,
+    Type::DATE,
+    Type::DATE,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::BOOL,
+];
+
+/// The staging table: one column per CSV column, plus the qualification id.
 const STAGING: &str = "CREATE TEMPORARY TABLE staging (
     qualification_id bigint, person_id bigint, card_digest bytea, card_status text,
     insurer_number text, insurer_name text, card_class text, symbol text, number text,

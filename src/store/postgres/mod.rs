@@ -13,6 +13,7 @@
 //! message, SQLSTATE, table and constraint, never its DETAIL (which quotes
 //! the failing row).
 
+mod copy;
 pub mod export;
 pub mod load;
 pub mod migrate;
@@ -238,10 +239,14 @@ pub(crate) async fn read_change_counter(
     Ok(value as u64)
 }
 
-/// A current-thread runtime for running database work from synchronous
-/// code (the CLI, the daemon's blocking build thread).
+/// A runtime for running database work from synchronous code (the CLI,
+/// the daemon's blocking build thread). The future given to `block_on`
+/// runs on the calling thread; connections and export streams run on two
+/// workers, so decoding overlaps with building.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("qualcache-pg")
         .enable_all()
         .build()
 }

@@ -3,7 +3,7 @@
 use std::error::Error;
 
 use bytes::{BufMut, BytesMut};
-use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use crate::model::Date;
 
@@ -27,19 +27,13 @@ impl ToSql for PgDate {
     to_sql_checked!();
 }
 
-impl<'a> FromSql<'a> for PgDate {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<PgDate, Box<dyn Error + Sync + Send>> {
-        let days: [u8; 4] = raw.try_into().map_err(|_| "date is not 4 bytes")?;
-        i32::from_be_bytes(days)
-            .checked_add(PG_EPOCH_DAYS)
-            .and_then(Date::from_day_number)
-            .map(PgDate)
-            .ok_or_else(|| "date outside the years 1800-2999".into())
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::DATE
-    }
+/// A date from PostgreSQL's binary `date` (big-endian days since
+/// 2000-01-01); `None` outside the years [`Date`] accepts ('infinity'
+/// included).
+pub(crate) fn date_from_pg(raw: [u8; 4]) -> Option<Date> {
+    i32::from_be_bytes(raw)
+        .checked_add(PG_EPOCH_DAYS)
+        .and_then(Date::from_day_number)
 }
 
 #[cfg(test)]
@@ -56,9 +50,9 @@ mod tests {
         let mut buf = BytesMut::new();
         PgDate(d).to_sql(&Type::DATE, &mut buf).unwrap();
         assert_eq!(&buf[..], &(-1i32).to_be_bytes());
-        assert_eq!(PgDate::from_sql(&Type::DATE, &buf).unwrap(), PgDate(d));
+        assert_eq!(date_from_pg(buf[..].try_into().unwrap()), Some(d));
         // PostgreSQL's 'infinity' and far dates are refused, not wrapped.
-        assert!(PgDate::from_sql(&Type::DATE, &i32::MAX.to_be_bytes()).is_err());
-        assert!(PgDate::from_sql(&Type::DATE, &[0, 0]).is_err());
+        assert_eq!(date_from_pg(i32::MAX.to_be_bytes()), None);
+        assert_eq!(date_from_pg(i32::MIN.to_be_bytes()), None);
     }
 }
