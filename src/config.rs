@@ -82,6 +82,9 @@ pub struct RawServer {
     pub max_in_flight: u64,
     /// Connections one terminal (institution code) may hold at once.
     pub max_connections_per_terminal: u32,
+    /// UDP sockets (QUIC endpoints) sharing `listen` with SO_REUSEPORT;
+    /// 0 means one per CPU core.
+    pub endpoints: usize,
 }
 
 impl Default for RawServer {
@@ -97,6 +100,7 @@ impl Default for RawServer {
             udp_buffer_bytes: 8 << 20,
             max_in_flight: crate::server::DEFAULT_MAX_IN_FLIGHT,
             max_connections_per_terminal: crate::server::DEFAULT_MAX_CONNECTIONS_PER_TERMINAL,
+            endpoints: 0,
         }
     }
 }
@@ -237,6 +241,8 @@ pub struct Config {
     pub max_in_flight: u64,
     /// Connections per terminal.
     pub max_connections_per_terminal: u32,
+    /// QUIC endpoints on the listen address.
+    pub endpoints: usize,
     /// Server certificate.
     pub cert: PathBuf,
     /// Server key.
@@ -307,6 +313,12 @@ impl Config {
             "snapshots.reload_interval_secs",
             raw.snapshots.reload_interval_secs,
         )?;
+        if s.endpoints > 64 {
+            return Err(invalid(
+                "server.endpoints",
+                "must be at most 64 (0 = one per CPU core)".into(),
+            ));
+        }
         if s.udp_buffer_bytes < 64 * 1024 {
             return Err(invalid(
                 "server.udp_buffer_bytes",
@@ -375,6 +387,10 @@ impl Config {
             udp_buffer_bytes: s.udp_buffer_bytes,
             max_in_flight: s.max_in_flight,
             max_connections_per_terminal: s.max_connections_per_terminal,
+            endpoints: match s.endpoints {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
             cert: raw.tls.cert,
             key: raw.tls.key,
             client_ca: raw.tls.client_ca,
@@ -498,6 +514,7 @@ mod tests {
                 "source.records",
             ),
             ("[snapshots]\nkeep = 0", "snapshots.keep"),
+            ("[server]\nendpoints = 65", "server.endpoints"),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text:?}: {err}");

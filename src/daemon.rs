@@ -334,10 +334,15 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let (generation, records) = (first.header().generation, first.header().records);
     shared.swap(first);
-    let endpoint = server::bind(config.listen, tls, config.udp_buffer_bytes)
-        .with_context(|| format!("binding {}", config.listen))?;
-    let listen = endpoint.local_addr().unwrap_or(config.listen);
-    tracing::info!(%listen, generation, records, "serving");
+    let endpoints = server::bind_many(
+        config.listen,
+        tls,
+        config.udp_buffer_bytes,
+        config.endpoints,
+    )
+    .with_context(|| format!("binding {}", config.listen))?;
+    let listen = endpoints[0].local_addr().unwrap_or(config.listen);
+    tracing::info!(%listen, endpoints = endpoints.len(), generation, records, "serving");
 
     let (signal_tx, signals) = tokio::sync::mpsc::channel(8);
     tokio::spawn(forward_signals(signal_tx));
@@ -355,8 +360,8 @@ pub async fn run(config: Config) -> Result<()> {
             _ => None,
         },
     ));
-    server::serve(
-        endpoint,
+    server::serve_many(
+        endpoints,
         shared,
         async {
             let _ = stop_rx.await;

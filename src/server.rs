@@ -181,28 +181,53 @@ pub fn bind(
     config: quinn::ServerConfig,
     buffer_bytes: usize,
 ) -> std::io::Result<quinn::Endpoint> {
+    let mut endpoints = bind_many(addr, config, buffer_bytes, 1)?;
+    Ok(endpoints.remove(0))
+}
+
+/// Binds `count` endpoints to one address with `SO_REUSEPORT`: the kernel
+/// spreads connections over the sockets by their address and port (all
+/// packets of a connection reach the same socket), so the endpoints'
+/// receive loops run on several cores. With port 0 the first socket picks
+/// the port and the others join it.
+pub fn bind_many(
+    addr: SocketAddr,
+    config: quinn::ServerConfig,
+    buffer_bytes: usize,
+    count: usize,
+) -> std::io::Result<Vec<quinn::Endpoint>> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_recv_buffer_size(buffer_bytes)?;
-    socket.set_send_buffer_size(buffer_bytes)?;
-    socket.bind(&addr.into())?;
-    let (recv, send) = (socket.recv_buffer_size()?, socket.send_buffer_size()?);
-    if recv < buffer_bytes {
-        tracing::warn!(
-            requested = buffer_bytes,
-            granted = recv,
-            "UDP receive buffer smaller than requested (kernel limit net.core.rmem_max)"
-        );
-    }
-    tracing::debug!(recv, send, "UDP socket buffers");
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket.into(),
-        runtime,
-    )
+    let mut addr = addr;
+    let mut endpoints = Vec::with_capacity(count.max(1));
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if count > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_recv_buffer_size(buffer_bytes)?;
+        socket.set_send_buffer_size(buffer_bytes)?;
+        socket.bind(&addr.into())?;
+        let (recv, send) = (socket.recv_buffer_size()?, socket.send_buffer_size()?);
+        if recv < buffer_bytes && endpoints.is_empty() {
+            tracing::warn!(
+                requested = buffer_bytes,
+                granted = recv,
+                "UDP receive buffer smaller than requested (kernel limit net.core.rmem_max)"
+            );
+        }
+        tracing::debug!(recv, send, "UDP socket buffers");
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(config.clone()),
+            socket.into(),
+            runtime.clone(),
+        )?;
+        addr = endpoint.local_addr()?;
+        endpoints.push(endpoint);
+    }
+    Ok(endpoints)
 }
 
 /// Serves `endpoint` until `shutdown` completes, then stops accepting,
@@ -213,43 +238,74 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    serve_many(vec![endpoint], shared, shutdown, grace).await;
+}
+
+/// [`serve`] over several endpoints (see [`bind_many`]).
+pub async fn serve_many(
+    endpoints: Vec<quinn::Endpoint>,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            incoming = endpoint.accept() => match incoming {
-                Some(incoming) => {
-                    let (shared, tracker2, stop) = (shared.clone(), tracker.clone(), stop.clone());
-                    tracker.spawn(connection(incoming, shared, tracker2, stop));
-                }
-                None => break,
-            },
-        }
-    }
+    let acceptors: Vec<_> = endpoints
+        .iter()
+        .map(|endpoint| {
+            tokio::spawn(accept(
+                endpoint.clone(),
+                shared.clone(),
+                tracker.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    shutdown.await;
     tracing::info!("shutting down: no new connections or requests");
+    // The acceptors now refuse new connections at once rather than
+    // letting them wait for a handshake timeout.
     stop.cancel();
     tracker.close();
-    // While draining, refuse new connections at once rather than letting
-    // them wait for a handshake timeout.
-    let refuser = {
-        let endpoint = endpoint.clone();
-        tokio::spawn(async move {
-            while let Some(incoming) = endpoint.accept().await {
-                incoming.refuse();
-            }
-        })
-    };
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
             grace_ms = grace.as_millis() as u64,
             "requests still running at the end of the grace period"
         );
     }
-    endpoint.close(0u32.into(), b"server shutting down");
-    refuser.abort();
-    endpoint.wait_idle().await;
+    for endpoint in &endpoints {
+        endpoint.close(0u32.into(), b"server shutting down");
+    }
+    for acceptor in acceptors {
+        acceptor.abort();
+    }
+    for endpoint in &endpoints {
+        endpoint.wait_idle().await;
+    }
+}
+
+/// Accepts connections on one endpoint until `stop`, then refuses them.
+async fn accept(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    let (shared, tracker2, stop) = (shared.clone(), tracker.clone(), stop.clone());
+                    tracker.spawn(connection(incoming, shared, tracker2, stop));
+                }
+                None => return,
+            },
+        }
+    }
+    while let Some(incoming) = endpoint.accept().await {
+        incoming.refuse();
+    }
 }
 
 async fn connection(

@@ -162,6 +162,25 @@ fn check(p: &Probe, a: &pb::Answer, what: &str) {
     }
 }
 
+/// Serves `shared` on `endpoints` until the returned sender fires (or is
+/// dropped); returns the address, the sender and the server task.
+fn spawn_server(
+    endpoints: Vec<quinn::Endpoint>,
+    shared: Arc<Shared>,
+) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let addr = endpoints[0].local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve_many(
+        endpoints,
+        shared,
+        async {
+            let _ = rx.await;
+        },
+        Duration::from_secs(1),
+    ));
+    (addr, tx, task)
+}
+
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(LIMIT, f)
         .await
@@ -355,17 +374,8 @@ async fn handshakes_without_a_valid_terminal_certificate_are_refused() {
         let (sc, sk) = write_pair(dir.path(), "server", ca.server().unwrap());
         let config = qualcache::tls::server_config(&sc, &sk, &ca_path, Default::default()).unwrap();
         let endpoint = server::bind("127.0.0.1:0".parse().unwrap(), config, 1 << 20).unwrap();
-        let addr = endpoint.local_addr().unwrap();
         let shared = Arc::new(Shared::new(CardKey::demo(), Limits::default()));
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(
-            endpoint,
-            shared.clone(),
-            async {
-                let _ = rx.await;
-            },
-            Duration::from_secs(1),
-        ));
+        let (addr, tx, task) = spawn_server(vec![endpoint], shared.clone());
         let (c, k) = write_pair(
             dir.path(),
             "expired",
@@ -690,16 +700,7 @@ async fn one_terminal_cannot_hold_more_connections_than_its_limit() {
         )
         .unwrap();
         let endpoint = server::bind("127.0.0.1:0".parse().unwrap(), config, 1 << 20).unwrap();
-        let addr = endpoint.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(
-            endpoint,
-            shared,
-            async {
-                let _ = rx.await;
-            },
-            Duration::from_secs(1),
-        ));
+        let (addr, tx, task) = spawn_server(vec![endpoint], shared);
         let terminal = |i: usize| {
             let t = &certs.terminals[i];
             qualcache::tls::client_config(&certs.ca, &t.cert, &t.key).unwrap()
@@ -742,6 +743,58 @@ async fn one_terminal_cannot_hold_more_connections_than_its_limit() {
         other.close().await;
         let _ = tx.send(());
         task.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_endpoints_share_one_port_and_all_serve() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = certs::generate(dir.path(), 32).unwrap();
+        let shared = Arc::new(Shared::new(CardKey::demo(), Limits::default()));
+        let config = qualcache::tls::server_config(
+            &certs.server_cert,
+            &certs.server_key,
+            &certs.ca,
+            Default::default(),
+        )
+        .unwrap();
+        let endpoints =
+            server::bind_many("127.0.0.1:0".parse().unwrap(), config, 1 << 20, 3).unwrap();
+        let addr = endpoints[0].local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        assert!(endpoints.iter().all(|e| e.local_addr().unwrap() == addr));
+        let handles = endpoints.clone();
+        let (_, tx, task) = spawn_server(endpoints, shared);
+        let status = pb::Request {
+            as_of: 0,
+            kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+        };
+        // Clients from 32 source ports land on the three sockets; every
+        // one is answered (UNAVAILABLE: no snapshot is loaded).
+        let mut clients = Vec::new();
+        for t in &certs.terminals {
+            let config = qualcache::tls::client_config(&certs.ca, &t.cert, &t.key).unwrap();
+            clients.push(Client::connect(addr, "localhost", config).await.unwrap());
+        }
+        for c in &clients {
+            let r = c.request(&status).await.unwrap();
+            assert_eq!(r.status, pb::Status::Unavailable as i32);
+        }
+        let busy = handles.iter().filter(|e| e.open_connections() > 0).count();
+        assert!(busy >= 2, "connections all landed on {busy} of 3 sockets");
+        let _ = tx.send(());
+        task.await.unwrap();
+        // After shutdown nothing answers on the port.
+        let t = &certs.terminals[0];
+        let config = qualcache::tls::client_config(&certs.ca, &t.cert, &t.key).unwrap();
+        assert!(tokio::time::timeout(
+            Duration::from_secs(3),
+            Client::connect(addr, "localhost", config)
+        )
+        .await
+        .map_or(true, |r| r.is_err()));
     })
     .await;
 }

@@ -123,9 +123,16 @@ struct RunArgs {
     /// SLO: errors plus mismatches over requests sent.
     #[arg(long, default_value_t = 0.0)]
     slo_error_rate: f64,
-    /// Step the rate up (x1.25, constant steps of --seconds) until the SLO breaks; report the highest rate held.
+    /// Step the rate up (x--step, constant steps of --seconds) until the SLO breaks; report the highest rate held.
     #[arg(long)]
     find_max: bool,
+    /// --find-max: rate factor from one step to the next.
+    #[arg(long, default_value_t = 1.25, value_parser = parse_step)]
+    step: f64,
+    /// --find-max: runs of a step before it counts as broken (a single
+    /// stall of this shared machine can break a step that holds).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+    tries: u32,
     /// Seed of the terminals' random streams.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -149,6 +156,13 @@ fn card_key(file: Option<&std::path::Path>) -> Result<qualcache::model::CardKey>
     match std::env::var("QUALCACHE_CARD_KEY") {
         Ok(v) => v.parse().context("$QUALCACHE_CARD_KEY"),
         Err(_) => Ok(qualcache::model::CardKey::demo()),
+    }
+}
+
+fn parse_step(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 1.0 && f <= 4.0 => Ok(f),
+        _ => Err("expected a factor above 1 and at most 4, e.g. 1.25".into()),
     }
 }
 
@@ -254,6 +268,7 @@ async fn main_run(a: RunArgs) -> Result<bool> {
     }
     let mut rate = a.rate;
     let mut held: Option<Report> = None;
+    let mut tries = 0;
     loop {
         let report = run(
             &opts(Profile::Constant {
@@ -264,17 +279,26 @@ async fn main_run(a: RunArgs) -> Result<bool> {
         )
         .await?;
         let ok = slo_met(&report, &a);
+        tries += 1;
+        let verdict = match (ok, tries < a.tries) {
+            (true, _) => "held",
+            (false, true) => "broken; trying again",
+            (false, false) => "broken",
+        };
         println!(
-            "rate {rate:.0}/s: p99 {:.3} ms, error rate {:.5}: {}",
+            "rate {rate:.0}/s: p99 {:.3} ms, error rate {:.5}: {verdict}",
             report.latency.p99_ms,
             report.error_rate(),
-            if ok { "held" } else { "broken" }
         );
         if !ok {
+            if tries < a.tries {
+                continue;
+            }
             break;
         }
         held = Some(report);
-        rate *= 1.25;
+        rate *= a.step;
+        tries = 0;
     }
     match held {
         Some(r) => {
