@@ -143,6 +143,14 @@ impl PgSource {
         }
         config.application_name("qualcache");
         config.connect_timeout(Duration::from_secs(10));
+        // A server or network that goes silent mid-export is noticed
+        // within about a minute instead of TCP's two hours, so the build
+        // fails (and is retried) rather than hanging the rebuilds.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_interval(Duration::from_secs(10));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(60));
         let target = describe_target(&config);
         Ok(PgSource {
             config,
