@@ -794,3 +794,30 @@ fn card_row(row: &RawRow) -> CardRow {
     })();
     CardRow { person_id, link }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attachments_are_found_in_any_lookup_order() {
+        let mut a = Attached::<u32>::default();
+        for id in [40, 10, 30, 20, 50] {
+            a.push(id, Ok(id as u32 * 10));
+        }
+        a.push(60, Err(("disease", "bad".into())));
+        a.sort();
+        // Ascending, with misses in between (the common walk).
+        assert_eq!(a.get(5), Ok(None));
+        assert_eq!(a.get(10), Ok(Some(100)));
+        assert_eq!(a.get(15), Ok(None));
+        assert_eq!(a.get(30), Ok(Some(300)));
+        // Behind the walk: found by binary search.
+        assert_eq!(a.get(20), Ok(Some(200)));
+        assert_eq!(a.get(25), Ok(None));
+        assert_eq!(a.get(50), Ok(Some(500)));
+        assert_eq!(a.get(40), Ok(Some(400)));
+        assert_eq!(a.get(60), Err(("disease", "bad".to_string())));
+        assert_eq!(a.get(70), Ok(None));
+    }
+}
