@@ -263,6 +263,10 @@ async fn migrations_constraints_and_bad_loads() {
             ("UPDATE card_links SET digest = '\\x00' WHERE person_id = (SELECT min(person_id) FROM card_links)", "card_digest_length"),
             ("UPDATE qualifications SET lost_date = acquired_date + 1, loss_reason = NULL WHERE qualification_id = (SELECT min(qualification_id) FROM qualifications)", "loss_complete"),
             ("UPDATE qualifications SET lost_date = acquired_date, loss_reason = '01' WHERE qualification_id = (SELECT min(qualification_id) FROM qualifications)", "loss_after_acquired"),
+            // Keys the load sets aside while filling are back.
+            ("UPDATE qualifications SET person_id = -5 WHERE qualification_id = (SELECT min(qualification_id) FROM qualifications)", "qualifications_person_id_fkey"),
+            ("UPDATE card_links SET digest = (SELECT digest FROM card_links ORDER BY person_id DESC LIMIT 1) WHERE person_id = (SELECT min(person_id) FROM card_links)", "card_links_digest_key"),
+            ("INSERT INTO qualifications SELECT * FROM qualifications WHERE qualification_id = (SELECT min(qualification_id) FROM qualifications)", "qualifications_pkey"),
         ] {
             let e = c.batch_execute(sql).await.unwrap_err();
             assert_eq!(e.as_db_error().unwrap().constraint(), Some(constraint), "{sql}");
