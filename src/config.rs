@@ -340,6 +340,8 @@ impl Config {
                 let url = raw.source.url.as_deref().ok_or_else(|| {
                     invalid("source.url", "required for kind = \"postgres\"".into())
                 })?;
+                crate::store::postgres::check_schema_name(&raw.source.schema)
+                    .map_err(|e| invalid("source.schema", e))?;
                 let password = crate::store::postgres::read_password(
                     raw.source.password_file.as_deref(),
                     &raw.source.password_env,
@@ -350,14 +352,7 @@ impl Config {
                     &raw.source.schema,
                     password.as_deref(),
                 )
-                .map_err(|e| {
-                    let key = if e.to_string().contains("schema") {
-                        "source.schema"
-                    } else {
-                        "source.url"
-                    };
-                    invalid(key, e.to_string())
-                })?;
+                .map_err(|e| invalid("source.url", e.to_string()))?;
                 Source::Postgres {
                     pg: Box::new(pg),
                     rebuild_interval: Duration::from_secs(positive(

@@ -16,6 +16,8 @@ use qualcache::server::{self, Shared};
 use qualcache::snapshot::Snapshot;
 use tokio::sync::oneshot;
 
+mod util;
+
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// A running server on 127.0.0.1 and what the tests need to reach it.
@@ -609,19 +611,13 @@ async fn qualcached_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
         let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let addr: SocketAddr = loop {
             let line = lines.next().expect("qualcached exited early").unwrap();
-            if let Some(rest) = line.split("listen=").nth(1).filter(|_| line.contains("serving")) {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            if let Some(addr) = util::listen_addr(&line) {
+                break addr;
             }
         };
         // Keep draining stderr so the daemon never blocks on it.
         std::thread::spawn(move || for _ in lines {});
-        let certs = d.join("certs");
-        let t = std::fs::read_dir(certs.join("terminals"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "pem"))
-            .unwrap();
-        let config = qualcache::tls::client_config(&certs.join("ca.pem"), &t, &t.with_extension("key")).unwrap();
+        let config = util::first_terminal(&d.join("certs"));
         let client = Client::connect(addr, "localhost", config).await.unwrap();
         let status = || async {
             let r = client

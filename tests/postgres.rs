@@ -470,17 +470,11 @@ async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lo
             }
         });
         let log = Log(rx);
-        let line = log.wait_for("serving", |l| l.contains("serving") && l.contains("listen="));
-        let addr: SocketAddr = line.split("listen=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-
-        let certs = d.join("certs");
-        let t = std::fs::read_dir(certs.join("terminals"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "pem"))
+        let line = log.wait_for("serving", |l| util::listen_addr(l).is_some());
+        let addr = util::listen_addr(&line).unwrap();
+        let client = Client::connect(addr, "localhost", util::first_terminal(&d.join("certs")))
+            .await
             .unwrap();
-        let tls = qualcache::tls::client_config(&certs.join("ca.pem"), &t, &t.with_extension("key")).unwrap();
-        let client = Client::connect(addr, "localhost", tls).await.unwrap();
         assert_eq!(server_status(&client).await.generation, 1);
 
         // Pick a valid insurance lookup and a valid card lookup.

@@ -125,3 +125,27 @@ pub fn run(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The address in qualcached's "serving ... listen=ADDR ..." log line.
+pub fn listen_addr(line: &str) -> Option<std::net::SocketAddr> {
+    if !line.contains("serving") {
+        return None;
+    }
+    line.split("listen=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Client TLS for the first terminal certificate in a `qualcache certs`
+/// folder.
+pub fn first_terminal(certs: &Path) -> quinn::ClientConfig {
+    let t = std::fs::read_dir(certs.join("terminals"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "pem"))
+        .unwrap();
+    qualcache::tls::client_config(&certs.join("ca.pem"), &t, &t.with_extension("key")).unwrap()
+}

@@ -505,80 +505,91 @@ async fn attachments(tx: &tokio_postgres::Transaction<'_>) -> Result<Attachments
         2,
         |row| {
             let r = Fields(row);
-            // An insurer number that does not parse is reported by the
-            // qualifications that use it ("no such insurer").
+            // An insurer number that does not parse is reported by every
+            // qualification that uses it ("no such insurer").
             if let (Ok(n), Ok(name)) = (r.parsed::<InsurerNumber>(INS_NUMBER), r.text(INS_NAME)) {
                 a.insurers.insert(n.to_raw(), name);
             }
         },
     )
     .await?;
-    read_all(
+    a.elderly = read_attached(
         tx,
         "COPY elderly_certificates (qualification_id, valid_from, valid_until, percent) TO STDOUT (FORMAT binary)",
         4,
-        |row| {
-            let r = Fields(row);
-            if let Ok(id) = r.id() {
-                a.elderly.push(id, (|| Ok(ElderlyCertificate {
-                    valid_from: r.date((1, "elderly_valid_from"))?,
-                    valid_until: r.date((2, "elderly_valid_until"))?,
-                    percent: r.parsed((3, "elderly_percent"))?,
-                }))());
-            }
+        |r| {
+            Ok(ElderlyCertificate {
+                valid_from: r.date((1, "elderly_valid_from"))?,
+                valid_until: r.date((2, "elderly_valid_until"))?,
+                percent: r.parsed((3, "elderly_percent"))?,
+            })
         },
     )
     .await?;
-    read_all(
+    a.limit = read_attached(
         tx,
         "COPY limit_certificates (qualification_id, category) TO STDOUT (FORMAT binary)",
         2,
-        |row| {
-            let r = Fields(row);
-            if let Ok(id) = r.id() {
-                a.limit.push(id, r.parsed((1, "limit_category")));
-            }
-        },
+        |r| r.parsed((1, "limit_category")),
     )
     .await?;
-    read_all(
+    a.disease = read_attached(
         tx,
         "COPY disease_certificates (qualification_id, disease, monthly_cap_yen) TO STDOUT (FORMAT binary)",
         3,
-        |row| {
-            let r = Fields(row);
-            if let Ok(id) = r.id() {
-                a.disease.push(id, (|| Ok(SpecificDisease {
-                    kind: r.parsed((1, "disease"))?,
-                    monthly_cap_yen: u32::try_from(r.int4((2, "disease_cap_yen"))?)
-                        .map_err(|_| ("disease_cap_yen", "negative".to_string()))?,
-                }))());
-            }
+        |r| {
+            Ok(SpecificDisease {
+                kind: r.parsed((1, "disease"))?,
+                monthly_cap_yen: u32::try_from(r.int4((2, "disease_cap_yen"))?)
+                    .map_err(|_| ("disease_cap_yen", "negative".to_string()))?,
+            })
         },
     )
     .await?;
-    read_all(
+    a.public = read_attached(
         tx,
         "COPY public_expenses (qualification_id, payer, recipient, welfare_office, registered) TO STDOUT (FORMAT binary)",
         5,
-        |row| {
-            let r = Fields(row);
-            if let Ok(id) = r.id() {
-                a.public.push(id, (|| Ok(PublicExpense {
-                    payer: r.parsed((1, "public_payer"))?,
-                    recipient: r.parsed((2, "public_recipient"))?,
-                    welfare_office: r.text((3, "welfare_office"))?,
-                    registered: r.boolean((4, "aid_registered"))?,
-                }))());
-            }
+        |r| {
+            Ok(PublicExpense {
+                payer: r.parsed((1, "public_payer"))?,
+                recipient: r.parsed((2, "public_recipient"))?,
+                welfare_office: r.text((3, "welfare_office"))?,
+                registered: r.boolean((4, "aid_registered"))?,
+            })
         },
     )
     .await?;
-    a.elderly.sort();
-    a.limit.sort();
-    a.disease.sort();
-    a.public.sort();
     Ok(a)
+}
+
+/// Reads an attachment table (first column: the qualification id) into a
+/// sorted [`Attached`]. A row whose id cannot be read fails the export: its
+/// qualification would otherwise be built without it.
+async fn read_attached<T: Clone>(
+    tx: &tokio_postgres::Transaction<'_>,
+    query: &str,
+    columns: usize,
+    decode: impl Fn(&Fields<'_>) -> Result<T, FieldError>,
+) -> Result<Attached<T>, PgError> {
+    let mut attached = Attached::default();
+    let mut bad_id = None;
+    read_all(tx, query, columns, |row| {
+        let r = Fields(row);
+        match r.id() {
+            Ok(id) => attached.push(id, decode(&r)),
+            Err(e) => bad_id = Some(e),
+        }
+    })
+    .await?;
+    if let Some((column, reason)) = bad_id {
+        return Err(PgError::Query {
+            during: "reading the certificates and public expenses",
+            reason: format!("column {column}: {reason}"),
+        });
+    }
+    attached.sort();
+    Ok(attached)
 }
 
 const INS_NUMBER: Col = (0, "insurer_number");

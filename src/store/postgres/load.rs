@@ -219,21 +219,22 @@ pub async fn load(source: &PgSource, csv: &Path, replace: bool) -> Result<LoadSu
     let mut records = 0u64;
     while let Some(batch) = batches.recv().await {
         for row in batch {
-            let checked = row.and_then(|(line, rec)| {
-                let copy = rec.clone();
-                builder.push(line, rec).map(|()| (line, copy))
-            });
-            match checked {
-                Ok((line, rec)) if bad_count == 0 => {
-                    write_row(writer.as_mut(), line, &rec).await?;
-                    records += 1;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    bad_count += 1;
-                    if bad.len() < 100 {
-                        bad.push(e);
+            // Copied before the check so the builder can take the record;
+            // any bad row rolls the whole load back, copied or not.
+            let checked = match row {
+                Ok((line, rec)) => {
+                    if bad_count == 0 {
+                        write_row(writer.as_mut(), line, &rec).await?;
+                        records += 1;
                     }
+                    builder.push(line, rec)
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = checked {
+                bad_count += 1;
+                if bad.len() < 100 {
+                    bad.push(e);
                 }
             }
         }

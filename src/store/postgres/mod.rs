@@ -130,11 +130,7 @@ impl PgSource {
                 "invalid PostgreSQL URL (expected postgres://USER@HOST:PORT/DATABASE)".into(),
             )
         })?;
-        if !is_identifier(schema) {
-            return Err(PgError::Config(format!(
-                "schema name {schema:?}: expected lower-case letters, digits and _, starting with a letter or _, at most 63 bytes"
-            )));
-        }
+        check_schema_name(schema).map_err(PgError::Config)?;
         if let Some(p) = password {
             config.password(p);
         }
@@ -259,12 +255,20 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Whether `s` is a plain lower-case SQL identifier (safe to quote).
-fn is_identifier(s: &str) -> bool {
+/// Accepts only a plain lower-case SQL identifier as a schema name (safe
+/// to quote into statements).
+pub fn check_schema_name(s: &str) -> Result<(), String> {
     let mut bytes = s.bytes();
-    matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
+    let plain = matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
         && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
-        && s.len() <= 63
+        && s.len() <= 63;
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "schema name {s:?}: expected lower-case letters, digits and _, starting with a letter or _, at most 63 bytes"
+        ))
+    }
 }
 
 fn describe_target(config: &tokio_postgres::Config) -> String {
