@@ -100,6 +100,11 @@ impl Client {
             .map_err(|e| ClientError::Stream(e.to_string()))
     }
 
+    /// The connection's transport statistics (datagrams, frames, losses).
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.conn.stats()
+    }
+
     /// Closes the connection without waiting (for clients sharing an
     /// endpoint: close them all, then wait for the endpoint once).
     pub fn close_now(&self) {

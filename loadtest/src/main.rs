@@ -215,6 +215,19 @@ fn print(r: &Report, a: &RunArgs) {
         "UDP receive-buffer drops during the run: {:?}",
         r.udp_rcvbuf_errors
     );
+    if let Some(q) = &r.quic {
+        let per = |n: u64| n as f64 / r.sent.max(1) as f64;
+        println!(
+            "QUIC per request: datagrams {:.2} sent, {:.2} received; ACK frames {:.2} sent, {:.2} received; PINGs received {:.3}; MAX_STREAMS received {:.3}; packets lost {}",
+            per(q.datagrams_sent),
+            per(q.datagrams_received),
+            per(q.acks_sent),
+            per(q.acks_received),
+            per(q.pings_received),
+            per(q.max_streams_received),
+            q.lost_packets
+        );
+    }
     println!(
         "SLO p99 <= {} ms and error rate <= {}: {}",
         a.slo_p99_ms,

@@ -204,6 +204,63 @@ pub struct Report {
     /// UDP receive-buffer drops on this machine during the run
     /// (`/proc/net/snmp` Udp RcvbufErrors, after minus before).
     pub udp_rcvbuf_errors: Option<u64>,
+    /// What the terminals' QUIC connections sent and received during the
+    /// schedule (handshakes excluded), summed over all of them; `None`
+    /// for Redis.
+    pub quic: Option<QuicTraffic>,
+}
+
+/// QUIC traffic of the terminals during the schedule, summed over their
+/// connections (client side: "sent" is towards the server).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct QuicTraffic {
+    /// UDP datagrams sent.
+    pub datagrams_sent: u64,
+    /// UDP datagrams received.
+    pub datagrams_received: u64,
+    /// ACK frames sent.
+    pub acks_sent: u64,
+    /// ACK frames received.
+    pub acks_received: u64,
+    /// PING frames received (the server's loss probes, among others).
+    pub pings_received: u64,
+    /// MAX_STREAMS frames received (stream credit).
+    pub max_streams_received: u64,
+    /// Packets the terminals declared lost.
+    pub lost_packets: u64,
+}
+
+impl QuicTraffic {
+    fn of(clients: &[Conn]) -> Option<QuicTraffic> {
+        let mut t = QuicTraffic::default();
+        let mut any = false;
+        for c in clients {
+            if let Conn::Quic(c) = c {
+                any = true;
+                let s = c.stats();
+                t.datagrams_sent += s.udp_tx.datagrams;
+                t.datagrams_received += s.udp_rx.datagrams;
+                t.acks_sent += s.frame_tx.acks;
+                t.acks_received += s.frame_rx.acks;
+                t.pings_received += s.frame_rx.ping;
+                t.max_streams_received += s.frame_rx.max_streams_bidi;
+                t.lost_packets += s.path.lost_packets;
+            }
+        }
+        any.then_some(t)
+    }
+
+    fn since(self, before: QuicTraffic) -> QuicTraffic {
+        QuicTraffic {
+            datagrams_sent: self.datagrams_sent - before.datagrams_sent,
+            datagrams_received: self.datagrams_received - before.datagrams_received,
+            acks_sent: self.acks_sent - before.acks_sent,
+            acks_received: self.acks_received - before.acks_received,
+            pings_received: self.pings_received - before.pings_received,
+            max_streams_received: self.max_streams_received - before.max_streams_received,
+            lost_packets: self.lost_packets - before.lost_packets,
+        }
+    }
 }
 
 impl Report {
@@ -333,31 +390,47 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
     }
 
     let before = udp_rcvbuf_errors();
+    let traffic_before = QuicTraffic::of(&clients);
     let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
     let total = opts.profile.seconds();
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    // Open-loop arrivals: each terminal sends as a Poisson process of
+    // rate R/T. The terminals are dealt to a few schedulers, one per core;
+    // a scheduler draws the merged arrivals of its terminals (a Poisson
+    // process of the summed rate) and gives each arrival to one of them
+    // at random, which is the same process per terminal. One timer wake
+    // sends every request that has come due, instead of one wake per
+    // request: the generator stays cheap beside the server it loads.
     let terminals = clients.len() as f64;
-    let mut schedulers = Vec::with_capacity(clients.len());
+    let groups = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, clients.len().max(1));
+    let mut schedulers = Vec::with_capacity(groups);
     let card_key = Arc::new(opts.card_key.clone());
-    for (i, client) in clients.iter().enumerate() {
-        let (client, tx, workload) = (client.clone(), tx.clone(), workload.clone());
+    for g in 0..groups {
+        let members: Vec<Conn> = clients.iter().skip(g).step_by(groups).cloned().collect();
+        let (tx, workload) = (tx.clone(), workload.clone());
         let card_key = card_key.clone();
         let (profile, timeout, seed) = (opts.profile, opts.timeout, opts.seed);
+        let share = members.len() as f64 / terminals;
         schedulers.push(tokio::spawn(async move {
-            let mut rng = Rng::new(seed, i as u64);
+            let mut rng = Rng::new(seed, g as u64);
             let mut t = 0.0;
             let mut sent = 0u64;
             loop {
-                t += rng.exp((profile.rate_at(t) / terminals).max(1e-6));
+                t += rng.exp((profile.rate_at(t) * share).max(1e-6));
                 if t >= total {
                     return sent;
                 }
                 let at = start + Duration::from_secs_f64(t);
-                tokio::time::sleep_until(at).await;
+                if at > tokio::time::Instant::now() {
+                    tokio::time::sleep_until(at).await;
+                }
+                let client = members[rng.below(members.len())].clone();
                 let planned = workload.next(&mut rng);
                 sent += 1;
                 tokio::spawn(request(
-                    client.clone(),
+                    client,
                     planned,
                     at,
                     timeout,
@@ -427,6 +500,9 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
         sent += s.await?;
     }
     let after = udp_rcvbuf_errors();
+    let quic = QuicTraffic::of(&clients)
+        .zip(traffic_before)
+        .map(|(a, b)| a.since(b));
     for c in &clients {
         if let Conn::Quic(c) = c {
             c.close_now();
@@ -450,6 +526,7 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
         mismatches,
         connect: latency(&connect),
         udp_rcvbuf_errors: before.zip(after).map(|(b, a)| a.saturating_sub(b)),
+        quic,
     })
 }
 

@@ -151,12 +151,12 @@ impl Workload {
     }
 }
 
-/// SplitMix64, seeded per terminal so a run is reproducible.
+/// SplitMix64, seeded per scheduler so a run is reproducible.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
 impl Rng {
-    /// A generator for terminal `i` of a run seeded `seed`.
+    /// Generator number `i` of a run seeded `seed`.
     pub fn new(seed: u64, i: u64) -> Rng {
         Rng(seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }

@@ -91,6 +91,14 @@ async fn a_short_run_answers_everything_correctly() {
             "card, insurance and batch requests: {:?}",
             report.by_kind.keys()
         );
+        // The terminals' QUIC traffic during the schedule was counted:
+        // requests went out, answers and acknowledgements came back.
+        let quic = report.quic.expect("QUIC traffic of the terminals");
+        assert!(
+            quic.datagrams_sent > 0 && quic.datagrams_received > 0,
+            "{quic:?}"
+        );
+        assert!(quic.acks_received > 0, "{quic:?}");
         let _ = tx.send(());
         task.await.unwrap();
     })
@@ -196,6 +204,7 @@ async fn the_redis_peer_answers_like_the_daemon() {
         assert_eq!(report.answered, report.sent);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(report.mismatches, 0);
+        assert!(report.quic.is_none(), "Redis has no QUIC traffic");
     })
     .await
     .expect("bounded");
