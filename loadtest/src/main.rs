@@ -76,28 +76,28 @@ struct RunArgs {
     #[arg(long)]
     probes: PathBuf,
     /// Simulated reception terminals (one connection and certificate each).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = parse_count)]
     terminals: usize,
     /// Client UDP endpoints the connections are spread over.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = parse_count)]
     endpoints: usize,
     /// Load shape.
     #[arg(long, value_enum, default_value_t = ProfileKind::Peak)]
     profile: ProfileKind,
     /// Requests per second at the plateau (peak) or throughout (constant).
-    #[arg(long, default_value_t = 2000.0)]
+    #[arg(long, default_value_t = 2000.0, value_parser = parse_positive)]
     rate: f64,
     /// Constant profile: seconds.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_parser = parse_positive)]
     seconds: f64,
     /// Peak profile: ramp-up seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = parse_duration)]
     ramp_up: f64,
     /// Peak profile: plateau seconds.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_parser = parse_positive)]
     plateau: f64,
     /// Peak profile: ramp-down seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = parse_duration)]
     ramp_down: f64,
     /// Share of single lookups made by card (the rest by insurance numbers).
     #[arg(long, default_value_t = 0.37)]
@@ -156,6 +156,27 @@ fn card_key(file: Option<&std::path::Path>) -> Result<qualcache::model::CardKey>
     match std::env::var("QUALCACHE_CARD_KEY") {
         Ok(v) => v.parse().context("$QUALCACHE_CARD_KEY"),
         Err(_) => Ok(qualcache::model::CardKey::demo()),
+    }
+}
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a whole number of at least 1".into()),
+    }
+}
+
+fn parse_positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
+        _ => Err("expected a number above 0".into()),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f >= 0.0 => Ok(f),
+        _ => Err("expected seconds, 0 or more".into()),
     }
 }
 

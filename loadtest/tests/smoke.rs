@@ -209,3 +209,27 @@ async fn the_redis_peer_answers_like_the_daemon() {
     .await
     .expect("bounded");
 }
+
+#[test]
+fn bad_options_are_refused_with_the_option_named() {
+    for (args, named) in [
+        (&["--terminals", "0"][..], "--terminals"),
+        (&["--endpoints", "0"][..], "--endpoints"),
+        (&["--rate=-5"][..], "--rate"),
+        (&["--seconds", "0"][..], "--seconds"),
+        (&["--ramp-up", "nan"][..], "--ramp-up"),
+        (&["--step", "1"][..], "--step"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
+            .args(["run", "--certs", "certs", "--probes", "probes.jsonl"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("invalid value") && stderr.contains(named),
+            "{args:?}: {stderr}"
+        );
+    }
+}
