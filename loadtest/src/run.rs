@@ -252,13 +252,17 @@ impl QuicTraffic {
 
     fn since(self, before: QuicTraffic) -> QuicTraffic {
         QuicTraffic {
-            datagrams_sent: self.datagrams_sent - before.datagrams_sent,
-            datagrams_received: self.datagrams_received - before.datagrams_received,
-            acks_sent: self.acks_sent - before.acks_sent,
-            acks_received: self.acks_received - before.acks_received,
-            pings_received: self.pings_received - before.pings_received,
-            max_streams_received: self.max_streams_received - before.max_streams_received,
-            lost_packets: self.lost_packets - before.lost_packets,
+            datagrams_sent: self.datagrams_sent.saturating_sub(before.datagrams_sent),
+            datagrams_received: self
+                .datagrams_received
+                .saturating_sub(before.datagrams_received),
+            acks_sent: self.acks_sent.saturating_sub(before.acks_sent),
+            acks_received: self.acks_received.saturating_sub(before.acks_received),
+            pings_received: self.pings_received.saturating_sub(before.pings_received),
+            max_streams_received: self
+                .max_streams_received
+                .saturating_sub(before.max_streams_received),
+            lost_packets: self.lost_packets.saturating_sub(before.lost_packets),
         }
     }
 }
