@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,9 @@ pub struct Shared {
     connections: AtomicU64,
     /// Requests being answered now, across all connections.
     in_flight: AtomicU64,
+    /// Set when shutdown begins: from then on a request task stays until
+    /// its answer is acknowledged, so the drain covers it.
+    draining: AtomicBool,
     /// Above this many requests in flight, new ones are answered
     /// OVERLOADED at once instead of queueing behind the others.
     max_in_flight: u64,
@@ -83,6 +86,7 @@ impl Shared {
             started: Instant::now(),
             connections: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             per_terminal: DashMap::new(),
             max_connections_per_terminal: DEFAULT_MAX_CONNECTIONS_PER_TERMINAL,
@@ -161,6 +165,10 @@ impl Shared {
 
 /// Default of [`Shared::with_max_connections_per_terminal`].
 pub const DEFAULT_MAX_CONNECTIONS_PER_TERMINAL: u32 = 8;
+
+/// How long answers finished before shutdown get to be acknowledged
+/// before the connections close (within the grace period).
+const LINGER: Duration = Duration::from_millis(200);
 
 /// Default of [`Shared::with_max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: u64 = 16_384;
@@ -263,16 +271,25 @@ pub async fn serve_many(
         .collect();
     shutdown.await;
     tracing::info!("shutting down: no new connections or requests");
+    let deadline = tokio::time::Instant::now() + grace;
+    shared.draining.store(true, Ordering::SeqCst);
     // The acceptors now refuse new connections at once rather than
     // letting them wait for a handshake timeout.
     stop.cancel();
     tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             grace_ms = grace.as_millis() as u64,
             "requests still running at the end of the grace period"
         );
     }
+    // Answers finished just before shutdown began did not wait for their
+    // acknowledgement: give them a moment to be delivered (or resent)
+    // before the connections close.
+    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + LINGER)).await;
     for endpoint in &endpoints {
         endpoint.close(0u32.into(), b"server shutting down");
     }
@@ -382,8 +399,12 @@ async fn request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, share
     };
     if send.write_all(&response.encode_to_vec()).await.is_ok() {
         let _ = send.finish();
-        // Wait until the peer has the answer (or gave up) before the task
-        // ends, so a shutdown drains it.
-        let _ = send.stopped().await;
+        // The connection delivers the finished answer (and resends it if
+        // lost) without this task. Once shutdown has begun, the task waits
+        // for the acknowledgement, so the drain covers the answer; before
+        // that, not waiting saves a wake-up per request.
+        if shared.draining.load(Ordering::SeqCst) {
+            let _ = send.stopped().await;
+        }
     }
 }

@@ -27,11 +27,12 @@ pub async fn serve(listen: SocketAddr, certs: &Path, reply_bytes: usize) -> Resu
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let reply = reply.clone();
                 tokio::spawn(async move {
+                    // As the daemon does outside shutdown: finish the
+                    // stream and let the connection deliver it.
                     if recv.read_to_end(1 << 20).await.is_ok()
                         && send.write_all(&reply).await.is_ok()
                     {
                         let _ = send.finish();
-                        let _ = send.stopped().await;
                     }
                 });
             }
