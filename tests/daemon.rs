@@ -68,24 +68,9 @@ impl Running {
             .with_max_in_flight(max_in_flight),
         );
         shared.swap(Arc::new(Snapshot::open(&built.path).unwrap()));
-        let config = qualcache::tls::server_config(
-            &certs.server_cert,
-            &certs.server_key,
-            &certs.ca,
-            qualcache::tls::Transport::default(),
-        )
-        .unwrap();
+        let config = util::server_tls(&certs);
         let endpoint = server::bind("127.0.0.1:0".parse().unwrap(), config, 1 << 20).unwrap();
-        let addr = endpoint.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(server::serve(
-            endpoint,
-            shared.clone(),
-            async {
-                let _ = rx.await;
-            },
-            Duration::from_secs(5),
-        ));
+        let (addr, tx, task) = spawn_server(vec![endpoint], shared.clone(), Duration::from_secs(5));
         Running {
             addr,
             probes: read_probes(&g.probes).unwrap(),
@@ -165,10 +150,12 @@ fn check(p: &Probe, a: &pb::Answer, what: &str) {
 }
 
 /// Serves `shared` on `endpoints` until the returned sender fires (or is
-/// dropped); returns the address, the sender and the server task.
+/// dropped), then drains for up to `grace`; returns the address, the
+/// sender and the server task.
 fn spawn_server(
     endpoints: Vec<quinn::Endpoint>,
     shared: Arc<Shared>,
+    grace: Duration,
 ) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let addr = endpoints[0].local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
@@ -178,7 +165,7 @@ fn spawn_server(
         async {
             let _ = rx.await;
         },
-        Duration::from_secs(1),
+        grace,
     ));
     (addr, tx, task)
 }
@@ -377,7 +364,7 @@ async fn handshakes_without_a_valid_terminal_certificate_are_refused() {
         let config = qualcache::tls::server_config(&sc, &sk, &ca_path, Default::default()).unwrap();
         let endpoint = server::bind("127.0.0.1:0".parse().unwrap(), config, 1 << 20).unwrap();
         let shared = Arc::new(Shared::new(CardKey::demo(), Limits::default()));
-        let (addr, tx, task) = spawn_server(vec![endpoint], shared.clone());
+        let (addr, tx, task) = spawn_server(vec![endpoint], shared.clone(), Duration::from_secs(1));
         let (c, k) = write_pair(
             dir.path(),
             "expired",
@@ -691,15 +678,9 @@ async fn one_terminal_cannot_hold_more_connections_than_its_limit() {
         let shared = Arc::new(
             Shared::new(CardKey::demo(), Limits::default()).with_max_connections_per_terminal(1),
         );
-        let config = qualcache::tls::server_config(
-            &certs.server_cert,
-            &certs.server_key,
-            &certs.ca,
-            Default::default(),
-        )
-        .unwrap();
+        let config = util::server_tls(&certs);
         let endpoint = server::bind("127.0.0.1:0".parse().unwrap(), config, 1 << 20).unwrap();
-        let (addr, tx, task) = spawn_server(vec![endpoint], shared);
+        let (addr, tx, task) = spawn_server(vec![endpoint], shared, Duration::from_secs(1));
         let terminal = |i: usize| {
             let t = &certs.terminals[i];
             qualcache::tls::client_config(&certs.ca, &t.cert, &t.key).unwrap()
@@ -752,20 +733,14 @@ async fn several_endpoints_share_one_port_and_all_serve() {
         let dir = tempfile::tempdir().unwrap();
         let certs = certs::generate(dir.path(), 32).unwrap();
         let shared = Arc::new(Shared::new(CardKey::demo(), Limits::default()));
-        let config = qualcache::tls::server_config(
-            &certs.server_cert,
-            &certs.server_key,
-            &certs.ca,
-            Default::default(),
-        )
-        .unwrap();
+        let config = util::server_tls(&certs);
         let endpoints =
             server::bind_many("127.0.0.1:0".parse().unwrap(), config, 1 << 20, 3).unwrap();
         let addr = endpoints[0].local_addr().unwrap();
         assert_ne!(addr.port(), 0);
         assert!(endpoints.iter().all(|e| e.local_addr().unwrap() == addr));
         let handles = endpoints.clone();
-        let (_, tx, task) = spawn_server(endpoints, shared);
+        let (_, tx, task) = spawn_server(endpoints, shared, Duration::from_secs(1));
         let status = pb::Request {
             as_of: 0,
             kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),

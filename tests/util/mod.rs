@@ -139,6 +139,17 @@ pub fn listen_addr(line: &str) -> Option<std::net::SocketAddr> {
         .ok()
 }
 
+/// Server TLS from the server certificate of `certs`, default transport.
+pub fn server_tls(certs: &qualcache::certs::DevCerts) -> quinn::ServerConfig {
+    qualcache::tls::server_config(
+        &certs.server_cert,
+        &certs.server_key,
+        &certs.ca,
+        qualcache::tls::Transport::default(),
+    )
+    .unwrap()
+}
+
 /// Client TLS for the first terminal certificate in a `qualcache certs`
 /// folder.
 pub fn first_terminal(certs: &Path) -> quinn::ClientConfig {
