@@ -140,6 +140,11 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Terminal certificates made with the daemon's development certificates
+/// (`[tls] dev_certs`): as many as the load generator's default terminals,
+/// so `qualcache-loadtest run` works against the demo daemon as it is.
+pub const DEV_TERMINALS: usize = 1000;
+
 /// Writes a dev CA, a server certificate and `terminals` terminal
 /// certificates (valid for a year) into `out`.
 pub fn generate(out: &Path, terminals: usize) -> Result<DevCerts> {

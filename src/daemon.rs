@@ -313,7 +313,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     if config.dev_certs && !config.cert.exists() {
         let dir = config.cert.parent().unwrap_or(Path::new("."));
-        crate::certs::generate(dir, 4)?;
+        crate::certs::generate(dir, crate::certs::DEV_TERMINALS)?;
         tracing::info!(dir = %dir.display(), "development certificates created");
     }
     let tls = crate::tls::server_config(

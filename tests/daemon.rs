@@ -604,6 +604,13 @@ async fn qualcached_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
         };
         // Keep draining stderr so the daemon never blocks on it.
         std::thread::spawn(move || for _ in lines {});
+        // The development certificates cover the load generator's default
+        // terminals.
+        let terminals = std::fs::read_dir(d.join("certs/terminals"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "pem"))
+            .count();
+        assert_eq!(terminals, qualcache::certs::DEV_TERMINALS);
         let config = util::first_terminal(&d.join("certs"));
         let client = Client::connect(addr, "localhost", config).await.unwrap();
         let status = || async {

@@ -9,17 +9,36 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-/// Serves until the process ends.
-pub async fn serve(listen: SocketAddr, certs: &Path, reply_bytes: usize) -> Result<()> {
+/// Serves until the process ends, on `endpoints` sockets sharing `listen`
+/// with `SO_REUSEPORT`, as the daemon does (`server.endpoints`).
+pub async fn serve(
+    listen: SocketAddr,
+    certs: &Path,
+    reply_bytes: usize,
+    endpoints: usize,
+) -> Result<()> {
     let config = qualcache::tls::server_config(
         &certs.join("server.pem"),
         &certs.join("server.key"),
         &certs.join("ca.pem"),
         qualcache::tls::Transport::default(),
     )?;
-    let endpoint = qualcache::server::bind(listen, config, 8 << 20)?;
-    eprintln!("echo server on {}", endpoint.local_addr()?);
+    let endpoints = qualcache::server::bind_many(listen, config, 8 << 20, endpoints)?;
+    eprintln!(
+        "echo server on {} ({} endpoints)",
+        endpoints[0].local_addr()?,
+        endpoints.len()
+    );
     let reply = Arc::new(vec![0x5a; reply_bytes]);
+    let mut acceptors = tokio::task::JoinSet::new();
+    for endpoint in endpoints {
+        acceptors.spawn(accept(endpoint, reply.clone()));
+    }
+    while acceptors.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn accept(endpoint: quinn::Endpoint, reply: Arc<Vec<u8>>) {
     while let Some(incoming) = endpoint.accept().await {
         let reply = reply.clone();
         tokio::spawn(async move {
@@ -38,5 +57,4 @@ pub async fn serve(listen: SocketAddr, certs: &Path, reply_bytes: usize) -> Resu
             }
         });
     }
-    Ok(())
 }

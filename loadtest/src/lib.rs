@@ -7,11 +7,14 @@
 //!   over several client endpoints), open-loop Poisson arrivals, latency
 //!   from the scheduled send time (so coordinated omission cannot hide it),
 //!   HDR histograms, and the report.
+//! - [`pacer`]: the schedule's timer, with the kernel's precision rather
+//!   than tokio's millisecond ticks.
 //! - [`echo`]: the plain-quinn echo server, the QUIC ceiling.
 //!
 //! It talks to the daemon only through `qualcache::client`.
 
 pub mod echo;
+pub mod pacer;
 pub mod redis_peer;
 pub mod run;
 pub mod workload;

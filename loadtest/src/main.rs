@@ -53,6 +53,9 @@ enum Command {
         /// Reply size in bytes (the daemon's answer to a card hit is about 136).
         #[arg(long, default_value_t = 136)]
         reply_bytes: usize,
+        /// UDP sockets sharing the port with SO_REUSEPORT, as the daemon's server.endpoints [default: one per core].
+        #[arg(long, value_parser = parse_count)]
+        endpoints: Option<usize>,
     },
 }
 
@@ -69,11 +72,14 @@ struct RunArgs {
     /// qualcache://ADDR (the daemon), echo://ADDR (the echo ceiling) or redis://ADDR (the Redis peer, after redis-load).
     #[arg(long, default_value = "qualcache://127.0.0.1:4433")]
     target: String,
-    /// Output of `qualcache certs` with at least --terminals terminal certificates.
-    #[arg(long)]
+    /// Output of `qualcache certs` with at least --terminals terminal certificates (the demo daemon's by default).
+    #[arg(long, default_value = "data/demo-daemon/certs")]
     certs: PathBuf,
-    /// probes.jsonl of the data the server holds.
-    #[arg(long)]
+    /// probes.jsonl of the data the server holds (the demo daemon's by default).
+    #[arg(
+        long,
+        default_value = "data/demo-daemon/snapshots/.synthetic/probes.jsonl"
+    )]
     probes: PathBuf,
     /// Simulated reception terminals (one connection and certificate each).
     #[arg(long, default_value_t = 1000, value_parser = parse_count)]
@@ -81,6 +87,9 @@ struct RunArgs {
     /// Client UDP endpoints the connections are spread over.
     #[arg(long, default_value_t = 8, value_parser = parse_count)]
     endpoints: usize,
+    /// Generator threads, each with its own runtime and its share of the terminals and endpoints [default: one per core].
+    #[arg(long, value_parser = parse_count)]
+    threads: Option<usize>,
     /// Load shape.
     #[arg(long, value_enum, default_value_t = ProfileKind::Peak)]
     profile: ProfileKind,
@@ -159,6 +168,11 @@ fn card_key(file: Option<&std::path::Path>) -> Result<qualcache::model::CardKey>
     }
 }
 
+/// Cores this process may run on.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 fn parse_count(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
@@ -210,8 +224,8 @@ fn slo_met(r: &Report, a: &RunArgs) -> bool {
 
 fn print(r: &Report, a: &RunArgs) {
     println!(
-        "target {:?}, {} terminals over {} endpoints, {:?}",
-        r.target, r.terminals, r.endpoints, r.profile
+        "target {:?}, {} terminals over {} endpoints on {} threads, {:?}",
+        r.target, r.terminals, r.endpoints, r.threads, r.profile
     );
     println!(
         "sent {}  answered {}  throughput {:.0}/s  errors {:?}  mismatches {}",
@@ -232,6 +246,7 @@ fn print(r: &Report, a: &RunArgs) {
         row(&format!("{k:?}").to_lowercase(), l);
     }
     row("connect", &r.connect);
+    row("send lag", &r.send_lag);
     println!(
         "UDP receive-buffer drops during the run: {:?}",
         r.udp_rcvbuf_errors
@@ -286,6 +301,7 @@ async fn main_run(a: RunArgs) -> Result<bool> {
         certs: a.certs.clone(),
         terminals: a.terminals,
         endpoints: a.endpoints,
+        threads: a.threads.unwrap_or_else(cores),
         profile,
         timeout: Duration::from_millis(a.timeout_ms),
         seed: a.seed,
@@ -386,9 +402,15 @@ fn main() -> ExitCode {
                 listen,
                 certs,
                 reply_bytes,
-            } => qualcache_loadtest::echo::serve(listen, &certs, reply_bytes)
-                .await
-                .map(|()| true),
+                endpoints,
+            } => qualcache_loadtest::echo::serve(
+                listen,
+                &certs,
+                reply_bytes,
+                endpoints.unwrap_or_else(cores),
+            )
+            .await
+            .map(|()| true),
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! The load run: connect every terminal, send requests on an open-loop
-//! Poisson schedule, check every answer, and collect the figures.
+//! Poisson schedule, check every answer, and collect the figures. The
+//! work is split into shards, one thread each (see [`run`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -8,12 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use futures_util::stream::{self, FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use qualcache::client::Client;
 use qualcache::protocol::pb;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::pacer::Pacer;
 use crate::workload::{Kind, Planned, Rng, Workload};
 
 /// How the offered rate moves over time.
@@ -122,8 +125,12 @@ pub struct RunOptions {
     pub certs: PathBuf,
     /// Simulated terminals, one connection each.
     pub terminals: usize,
-    /// Client UDP endpoints the connections are spread over.
+    /// Client UDP endpoints the connections are spread over (each shard
+    /// has at least one).
     pub endpoints: usize,
+    /// Shards: threads, each with its own runtime, connections and
+    /// endpoints (one per core is the default of the command line).
+    pub threads: usize,
     /// Offered load over time.
     pub profile: Profile,
     /// A request slower than this counts as an error (timeout).
@@ -134,13 +141,6 @@ pub struct RunOptions {
     pub progress: bool,
     /// Card key (the Redis peer keys cards by digest).
     pub card_key: qualcache::model::CardKey,
-}
-
-/// One terminal's connection.
-#[derive(Clone)]
-enum Conn {
-    Quic(Arc<Client>),
-    Redis(redis::aio::MultiplexedConnection),
 }
 
 /// Latency figures of one kind, milliseconds.
@@ -181,6 +181,8 @@ pub struct Report {
     pub terminals: usize,
     /// Client endpoints.
     pub endpoints: usize,
+    /// Generator threads (shards).
+    pub threads: usize,
     /// The offered load.
     pub profile: Profile,
     /// Wall seconds of the schedule.
@@ -201,6 +203,10 @@ pub struct Report {
     pub mismatches: u64,
     /// Connection set-up (handshake) time.
     pub connect: Latency,
+    /// How late the generator sent each request after its scheduled time
+    /// (included in `latency`): when this is high, the generator, not the
+    /// target, was short of CPU.
+    pub send_lag: Latency,
     /// UDP receive-buffer drops on this machine during the run
     /// (`/proc/net/snmp` Udp RcvbufErrors, after minus before).
     pub udp_rcvbuf_errors: Option<u64>,
@@ -250,6 +256,18 @@ impl QuicTraffic {
         any.then_some(t)
     }
 
+    fn plus(self, o: QuicTraffic) -> QuicTraffic {
+        QuicTraffic {
+            datagrams_sent: self.datagrams_sent + o.datagrams_sent,
+            datagrams_received: self.datagrams_received + o.datagrams_received,
+            acks_sent: self.acks_sent + o.acks_sent,
+            acks_received: self.acks_received + o.acks_received,
+            pings_received: self.pings_received + o.pings_received,
+            max_streams_received: self.max_streams_received + o.max_streams_received,
+            lost_packets: self.lost_packets + o.lost_packets,
+        }
+    }
+
     fn since(self, before: QuicTraffic) -> QuicTraffic {
         QuicTraffic {
             datagrams_sent: self.datagrams_sent.saturating_sub(before.datagrams_sent),
@@ -275,17 +293,25 @@ impl Report {
     }
 }
 
-/// One answered (or failed) request.
-struct Sample {
-    kind: Kind,
-    micros: u64,
-    outcome: Outcome,
+/// One terminal's connection, owned by its shard.
+enum Conn {
+    Quic(Client),
+    Redis(redis::aio::MultiplexedConnection),
 }
 
+/// How one request ended.
 enum Outcome {
     Ok,
     Mismatch,
     Error(&'static str),
+}
+
+/// One request, answered or failed, as its shard records it.
+struct Done {
+    kind: Kind,
+    /// From the scheduled send time to the answer.
+    micros: u64,
+    outcome: Outcome,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -301,7 +327,8 @@ pub fn udp_rcvbuf_errors() -> Option<u64> {
     values.split_whitespace().nth(col)?.parse().ok()
 }
 
-/// Terminal credentials found in `certs/terminals`, sorted.
+/// Terminal credentials (certificate, key) found in `certs/terminals`,
+/// sorted.
 fn terminal_certs(certs: &std::path::Path, n: usize) -> Result<Vec<(PathBuf, PathBuf)>> {
     let dir = certs.join("terminals");
     let mut pems: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -321,8 +348,7 @@ fn terminal_certs(certs: &std::path::Path, n: usize) -> Result<Vec<(PathBuf, Pat
     pems.truncate(n);
     Ok(pems
         .into_iter()
-        .map(|p| (p.with_extension("key"), p))
-        .map(|(k, p)| (p, k))
+        .map(|p| (p.clone(), p.with_extension("key")))
         .collect())
 }
 
@@ -343,182 +369,250 @@ fn client_endpoint() -> Result<quinn::Endpoint> {
     )?)
 }
 
+/// Handshakes a shard runs at once while connecting.
+const CONCURRENT_HANDSHAKES: usize = 128;
+
+/// How often a shard reports to the progress bar.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// What one shard is given: its share of the terminals and of the client
+/// endpoints, and everything it needs to run the schedule alone.
+struct ShardPlan {
+    index: usize,
+    target: Target,
+    /// Certificate and key of each of its terminals (QUIC targets).
+    creds: Vec<(PathBuf, PathBuf)>,
+    /// Its terminals (for Redis, which has no certificates).
+    terminals: usize,
+    ca: PathBuf,
+    endpoints: usize,
+    profile: Profile,
+    /// Its share of the offered rate.
+    share: f64,
+    timeout: Duration,
+    seed: u64,
+    card_key: Arc<qualcache::model::CardKey>,
+    workload: Arc<Workload>,
+}
+
+/// A shard's figures, merged into the report.
+struct ShardFigures {
+    all: Histogram<u64>,
+    /// How late each request left after its scheduled time.
+    lag: Histogram<u64>,
+    by_kind: BTreeMap<Kind, Histogram<u64>>,
+    errors: BTreeMap<&'static str, u64>,
+    sent: u64,
+    answered: u64,
+    mismatches: u64,
+    quic: Option<QuicTraffic>,
+}
+
+impl ShardFigures {
+    fn new() -> ShardFigures {
+        ShardFigures {
+            all: new_histogram(),
+            lag: new_histogram(),
+            by_kind: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            sent: 0,
+            answered: 0,
+            mismatches: 0,
+            quic: None,
+        }
+    }
+
+    fn record(&mut self, d: &Done, window: &mut Window) {
+        match d.outcome {
+            Outcome::Ok => self.answered += 1,
+            Outcome::Mismatch => {
+                self.answered += 1;
+                self.mismatches += 1;
+                window.mismatches += 1;
+            }
+            Outcome::Error(e) => {
+                *self.errors.entry(e).or_default() += 1;
+                window.errors += 1;
+                return;
+            }
+        }
+        let v = d.micros.max(1);
+        let _ = self.all.record(v);
+        let _ = self
+            .by_kind
+            .entry(d.kind)
+            .or_insert_with(new_histogram)
+            .record(v);
+        let _ = window.latency.record(v);
+    }
+}
+
+/// A shard's answers since its last progress report.
+struct Window {
+    latency: Histogram<u64>,
+    errors: u64,
+    mismatches: u64,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            latency: new_histogram(),
+            errors: 0,
+            mismatches: 0,
+        }
+    }
+
+    fn add(&mut self, other: &Window) {
+        let _ = self.latency.add(&other.latency);
+        self.errors += other.errors;
+        self.mismatches += other.mismatches;
+    }
+}
+
+/// The channels between the coordinator and one shard.
+struct ShardLink {
+    /// The shard's connections are up (with their handshake times).
+    ready: oneshot::Sender<Result<Histogram<u64>>>,
+    /// When the schedule starts; dropped if another shard failed.
+    start: oneshot::Receiver<tokio::time::Instant>,
+    /// Progress windows, if there is a progress bar.
+    progress: Option<mpsc::UnboundedSender<Window>>,
+    /// The figures, once the schedule has run.
+    done: oneshot::Sender<Result<ShardFigures>>,
+}
+
 /// Runs the load and returns the report.
+///
+/// The terminals are dealt to `threads` shards. A shard is a thread with
+/// a single-threaded runtime that owns its terminals' connections and its
+/// client endpoints, draws the merged Poisson arrivals of its terminals
+/// (a Poisson process of their summed rate, each arrival given to one of
+/// them at random: the same process per terminal), sends each request at
+/// its time, checks the answers and records them in its own histograms.
+/// Nothing crosses threads per request (no task spawn, no channel, no
+/// wake-up of another worker), so the generator stays cheap beside the
+/// server it loads.
 pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
-    let check = !matches!(opts.target, Target::Echo(_));
+    let quic = !matches!(opts.target, Target::Redis(_));
+    let creds = if quic {
+        terminal_certs(&opts.certs, opts.terminals)?
+    } else {
+        Vec::new()
+    };
+    let shards = opts.threads.clamp(1, opts.terminals.max(1));
+    let endpoints = opts.endpoints.max(1);
+    let card_key = Arc::new(opts.card_key.clone());
+    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<Window>();
+    let (mut readies, mut starts, mut dones, mut threads) = (vec![], vec![], vec![], vec![]);
+    for g in 0..shards {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (start_tx, start_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        readies.push(ready_rx);
+        starts.push(start_tx);
+        dones.push(done_rx);
+        let terminals = (g..opts.terminals).step_by(shards).count();
+        let plan = ShardPlan {
+            index: g,
+            target: opts.target.clone(),
+            creds: creds.iter().skip(g).step_by(shards).cloned().collect(),
+            terminals,
+            ca: opts.certs.join("ca.pem"),
+            // Each shard's share of the endpoints, at least one.
+            endpoints: ((g..endpoints).step_by(shards).count()).max(1),
+            profile: opts.profile,
+            share: terminals as f64 / opts.terminals.max(1) as f64,
+            timeout: opts.timeout,
+            seed: opts.seed,
+            card_key: card_key.clone(),
+            workload: workload.clone(),
+        };
+        let link = ShardLink {
+            ready: ready_tx,
+            start: start_rx,
+            progress: opts.progress.then(|| progress_tx.clone()),
+            done: done_tx,
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("loadtest-{g}"))
+                .spawn(move || shard_thread(plan, link))
+                .context("starting a load thread")?,
+        );
+    }
+    drop(progress_tx);
+
+    // Every shard connects its terminals; the schedule starts when all are
+    // up, or not at all.
     let mut connect = new_histogram();
-    let mut clients: Vec<Conn> = Vec::with_capacity(opts.terminals);
-    let mut endpoints: Vec<quinn::Endpoint> = Vec::new();
-    match &opts.target {
-        Target::Qualcache(addr) | Target::Echo(addr) => {
-            let addr = *addr;
-            let creds = terminal_certs(&opts.certs, opts.terminals)?;
-            let ca = opts.certs.join("ca.pem");
-            endpoints = (0..opts.endpoints.max(1))
-                .map(|_| client_endpoint())
-                .collect::<Result<_>>()?;
-            // A few hundred handshakes at a time.
-            for (c, chunk) in creds.chunks(256).enumerate() {
-                let mut tasks = Vec::new();
-                for (j, (cert, key)) in chunk.iter().enumerate() {
-                    let config = qualcache::tls::client_config(&ca, cert, key)?;
-                    let endpoint = endpoints[(c * 256 + j) % endpoints.len()].clone();
-                    tasks.push(tokio::spawn(async move {
-                        let t0 = Instant::now();
-                        let client = Client::connect_on(endpoint, addr, "localhost", config).await;
-                        (client, t0.elapsed())
-                    }));
-                }
-                for t in tasks {
-                    let (client, took) = t.await?;
-                    clients.push(Conn::Quic(Arc::new(
-                        client.context("connecting a terminal")?,
-                    )));
-                    connect.record(took.as_micros().max(1) as u64)?;
-                }
+    let mut failure = None;
+    for r in readies {
+        match r.await {
+            Ok(Ok(h)) => {
+                let _ = connect.add(&h);
+            }
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| anyhow::anyhow!("a load thread stopped"));
             }
         }
-        Target::Redis(url) => {
-            let client =
-                redis::Client::open(url.as_str()).with_context(|| format!("redis URL {url}"))?;
-            for _ in 0..opts.terminals {
-                let t0 = Instant::now();
-                let con = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .with_context(|| format!("connecting to {url}"))?;
-                connect.record(t0.elapsed().as_micros().max(1) as u64)?;
-                clients.push(Conn::Redis(con));
-            }
+    }
+    if let Some(e) = failure {
+        drop(starts);
+        for t in threads {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+        return Err(e);
     }
 
     let before = udp_rcvbuf_errors();
-    let traffic_before = QuicTraffic::of(&clients);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
     let total = opts.profile.seconds();
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
-    // Open-loop arrivals: each terminal sends as a Poisson process of
-    // rate R/T. The terminals are dealt to a few schedulers, one per core;
-    // a scheduler draws the merged arrivals of its terminals (a Poisson
-    // process of the summed rate) and gives each arrival to one of them
-    // at random, which is the same process per terminal. One timer wake
-    // sends every request that has come due, instead of one wake per
-    // request: the generator stays cheap beside the server it loads.
-    let terminals = clients.len() as f64;
-    let groups = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(1, clients.len().max(1));
-    let mut schedulers = Vec::with_capacity(groups);
-    let card_key = Arc::new(opts.card_key.clone());
-    for g in 0..groups {
-        let members: Vec<Conn> = clients.iter().skip(g).step_by(groups).cloned().collect();
-        let (tx, workload) = (tx.clone(), workload.clone());
-        let card_key = card_key.clone();
-        let (profile, timeout, seed) = (opts.profile, opts.timeout, opts.seed);
-        let share = members.len() as f64 / terminals;
-        schedulers.push(tokio::spawn(async move {
-            let mut rng = Rng::new(seed, g as u64);
-            let mut t = 0.0;
-            let mut sent = 0u64;
-            loop {
-                t += rng.exp((profile.rate_at(t) * share).max(1e-6));
-                if t >= total {
-                    return sent;
-                }
-                let at = start + Duration::from_secs_f64(t);
-                if at > tokio::time::Instant::now() {
-                    tokio::time::sleep_until(at).await;
-                }
-                let client = members[rng.below(members.len())].clone();
-                let planned = workload.next(&mut rng);
-                sent += 1;
-                tokio::spawn(request(
-                    client,
-                    planned,
-                    at,
-                    timeout,
-                    check,
-                    card_key.clone(),
-                    tx.clone(),
-                ));
-            }
-        }));
+    for s in starts {
+        let _ = s.send(start);
     }
-    drop(tx);
-
-    // Collect while the schedule runs.
-    let progress = opts.progress.then(|| {
-        let bar = indicatif::ProgressBar::new((total * 1000.0) as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    });
-    let mut all = new_histogram();
-    let mut by_kind: BTreeMap<Kind, Histogram<u64>> = BTreeMap::new();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut answered, mut mismatches) = (0u64, 0u64);
-    let mut window = new_histogram();
-    let mut window_start = Instant::now();
-    while let Some(s) = rx.recv().await {
-        match s.outcome {
-            Outcome::Ok => answered += 1,
-            Outcome::Mismatch => {
-                answered += 1;
-                mismatches += 1;
-            }
-            Outcome::Error(e) => *errors.entry(e.to_string()).or_default() += 1,
-        }
-        if !matches!(s.outcome, Outcome::Error(_)) {
-            let v = s.micros.max(1);
-            let _ = all.record(v);
-            let _ = by_kind
-                .entry(s.kind)
-                .or_insert_with(new_histogram)
-                .record(v);
-            let _ = window.record(v);
-        }
-        if let Some(bar) = &progress {
-            let dt = window_start.elapsed();
-            if dt >= Duration::from_millis(500) {
-                bar.set_position(start.elapsed().as_millis() as u64);
-                bar.set_message(format!(
-                    "{:>8.0} answers/s  p99 {:>7.2} ms  errors {}  mismatches {}",
-                    window.len() as f64 / dt.as_secs_f64(),
-                    window.value_at_quantile(0.99) as f64 / 1000.0,
-                    errors.values().sum::<u64>(),
-                    mismatches
-                ));
-                window.reset();
-                window_start = Instant::now();
-            }
-        }
+    if opts.progress {
+        show_progress(&mut progress_rx, start, total).await;
     }
-    if let Some(bar) = progress {
-        bar.finish_and_clear();
-    }
-    let mut sent = 0;
-    for s in schedulers {
-        sent += s.await?;
+    let mut figures = Vec::with_capacity(shards);
+    for d in dones {
+        figures.push(d.await.context("a load thread stopped")??);
     }
     let after = udp_rcvbuf_errors();
-    let quic = QuicTraffic::of(&clients)
-        .zip(traffic_before)
-        .map(|(a, b)| a.since(b));
-    for c in &clients {
-        if let Conn::Quic(c) = c {
-            c.close_now();
-        }
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
-    for e in &endpoints {
-        let _ = tokio::time::timeout(Duration::from_secs(5), e.wait_idle()).await;
+
+    let mut all = new_histogram();
+    let mut lag = new_histogram();
+    let mut by_kind: BTreeMap<Kind, Histogram<u64>> = BTreeMap::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut sent, mut answered, mut mismatches) = (0, 0, 0);
+    let mut traffic: Option<QuicTraffic> = None;
+    for f in &figures {
+        let _ = all.add(&f.all);
+        let _ = lag.add(&f.lag);
+        for (k, h) in &f.by_kind {
+            let _ = by_kind.entry(*k).or_insert_with(new_histogram).add(h);
+        }
+        for (e, n) in &f.errors {
+            *errors.entry((*e).to_string()).or_default() += n;
+        }
+        sent += f.sent;
+        answered += f.answered;
+        mismatches += f.mismatches;
+        if let Some(q) = f.quic {
+            traffic = Some(traffic.unwrap_or_default().plus(q));
+        }
     }
     Ok(Report {
         target: opts.target.clone(),
         terminals: opts.terminals,
-        endpoints: endpoints.len(),
+        endpoints: if quic { endpoints.max(shards) } else { 0 },
+        threads: shards,
         profile: opts.profile,
         seconds: total,
         sent,
@@ -529,52 +623,256 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
         errors,
         mismatches,
         connect: latency(&connect),
+        send_lag: latency(&lag),
         udp_rcvbuf_errors: before.zip(after).map(|(b, a)| a.saturating_sub(b)),
-        quic,
+        quic: traffic,
     })
 }
 
+/// The progress bar: elapsed time, answers per second and p99 of the last
+/// half second, errors and mismatches so far; until every shard is done.
+async fn show_progress(
+    windows: &mut mpsc::UnboundedReceiver<Window>,
+    start: tokio::time::Instant,
+    total: f64,
+) {
+    let bar = indicatif::ProgressBar::new((total * 1000.0) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (mut window, mut since) = (Window::new(), Instant::now());
+    let (mut errors, mut mismatches) = (0, 0);
+    while let Some(w) = windows.recv().await {
+        window.add(&w);
+        let dt = since.elapsed();
+        if dt >= Duration::from_millis(500) {
+            errors += window.errors;
+            mismatches += window.mismatches;
+            bar.set_position(start.elapsed().as_millis() as u64);
+            bar.set_message(format!(
+                "{:>8.0} answers/s  p99 {:>7.2} ms  errors {errors}  mismatches {mismatches}",
+                window.latency.len() as f64 / dt.as_secs_f64(),
+                window.latency.value_at_quantile(0.99) as f64 / 1000.0,
+            ));
+            window = Window::new();
+            since = Instant::now();
+        }
+    }
+    bar.finish_and_clear();
+}
+
+/// A shard's thread: its own single-threaded runtime.
+fn shard_thread(plan: ShardPlan, link: ShardLink) {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(shard(plan, link)),
+        Err(e) => {
+            let _ = link
+                .ready
+                .send(Err(anyhow::Error::new(e).context("starting a runtime")));
+        }
+    }
+}
+
+/// Connects a shard's terminals; returns them with their handshake times.
+async fn connect(
+    plan: &ShardPlan,
+    endpoints: &mut Vec<quinn::Endpoint>,
+) -> Result<(Vec<Conn>, Histogram<u64>)> {
+    let mut times = new_histogram();
+    let mut clients = Vec::with_capacity(plan.terminals);
+    match &plan.target {
+        Target::Qualcache(addr) | Target::Echo(addr) => {
+            for _ in 0..plan.endpoints {
+                endpoints.push(client_endpoint()?);
+            }
+            let addr = *addr;
+            let endpoints = &*endpoints;
+            let mut handshakes = stream::iter(plan.creds.iter().enumerate())
+                .map(|(i, (cert, key))| async move {
+                    let config = qualcache::tls::client_config(&plan.ca, cert, key)?;
+                    let endpoint = endpoints[i % endpoints.len()].clone();
+                    let t0 = Instant::now();
+                    let client = Client::connect_on(endpoint, addr, "localhost", config)
+                        .await
+                        .context("connecting a terminal")?;
+                    anyhow::Ok((Conn::Quic(client), t0.elapsed()))
+                })
+                .buffer_unordered(CONCURRENT_HANDSHAKES);
+            while let Some(done) = handshakes.next().await {
+                let (client, took) = done?;
+                clients.push(client);
+                times.record(took.as_micros().max(1) as u64)?;
+            }
+        }
+        Target::Redis(url) => {
+            let client =
+                redis::Client::open(url.as_str()).with_context(|| format!("redis URL {url}"))?;
+            let client = &client;
+            let mut handshakes = stream::iter(0..plan.terminals)
+                .map(|_| async move {
+                    let t0 = Instant::now();
+                    let con = client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .with_context(|| format!("connecting to {url}"))?;
+                    anyhow::Ok((Conn::Redis(con), t0.elapsed()))
+                })
+                .buffer_unordered(CONCURRENT_HANDSHAKES);
+            while let Some(done) = handshakes.next().await {
+                let (con, took) = done?;
+                clients.push(con);
+                times.record(took.as_micros().max(1) as u64)?;
+            }
+        }
+    }
+    Ok((clients, times))
+}
+
+/// One shard: connect, wait for the start, run the schedule, report.
+async fn shard(plan: ShardPlan, link: ShardLink) {
+    let mut endpoints = Vec::new();
+    let clients = match connect(&plan, &mut endpoints).await {
+        Ok((clients, times)) => {
+            if link.ready.send(Ok(times)).is_err() {
+                return;
+            }
+            clients
+        }
+        Err(e) => {
+            let _ = link.ready.send(Err(e));
+            return;
+        }
+    };
+    if let Ok(start) = link.start.await {
+        let _ = link
+            .done
+            .send(schedule(&plan, &clients, start, link.progress).await);
+    }
+    for c in &clients {
+        if let Conn::Quic(c) = c {
+            c.close_now();
+        }
+    }
+    for e in &endpoints {
+        let _ = tokio::time::timeout(Duration::from_secs(5), e.wait_idle()).await;
+    }
+}
+
+/// Sends a shard's requests at their scheduled times and records the
+/// answers. Requests in flight are polled by this task itself; a request
+/// still unanswered `timeout` after the schedule ends counts as a timeout.
+async fn schedule(
+    plan: &ShardPlan,
+    clients: &[Conn],
+    start: tokio::time::Instant,
+    progress: Option<mpsc::UnboundedSender<Window>>,
+) -> Result<ShardFigures> {
+    let check = !matches!(plan.target, Target::Echo(_));
+    let total = plan.profile.seconds();
+    let at = |t: f64| start + Duration::from_secs_f64(t);
+    let mut rng = Rng::new(plan.seed, plan.index as u64);
+    let mut figures = ShardFigures::new();
+    let mut window = Window::new();
+    let traffic_before = QuicTraffic::of(clients);
+    let mut in_flight = FuturesUnordered::new();
+    let mut report = tokio::time::interval_at(start + PROGRESS_EVERY, PROGRESS_EVERY);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pacer = Pacer::new().context("creating the schedule's timer")?;
+    let mut t = rng.exp((plan.profile.rate_at(0.0) * plan.share).max(1e-6));
+    let mut sending = t < total && !clients.is_empty();
+    pacer.arm(if sending { at(t) } else { start })?;
+    loop {
+        tokio::select! {
+            biased;
+            fired = pacer.wait() => {
+                fired?;
+                if !sending {
+                    // The end of the schedule plus the timeout: whatever is
+                    // still in flight has timed out.
+                    *figures.errors.entry("timeout").or_default() += in_flight.len() as u64;
+                    break;
+                }
+                // Every request that has come due goes out now.
+                let now = tokio::time::Instant::now();
+                while at(t) <= now {
+                    let _ = figures.lag.record((now - at(t)).as_micros().max(1) as u64);
+                    let conn = &clients[rng.below(clients.len())];
+                    let planned = plan.workload.next(&mut rng);
+                    in_flight.push(request(conn, planned, at(t), plan.timeout, check, &plan.card_key));
+                    figures.sent += 1;
+                    t += rng.exp((plan.profile.rate_at(t) * plan.share).max(1e-6));
+                    if t >= total {
+                        sending = false;
+                        break;
+                    }
+                }
+                pacer.arm(if sending { at(t) } else { at(total) + plan.timeout })?;
+            }
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                figures.record(&done, &mut window);
+            }
+            _ = report.tick(), if progress.is_some() => {
+                if let Some(p) = &progress {
+                    let _ = p.send(std::mem::replace(&mut window, Window::new()));
+                }
+            }
+        }
+        if !sending && in_flight.is_empty() {
+            break;
+        }
+    }
+    if let Some(p) = &progress {
+        let _ = p.send(window);
+    }
+    figures.quic = QuicTraffic::of(clients)
+        .zip(traffic_before)
+        .map(|(a, b)| a.since(b));
+    Ok(figures)
+}
+
+/// Sends one planned request and judges its answer.
 async fn request(
-    conn: Conn,
+    conn: &Conn,
     planned: Planned,
     scheduled: tokio::time::Instant,
     timeout: Duration,
     check: bool,
-    card_key: Arc<qualcache::model::CardKey>,
-    tx: mpsc::UnboundedSender<Sample>,
-) {
+    card_key: &qualcache::model::CardKey,
+) -> Done {
     let outcome = match conn {
-        Conn::Quic(client) => {
-            match tokio::time::timeout(timeout, client.request_bytes(&planned.bytes)).await {
-                Err(_) => Outcome::Error("timeout"),
-                Ok(Err(qualcache::client::ClientError::Decode)) if !check => Outcome::Ok,
-                Ok(Err(_)) => Outcome::Error("stream"),
-                Ok(Ok(_)) if !check => Outcome::Ok,
-                Ok(Ok(resp)) => judge(&planned, &resp),
-            }
-        }
-        Conn::Redis(mut con) => {
-            match tokio::time::timeout(timeout, redis_get(&mut con, &planned, &card_key)).await {
-                Err(_) => Outcome::Error("timeout"),
-                Ok(Err(_)) => Outcome::Error("redis"),
-                Ok(Ok(statuses)) => {
-                    let expected: Vec<i32> =
-                        planned.expect.iter().map(|s| i32::from(s.code())).collect();
-                    if statuses == expected {
-                        Outcome::Ok
-                    } else {
-                        Outcome::Mismatch
-                    }
+        Conn::Quic(client) => match client.request_bytes(&planned.bytes).await {
+            Err(qualcache::client::ClientError::Decode) if !check => Outcome::Ok,
+            Err(_) => Outcome::Error("stream"),
+            Ok(_) if !check => Outcome::Ok,
+            Ok(resp) => judge(&planned, &resp),
+        },
+        Conn::Redis(con) => match redis_get(&mut con.clone(), &planned, card_key).await {
+            Err(_) => Outcome::Error("redis"),
+            Ok(statuses) => {
+                let expected: Vec<i32> =
+                    planned.expect.iter().map(|s| i32::from(s.code())).collect();
+                if statuses == expected {
+                    Outcome::Ok
+                } else {
+                    Outcome::Mismatch
                 }
             }
-        }
+        },
     };
-    let micros = scheduled.elapsed().as_micros() as u64;
-    let _ = tx.send(Sample {
+    let elapsed = scheduled.elapsed();
+    Done {
         kind: planned.kind,
-        micros,
-        outcome,
-    });
+        micros: elapsed.as_micros() as u64,
+        outcome: if elapsed > timeout {
+            Outcome::Error("timeout")
+        } else {
+            outcome
+        },
+    }
 }
 
 /// The statuses Redis gives for a plan's lookups (GET, or MGET for a batch).

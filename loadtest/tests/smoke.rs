@@ -11,20 +11,41 @@ use qualcache::snapshot::Snapshot;
 use qualcache_loadtest::run::{run, Profile, RunOptions, Target};
 use qualcache_loadtest::workload::{Mix, Workload};
 
+/// Synthetic data (CSV and probes) of `records` enrollees under `dir/data`.
+fn data(
+    dir: &std::path::Path,
+    records: u64,
+    seed: u64,
+    probes: usize,
+) -> qualcache::gen::GenSummary {
+    qualcache::gen::generate(&qualcache::gen::GenOptions {
+        records,
+        seed,
+        out: dir.join("data"),
+        probes,
+        as_of: "20261101".parse().unwrap(),
+        card_key: CardKey::demo(),
+    })
+    .unwrap()
+}
+
+/// The daemon's TLS set-up from development certificates.
+fn server_tls(certs: &qualcache::certs::DevCerts) -> quinn::ServerConfig {
+    qualcache::tls::server_config(
+        &certs.server_cert,
+        &certs.server_key,
+        &certs.ca,
+        Default::default(),
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_run_answers_everything_correctly() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let dir = tempfile::tempdir().unwrap();
         let certs = qualcache::certs::generate(&dir.path().join("certs"), 20).unwrap();
-        let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
-            records: 5_000,
-            seed: 3,
-            out: dir.path().join("data"),
-            probes: 500,
-            as_of: "20261101".parse().unwrap(),
-            card_key: CardKey::demo(),
-        })
-        .unwrap();
+        let g = data(dir.path(), 5_000, 3, 500);
         let opts = qualcache::build::BuildOptions {
             skip_invalid: false,
             card_key_id: CardKey::demo().id(),
@@ -34,13 +55,7 @@ async fn a_short_run_answers_everything_correctly() {
                 .unwrap();
         let shared = Arc::new(Shared::new(CardKey::demo(), Limits::default()));
         shared.swap(Arc::new(Snapshot::open(&built.path).unwrap()));
-        let config = qualcache::tls::server_config(
-            &certs.server_cert,
-            &certs.server_key,
-            &certs.ca,
-            Default::default(),
-        )
-        .unwrap();
+        let config = server_tls(&certs);
         let endpoint = server::bind("127.0.0.1:0".parse().unwrap(), config, 1 << 20).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -68,6 +83,9 @@ async fn a_short_run_answers_everything_correctly() {
                 certs: dir.path().join("certs"),
                 terminals: 20,
                 endpoints: 2,
+                // Uneven shards (7, 7 and 6 terminals), one more than the
+                // endpoints: each shard still gets an endpoint.
+                threads: 3,
                 profile: Profile::Constant {
                     rate: 400.0,
                     seconds: 1.5,
@@ -86,6 +104,9 @@ async fn a_short_run_answers_everything_correctly() {
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(report.mismatches, 0);
         assert_eq!(report.connect.count, 20);
+        assert_eq!((report.threads, report.endpoints), (3, 3));
+        // Every request's send lag was recorded.
+        assert_eq!(report.send_lag.count, report.sent);
         assert!(
             report.by_kind.len() == 3,
             "card, insurance and batch requests: {:?}",
@@ -101,6 +122,75 @@ async fn a_short_run_answers_everything_correctly() {
         assert!(quic.acks_received > 0, "{quic:?}");
         let _ = tx.send(());
         task.await.unwrap();
+    })
+    .await
+    .expect("bounded");
+}
+
+/// A server that takes every request and never answers: each request must
+/// come back as a timeout, and the run must still end, one timeout after
+/// the schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_requests_are_counted_as_timeouts() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = qualcache::certs::generate(&dir.path().join("certs"), 4).unwrap();
+        let g = data(dir.path(), 2_000, 5, 100);
+        let config = server_tls(&certs);
+        let endpoint = server::bind("127.0.0.1:0".parse().unwrap(), config, 1 << 20).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(incoming) = endpoint.accept().await {
+                let conn = incoming.await.unwrap();
+                held.push(tokio::spawn(async move {
+                    let mut streams = Vec::new();
+                    while let Ok(s) = conn.accept_bi().await {
+                        streams.push(s);
+                    }
+                }));
+            }
+        });
+        let probes = qualcache::probe::read_probes(&g.probes).unwrap();
+        let mix = Mix {
+            card: 0.5,
+            batch: 0.0,
+            batch_size: 1,
+            miss: 0.0,
+            lost: 0.0,
+        };
+        let t0 = std::time::Instant::now();
+        let report = run(
+            &RunOptions {
+                target: Target::Qualcache(addr),
+                certs: dir.path().join("certs"),
+                terminals: 4,
+                endpoints: 1,
+                threads: 2,
+                profile: Profile::Constant {
+                    rate: 100.0,
+                    seconds: 0.5,
+                },
+                timeout: Duration::from_millis(300),
+                seed: 9,
+                progress: false,
+                card_key: CardKey::demo(),
+            },
+            Arc::new(Workload::new(probes, mix).unwrap()),
+        )
+        .await
+        .unwrap();
+        assert!(report.sent > 10, "sent {}", report.sent);
+        assert_eq!(report.answered, 0);
+        assert_eq!(
+            report.errors.get("timeout"),
+            Some(&report.sent),
+            "{:?}",
+            report.errors
+        );
+        assert!(report.error_rate() >= 1.0);
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+        silent.abort();
     })
     .await
     .expect("bounded");
@@ -140,15 +230,7 @@ async fn the_redis_peer_answers_like_the_daemon() {
     }
     tokio::time::timeout(Duration::from_secs(60), async {
         let dir = tempfile::tempdir().unwrap();
-        let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
-            records: 5_000,
-            seed: 4,
-            out: dir.path().join("data"),
-            probes: 500,
-            as_of: "20261101".parse().unwrap(),
-            card_key: CardKey::demo(),
-        })
-        .unwrap();
+        let g = data(dir.path(), 5_000, 4, 500);
         let opts = qualcache::build::BuildOptions {
             skip_invalid: false,
             card_key_id: CardKey::demo().id(),
@@ -187,6 +269,7 @@ async fn the_redis_peer_answers_like_the_daemon() {
                 certs: dir.path().to_path_buf(),
                 terminals: 10,
                 endpoints: 1,
+                threads: 2,
                 profile: Profile::Constant {
                     rate: 300.0,
                     seconds: 1.0,
