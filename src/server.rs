@@ -1,6 +1,7 @@
 //! The QUIC driver of `qualcached`: accepts terminal connections, reads one
 //! request per bidirectional stream, answers it with [`protocol::handle`]
-//! on the current snapshot, and drains in-flight requests on shutdown.
+//! on the current snapshot, and drains in-flight requests on shutdown. A
+//! connection is one task, which also polls its requests in flight.
 //!
 //! [`serve`] takes the endpoint and the shutdown future from its caller, so
 //! tests bind `127.0.0.1:0` and decide when to stop.
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -61,7 +63,7 @@ pub struct Shared {
     connections: AtomicU64,
     /// Requests being answered now, across all connections.
     in_flight: AtomicU64,
-    /// Set when shutdown begins: from then on a request task stays until
+    /// Set when shutdown begins: from then on a request stays until
     /// its answer is acknowledged, so the drain covers it.
     draining: AtomicBool,
     /// Above this many requests in flight, new ones are answered
@@ -313,8 +315,7 @@ async fn accept(
             () = stop.cancelled() => break,
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    let (shared, tracker2, stop) = (shared.clone(), tracker.clone(), stop.clone());
-                    tracker.spawn(connection(incoming, shared, tracker2, stop));
+                    tracker.spawn(connection(incoming, shared.clone(), stop.clone()));
                 }
                 None => return,
             },
@@ -325,12 +326,7 @@ async fn accept(
     }
 }
 
-async fn connection(
-    incoming: quinn::Incoming,
-    shared: Arc<Shared>,
-    tracker: TaskTracker,
-    stop: CancellationToken,
-) {
+async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: CancellationToken) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
@@ -352,24 +348,39 @@ async fn connection(
     }
     tracing::debug!(%remote, %institution, "terminal connected");
     shared.connections.fetch_add(1, Ordering::Relaxed);
-    // One cancellation future for the connection's life (making one per
-    // accepted stream would lock the token's shared state every time).
+    // One cancellation future and one accept future for the connection's
+    // life: making them anew for every stream would lock shared state
+    // (the token's, the connection's) each time.
     let cancelled = stop.cancelled();
     tokio::pin!(cancelled);
+    let mut accept = std::pin::pin!(conn.accept_bi());
+    // The connection's requests are polled by this task rather than
+    // spawned: a request arrives whole in one packet and is answered on
+    // its first poll, and a spawn would cost a task and, on the
+    // multi-threaded runtime, often a wake-up of an idle worker that then
+    // finds nothing to do (about 10 % of the daemon's CPU at 5,000
+    // lookups/s, BENCHMARKS.md).
+    let mut requests = FuturesUnordered::new();
     loop {
         tokio::select! {
+            biased;
+            Some(()) = requests.next(), if !requests.is_empty() => {}
             () = &mut cancelled => break,
-            stream = conn.accept_bi() => match stream {
-                Ok((send, recv)) => {
-                    tracker.spawn(request(send, recv, shared.clone()));
+            stream = &mut accept => {
+                match stream {
+                    Ok((send, recv)) => requests.push(request(send, recv, shared.clone())),
+                    Err(e) => {
+                        tracing::debug!(%institution, reason = %e, "connection ended");
+                        break;
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!(%institution, reason = %e, "connection ended");
-                    break;
-                }
-            },
+                accept.set(conn.accept_bi());
+            }
         }
     }
+    // Requests accepted before the end are still answered (the tracker
+    // waits for this task at shutdown).
+    while requests.next().await.is_some() {}
     shared.connections.fetch_sub(1, Ordering::Relaxed);
     shared.release(institution);
 }
