@@ -63,6 +63,18 @@ fn to_u32(digits: &[u8]) -> u32 {
     digits.iter().fold(0, |acc, &d| acc * 10 + u32::from(d))
 }
 
+/// The `N` base-10 digits of `value` whose last one is the check digit of
+/// the others, if `value` has at most `N` digits (the inverse of [`to_u32`]
+/// for checked numbers, without formatting a string).
+fn checked_digits<const N: usize>(mut value: u32) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    for d in out.iter_mut().rev() {
+        *d = (value % 10) as u8;
+        value /= 10;
+    }
+    (value == 0 && check_digit(&out[..N - 1]) == out[N - 1]).then_some(out)
+}
+
 /// An insurer number (保険者番号): 8 digits (scheme, prefecture, insurer,
 /// check) or, for municipal National Health Insurance, 6 digits
 /// (prefecture, insurer, check). A 6-digit number is also accepted zero- or
@@ -92,13 +104,13 @@ impl InsurerNumber {
     /// Rebuilds a number from [`value`](Self::value) and its width, checking
     /// it again (used when reading snapshots).
     pub fn from_parts(value: u32, six: bool) -> Option<InsurerNumber> {
-        let text = if six {
-            format!("{value:06}")
+        let valid = if six {
+            checked_digits::<6>(value).is_some()
         } else {
-            format!("{value:08}")
+            // "00" followed by six digits reads as a padded 6-digit number.
+            value >= 1_000_000 && checked_digits::<8>(value).is_some()
         };
-        let n: InsurerNumber = text.parse().ok()?;
-        (n.six == six).then_some(n)
+        valid.then_some(InsurerNumber { value, six })
     }
 
     /// The snapshot encoding: the value, with bit 31 set for 6-digit numbers.
@@ -212,7 +224,7 @@ impl PayerNumber {
 
     /// From [`value`](Self::value), re-checking the digit.
     pub fn from_value(value: u32) -> Option<PayerNumber> {
-        format!("{value:08}").parse().ok()
+        checked_digits::<8>(value).map(|_| PayerNumber(value))
     }
 }
 
@@ -307,6 +319,7 @@ mod tests {
             assert_eq!(n.to_string(), shown, "{s:?}");
             assert_eq!(n.is_six_digit(), six, "{s:?}");
             assert_eq!(InsurerNumber::from_raw(n.to_raw()), n);
+            assert_eq!(InsurerNumber::from_parts(n.value(), six), Some(n), "{s:?}");
         };
         ok("06130488", "06130488", false);
         ok("０６１３０４８８", "06130488", false);
@@ -332,6 +345,21 @@ mod tests {
         bad("061304881", format.clone());
         bad("0613O488", format.clone());
         bad("", format);
+
+        // Rebuilding from snapshot parts checks the digit and the width.
+        assert_eq!(InsurerNumber::from_parts(6_130_487, false), None);
+        assert_eq!(InsurerNumber::from_parts(138_058, true), None);
+        assert_eq!(
+            InsurerNumber::from_parts(138_057, false),
+            None,
+            "00138057 is 6-digit"
+        );
+        assert_eq!(InsurerNumber::from_parts(6_130_488, true), None, "too wide");
+        assert_eq!(
+            InsurerNumber::from_parts(100_061_304, false),
+            None,
+            "too wide"
+        );
     }
 
     #[test]
@@ -353,6 +381,9 @@ mod tests {
         assert_eq!(p.scheme(), 12);
         assert_eq!(p.to_string(), text);
         assert_eq!(PayerNumber::from_value(p.value()), Some(p));
+        let wrong = 12_130_010 + u32::from((check_digit(&body) + 1) % 10);
+        assert_eq!(PayerNumber::from_value(wrong), None);
+        assert_eq!(PayerNumber::from_value(100_000_000 + p.value()), None);
         assert!("1213001".parse::<PayerNumber>().is_err());
         assert!("1234567".parse::<RecipientNumber>().is_ok());
         assert!("123456".parse::<RecipientNumber>().is_err());

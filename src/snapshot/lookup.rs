@@ -523,5 +523,10 @@ fn joined(body: &ArchivedBody, parts: [u32; 2]) -> Option<String> {
     if parts[1] == NONE {
         return Some(first.to_string());
     }
-    Some(format!("{first}\u{3000}{}", string(body, parts[1])?))
+    let second = string(body, parts[1])?;
+    let mut name = String::with_capacity(first.len() + '\u{3000}'.len_utf8() + second.len());
+    name.push_str(first);
+    name.push('\u{3000}');
+    name.push_str(second);
+    Some(name)
 }
