@@ -63,16 +63,16 @@ fn to_u32(digits: &[u8]) -> u32 {
     digits.iter().fold(0, |acc, &d| acc * 10 + u32::from(d))
 }
 
-/// The `N` base-10 digits of `value` whose last one is the check digit of
-/// the others, if `value` has at most `N` digits (the inverse of [`to_u32`]
-/// for checked numbers, without formatting a string).
-fn checked_digits<const N: usize>(mut value: u32) -> Option<[u8; N]> {
-    let mut out = [0u8; N];
-    for d in out.iter_mut().rev() {
+/// True if `value` has at most `N` base-10 digits and, written with `N`
+/// digits, ends in the check digit of the others (what parsing checks,
+/// without formatting a string).
+fn is_checked<const N: usize>(mut value: u32) -> bool {
+    let mut digits = [0u8; N];
+    for d in digits.iter_mut().rev() {
         *d = (value % 10) as u8;
         value /= 10;
     }
-    (value == 0 && check_digit(&out[..N - 1]) == out[N - 1]).then_some(out)
+    value == 0 && check_digit(&digits[..N - 1]) == digits[N - 1]
 }
 
 /// An insurer number (保険者番号): 8 digits (scheme, prefecture, insurer,
@@ -105,10 +105,10 @@ impl InsurerNumber {
     /// it again (used when reading snapshots).
     pub fn from_parts(value: u32, six: bool) -> Option<InsurerNumber> {
         let valid = if six {
-            checked_digits::<6>(value).is_some()
+            is_checked::<6>(value)
         } else {
             // "00" followed by six digits reads as a padded 6-digit number.
-            value >= 1_000_000 && checked_digits::<8>(value).is_some()
+            value >= 1_000_000 && is_checked::<8>(value)
         };
         valid.then_some(InsurerNumber { value, six })
     }
@@ -224,7 +224,7 @@ impl PayerNumber {
 
     /// From [`value`](Self::value), re-checking the digit.
     pub fn from_value(value: u32) -> Option<PayerNumber> {
-        checked_digits::<8>(value).map(|_| PayerNumber(value))
+        is_checked::<8>(value).then_some(PayerNumber(value))
     }
 }
 

@@ -421,12 +421,10 @@ impl<'a> QualView<'a> {
                     .ok_or(bad("loss_reason"))
             })
             .transpose()?;
+        let stored = InsurerNumber::from_raw(insurer.number.to_native());
         let mut q = Qualification {
-            insurer_number: InsurerNumber::from_parts(
-                InsurerNumber::from_raw(insurer.number.to_native()).value(),
-                InsurerNumber::from_raw(insurer.number.to_native()).is_six_digit(),
-            )
-            .ok_or(bad("insurer_number"))?,
+            insurer_number: InsurerNumber::from_parts(stored.value(), stored.is_six_digit())
+                .ok_or(bad("insurer_number"))?,
             insurer_name: string(body, insurer.name.to_native())
                 .ok_or(bad("insurer_name"))?
                 .to_string(),
@@ -523,10 +521,5 @@ fn joined(body: &ArchivedBody, parts: [u32; 2]) -> Option<String> {
     if parts[1] == NONE {
         return Some(first.to_string());
     }
-    let second = string(body, parts[1])?;
-    let mut name = String::with_capacity(first.len() + '\u{3000}'.len_utf8() + second.len());
-    name.push_str(first);
-    name.push('\u{3000}');
-    name.push_str(second);
-    Some(name)
+    Some([first, string(body, parts[1])?].join("\u{3000}"))
 }
