@@ -1,7 +1,7 @@
 //! One lookup round trip over loopback QUIC with mutual TLS, beside a
 //! minimal plain-quinn echo server with the same TLS setup and the same
 //! message sizes (the ceiling: everything but the lookup). Also: a reload
-//! (open, verify, swap) of the 10 M-record snapshot while a client keeps
+//! (`Snapshot::open` with its checks, then the swap) of the 10 M-record snapshot while a client keeps
 //! querying.
 //!
 //! `QUALCACHE_BENCH_SIZES=1000000` skips the 10 M reload.

@@ -28,7 +28,14 @@ for target in qualcache://127.0.0.1:4433 redis://127.0.0.1:6379 echo://127.0.0.1
   name=${target%%:*}
   echo "== $name"
   $LT run --target "$target" --certs "$CERTS" --probes "$PROBES" --terminals "$T" \
-    --profile constant --rate "$RATE" --seconds "$SECS" --quiet --json "$OUT/$name.json" || true
+    --profile constant --rate "$RATE" --seconds "$SECS" --quiet --json "$OUT/$name.json" || rc=$?
+  # Exit status 3 is a missed SLO, which is a result; anything else is a
+  # failed run, and there is nothing to compare.
+  if [ "${rc:-0}" -ne 0 ] && [ "${rc:-0}" -ne 3 ]; then
+    echo "compare.sh: the run against $target failed (exit status $rc)" >&2
+    exit 1
+  fi
+  unset rc
 done
 
 python3 - "$OUT" <<'PY'
@@ -39,7 +46,10 @@ print(f"{'target':<10} {'answers/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p999 ms':
 for n, x in r.items():
     l = x["latency"]
     print(f"{n:<10} {x['throughput_rps']:>10.0f} {l['p50_ms']:>8.3f} {l['p99_ms']:>8.3f} {l['p999_ms']:>8.3f} {sum(x['errors'].values()):>7} {x['mismatches']:>8}")
-q = r["qualcache"]["latency"]["p99_ms"]
-print(f"p99 qualcached / redis: {q / r['redis']['latency']['p99_ms']:.2f}")
-print(f"p99 qualcached / echo:  {q / r['echo']['latency']['p99_ms']:.2f}")
+def ratio(metric, peer):
+    ours, theirs = r["qualcache"]["latency"][metric], r[peer]["latency"][metric]
+    return f"{ours / theirs:.2f}" if theirs > 0 else "n/a (no answers)"
+for metric in ("p50_ms", "p99_ms"):
+    for peer in ("redis", "echo"):
+        print(f"{metric[:-3]} qualcached / {peer}: {ratio(metric, peer)}")
 PY

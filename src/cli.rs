@@ -206,12 +206,12 @@ pub enum SnapshotCommand {
     Build(BuildArgs),
     /// Print a snapshot's header as JSON.
     Inspect {
-        /// The snapshot file (or a directory: its newest snapshot).
+        /// The snapshot file (or a directory: the generation its CURRENT file pins, else its newest).
         file: PathBuf,
     },
     /// Fully validate a snapshot (checksum, bytecheck, every record and index); non-zero exit on corruption.
     Verify {
-        /// The snapshot file (or a directory: its newest snapshot).
+        /// The snapshot file (or a directory: the generation its CURRENT file pins, else its newest).
         file: PathBuf,
     },
     /// Make the generation before the served one current (writes DIR/CURRENT); then send SIGHUP.
@@ -243,7 +243,7 @@ pub struct BuildArgs {
 /// `lookup` arguments.
 #[derive(Debug, Args)]
 pub struct LookupArgs {
-    /// The snapshot file (or a directory: its newest snapshot).
+    /// The snapshot file (or a directory: the generation its CURRENT file pins, else its newest).
     #[arg(long)]
     pub snapshot: PathBuf,
     /// Day of the lookup, YYYYMMDD [default: today in Japan time].
@@ -307,7 +307,7 @@ impl From<LookupBy> for ProbeLookup {
 /// `check` arguments.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The snapshot file (or a directory: its newest snapshot).
+    /// The snapshot file (or a directory: the generation its CURRENT file pins, else its newest).
     #[arg(long)]
     pub snapshot: PathBuf,
     /// The probes file.
@@ -510,7 +510,8 @@ fn db(command: DbCommand) -> Result<()> {
     }
 }
 
-/// Opens a snapshot file, or the newest one in a directory.
+/// Opens a snapshot file, or a directory's current generation: the one
+/// its `CURRENT` file pins, else the newest.
 pub fn open(path: &Path) -> Result<Snapshot> {
     let file = if path.is_dir() {
         let gen = crate::daemon::target_generation(path)?

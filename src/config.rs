@@ -154,11 +154,12 @@ impl Default for RawSnapshots {
 }
 
 /// `[source]`: where snapshots are built from when the directory has none
-/// (and, for `csv`, again whenever the file changes).
+/// (and again when it changes: a `csv` file's fingerprint, a `postgres`
+/// database's change counter).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSource {
-    /// `csv` or `synthetic`.
+    /// `csv`, `postgres` or `synthetic`.
     pub kind: String,
     /// `csv`: the export.
     pub path: Option<PathBuf>,

@@ -1,12 +1,16 @@
 //! `qualcached`: the daemon around [`server::serve`]. It finds or builds
-//! the snapshot to serve, reloads on SIGHUP and on a timer (open, verify,
-//! swap; on any failure the old snapshot keeps serving), keeps the last
-//! few generations for rollback, and shuts down gracefully on SIGTERM or
-//! SIGINT.
+//! the snapshot to serve, reloads on SIGHUP and on a timer (the new
+//! generation must pass [`Snapshot::open`]'s checks and carry this
+//! daemon's card key before it is swapped in; on any failure the old
+//! snapshot keeps serving), keeps the last few generations for rollback,
+//! and shuts down gracefully on SIGTERM or SIGINT.
 //!
 //! The snapshot directory may hold a `CURRENT` file naming the generation
 //! to serve (written by `qualcache snapshot rollback`); without it the
-//! newest generation is served. A new build removes `CURRENT`.
+//! newest generation is served. Whether the source changed is decided
+//! against the newest generation (the last one built), not the pinned
+//! one, so a rollback stays until the source changes again; then the new
+//! build removes `CURRENT`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,11 +22,16 @@ use std::time::Duration;
 
 use crate::build::{build_from_csv, build_from_postgres, BuildOptions};
 use crate::config::{Config, Source};
+use crate::model::CardKey;
 use crate::server::{self, Shared};
-use crate::snapshot::{list_generations, write::snapshot_path, Snapshot};
+use crate::snapshot::{list_generations, write::snapshot_path, Header, Snapshot};
 
 /// Name of the pin file in a snapshot directory.
 pub const CURRENT: &str = "CURRENT";
+
+/// In `DIR/.synthetic`: the id of the card key the synthetic data's card
+/// digests were made with.
+const SYNTHETIC_KEY_STAMP: &str = "card_key_id";
 
 /// The generation to serve from `dir`: the pinned one, else the newest.
 pub fn target_generation(dir: &Path) -> Result<Option<u64>> {
@@ -95,7 +104,9 @@ pub struct Store {
     dir: PathBuf,
     keep: usize,
     source: Source,
-    card_key_id: u64,
+    /// The daemon's card key: snapshots must be built with it, and
+    /// synthetic data digests its card serials with it.
+    card_key: CardKey,
 }
 
 /// What one reload did.
@@ -109,50 +120,67 @@ pub enum Reloaded {
 
 impl Store {
     /// The store of a configuration.
-    pub fn new(config: &Config, card_key_id: u64) -> Store {
+    pub fn new(config: &Config, card_key: CardKey) -> Store {
         Store {
             dir: config.snapshot_dir.clone(),
             keep: config.keep,
             source: config.source.clone(),
-            card_key_id,
+            card_key,
         }
     }
 
     /// A store over `dir` building from `source` (tests).
-    pub fn with(dir: PathBuf, keep: usize, source: Source, card_key_id: u64) -> Store {
+    pub fn with(dir: PathBuf, keep: usize, source: Source, card_key: CardKey) -> Store {
         Store {
             dir,
             keep,
             source,
-            card_key_id,
+            card_key,
         }
     }
 
+    /// Opens generation `g` for serving: [`Snapshot::open`]'s checks, then
+    /// the card key (a snapshot built with another key would answer every
+    /// card lookup "not registered"). Neither error names the key.
+    fn open_servable(&self, g: u64) -> Result<Snapshot> {
+        let snapshot = Snapshot::open(&snapshot_path(&self.dir, g))?;
+        if snapshot.header().card_key_id != self.card_key.id() {
+            anyhow::bail!("generation {g} was built with another card key");
+        }
+        Ok(snapshot)
+    }
+
     /// The snapshot to start with: the target generation, else the newest
-    /// older one that opens, else a fresh build from the source.
+    /// older one that opens and carries this store's card key, else a
+    /// fresh build from the source. First removes the temporary files of
+    /// builds that were killed before they finished.
     pub fn initial(&self) -> Result<Arc<Snapshot>> {
+        let removed = crate::snapshot::write::remove_stale_builds(&self.dir)?;
+        if removed > 0 {
+            tracing::info!(dir = %self.dir.display(), removed, "removed temporary files of abandoned builds");
+        }
         let mut gens = list_generations(&self.dir)?;
         if let Some(t) = target_generation(&self.dir)? {
             gens.retain(|&g| g <= t);
         }
         for g in gens.into_iter().rev() {
-            match Snapshot::open(&snapshot_path(&self.dir, g)) {
+            match self.open_servable(g) {
                 Ok(s) => return Ok(Arc::new(s)),
-                Err(e) => tracing::error!(generation = g, error = %e, "snapshot refused"),
+                Err(e) => {
+                    tracing::error!(generation = g, error = %format!("{e:#}"), "snapshot refused")
+                }
             }
         }
         tracing::info!(dir = %self.dir.display(), "no usable snapshot: building one from the source");
         let generation = self.build()?;
-        Ok(Arc::new(Snapshot::open(&snapshot_path(
-            &self.dir, generation,
-        ))?))
+        Ok(Arc::new(self.open_servable(generation)?))
     }
 
     /// Builds a new generation from the source; returns it.
     pub fn build(&self) -> Result<u64> {
         let opts = BuildOptions {
             skip_invalid: false,
-            card_key_id: self.card_key_id,
+            card_key_id: self.card_key.id(),
         };
         let csv = match &self.source {
             Source::Postgres { pg, .. } => {
@@ -163,20 +191,7 @@ impl Store {
                 return self.built(&summary);
             }
             Source::Csv(path) => path.clone(),
-            Source::Synthetic { records, seed } => {
-                let work = self.dir.join(".synthetic");
-                if !work.join("enrollees.csv").exists() {
-                    crate::gen::generate(&crate::gen::GenOptions {
-                        records: *records,
-                        seed: *seed,
-                        out: work.clone(),
-                        probes: 2_000,
-                        as_of: crate::model::Date::today_jst(),
-                        card_key: crate::model::CardKey::demo(),
-                    })?;
-                }
-                work.join("enrollees.csv")
-            }
+            Source::Synthetic { records, seed } => self.synthetic(*records, *seed)?,
         };
         let summary = build_from_csv(
             &csv,
@@ -186,6 +201,34 @@ impl Store {
         )
         .with_context(|| format!("building a snapshot from {}", csv.display()))?;
         self.built(&summary)
+    }
+
+    /// The synthetic data set in `DIR/.synthetic`, generated unless it is
+    /// there already, complete (`gen` renames `enrollees.csv` into place
+    /// last) and made with this store's card key (recorded by key id in
+    /// `.synthetic/card_key_id`, written after the data).
+    fn synthetic(&self, records: u64, seed: u64) -> Result<PathBuf> {
+        let work = self.dir.join(".synthetic");
+        let csv = work.join("enrollees.csv");
+        let stamp = work.join(SYNTHETIC_KEY_STAMP);
+        let key_id = format!("{:016x}\n", self.card_key.id());
+        let current =
+            csv.exists() && std::fs::read_to_string(&stamp).is_ok_and(|text| text == key_id);
+        if !current {
+            crate::gen::generate(&crate::gen::GenOptions {
+                records,
+                seed,
+                out: work.clone(),
+                probes: 2_000,
+                as_of: crate::model::Date::today_jst(),
+                card_key: self.card_key.clone(),
+            })?;
+            let tmp = work.join(format!(".{SYNTHETIC_KEY_STAMP}.tmp"));
+            std::fs::write(&tmp, key_id)
+                .and_then(|()| std::fs::rename(&tmp, &stamp))
+                .with_context(|| format!("writing {}", stamp.display()))?;
+        }
+        Ok(csv)
     }
 
     fn built(&self, summary: &crate::build::BuildSummary) -> Result<u64> {
@@ -204,10 +247,23 @@ impl Store {
         matches!(self.source, Source::Postgres { .. })
     }
 
-    /// Whether the source changed since `current` was built from it: the
-    /// CSV file's fingerprint, or the database's change counter.
-    fn source_changed(&self, current: &Snapshot) -> Result<bool> {
-        let built_at = current.header().source_version;
+    /// Whether the source changed since the newest generation was built
+    /// from it: the CSV file's fingerprint, or the database's change
+    /// counter, against the newest generation's header. Not against the
+    /// served one: after a rollback that is older, and comparing with it
+    /// would rebuild at once and undo the rollback. A directory without a
+    /// readable newest header counts as changed.
+    fn source_changed(&self) -> Result<bool> {
+        let Some(newest) = list_generations(&self.dir)?.last().copied() else {
+            return Ok(true);
+        };
+        let built_at = match Header::read(&snapshot_path(&self.dir, newest)) {
+            Ok(h) => h.source_version,
+            Err(e) => {
+                tracing::warn!(generation = newest, error = %e, "newest snapshot header unreadable: rebuilding");
+                return Ok(true);
+            }
+        };
         match &self.source {
             Source::Csv(path) => {
                 let now = file_fingerprint(path);
@@ -224,14 +280,16 @@ impl Store {
         }
     }
 
-    /// One reload: when `check_source`, rebuild if the source changed;
-    /// then serve the target generation if it is not the one served. A
-    /// failed build or a snapshot that fails to open is an error (counted
-    /// in `shared`'s metrics) and the current snapshot keeps serving.
+    /// One reload: when `check_source`, rebuild if the source changed
+    /// since the newest generation; then serve the target generation if
+    /// it is not the one served. A failed build, or a target that fails
+    /// [`Snapshot::open`]'s checks or was built with another card key, is
+    /// an error (counted in `shared`'s metrics) and the current snapshot
+    /// keeps serving.
     pub fn reload(&self, shared: &Shared, check_source: bool) -> Result<Reloaded> {
         let current = shared.current();
-        if let (Some(cur), true) = (&current, check_source) {
-            let built = self.source_changed(cur).and_then(|changed| {
+        if current.is_some() && check_source {
+            let built = self.source_changed().and_then(|changed| {
                 if changed {
                     tracing::info!("source changed: rebuilding");
                     self.build().map(Some)
@@ -257,15 +315,9 @@ impl Store {
             self.prune(target);
             return Ok(Reloaded::Unchanged);
         }
-        let path = snapshot_path(&self.dir, target);
-        let snapshot = Snapshot::open(&path)
+        let snapshot = self
+            .open_servable(target)
             .with_context(|| format!("refusing generation {target}; still serving the current one"))
-            .and_then(|snapshot| {
-                if snapshot.header().card_key_id != self.card_key_id {
-                    anyhow::bail!("generation {target} was built with another card key; still serving the current one");
-                }
-                Ok(snapshot)
-            })
             .inspect_err(|_| {
                 shared.metrics().reload_failures.fetch_add(1, Relaxed);
             })?;
@@ -307,6 +359,9 @@ pub enum Signal {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<()> {
+    // First of all: until the handlers are installed, SIGHUP (like SIGTERM)
+    // kills the process, and the first build can take minutes.
+    let mut handlers = Signals::install()?;
     let (card_key, demo_key) = config.card_key()?;
     if demo_key {
         tracing::warn!("using the public demo card key: set [card_key] file or $QUALCACHE_CARD_KEY in production");
@@ -322,7 +377,7 @@ pub async fn run(config: Config) -> Result<()> {
         &config.client_ca,
         config.transport,
     )?;
-    let store = Store::new(&config, card_key.id());
+    let store = Store::new(&config, card_key.clone());
     let shared = Arc::new(
         Shared::new(card_key, config.limits)
             .with_max_in_flight(config.max_in_flight)
@@ -330,7 +385,21 @@ pub async fn run(config: Config) -> Result<()> {
     );
     let first = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || store.initial()).await??
+        let mut initial = tokio::task::spawn_blocking(move || store.initial());
+        loop {
+            tokio::select! {
+                r = &mut initial => break r.context("the initial snapshot task failed")??,
+                s = handlers.next() => match s {
+                    Signal::Reload => tracing::info!("SIGHUP before the first snapshot is ready: ignored"),
+                    Signal::Shutdown => {
+                        // The build is abandoned (its temporary file is
+                        // never linked in; the next start removes it).
+                        tracing::info!("shutting down before the first snapshot was ready");
+                        return Ok(());
+                    }
+                },
+            }
+        }
     };
     let (generation, records) = (first.header().generation, first.header().records);
     shared.swap(first);
@@ -345,7 +414,7 @@ pub async fn run(config: Config) -> Result<()> {
     tracing::info!(%listen, endpoints = endpoints.len(), generation, records, "serving");
 
     let (signal_tx, signals) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(forward_signals(signal_tx));
+    tokio::spawn(forward_signals(handlers, signal_tx));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let reloader = tokio::spawn(reload_loop(
         store,
@@ -475,24 +544,44 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// The daemon's SIGHUP, SIGTERM and SIGINT handlers.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (from then on the signals are queued for
+    /// [`next`](Self::next) instead of killing the process); failing to is
+    /// an error.
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot install the {name} handler"))
+        };
+        Ok(Signals {
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+
+    /// The next signal.
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.hup.recv() => Signal::Reload,
+            _ = self.term.recv() => Signal::Shutdown,
+            _ = self.int.recv() => Signal::Shutdown,
+        }
+    }
+}
+
 /// Turns SIGHUP into [`Signal::Reload`] and SIGTERM / SIGINT into
 /// [`Signal::Shutdown`].
-async fn forward_signals(tx: tokio::sync::mpsc::Sender<Signal>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+async fn forward_signals(mut signals: Signals, tx: tokio::sync::mpsc::Sender<Signal>) {
     loop {
-        let s = tokio::select! {
-            _ = hup.recv() => Signal::Reload,
-            _ = term.recv() => Signal::Shutdown,
-            _ = int.recv() => Signal::Shutdown,
-        };
+        let s = signals.next().await;
         if tx.send(s).await.is_err() || s == Signal::Shutdown {
             return;
         }

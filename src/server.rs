@@ -69,6 +69,7 @@ pub struct Shared {
     /// Above this many requests in flight, new ones are answered
     /// OVERLOADED at once instead of queueing behind the others.
     max_in_flight: u64,
+    request_timeout: Duration,
     /// Open connections per terminal (institution code): one terminal
     /// cannot take the server's connections from the others.
     per_terminal: DashMap<InstitutionCode, u32>,
@@ -90,6 +91,7 @@ impl Shared {
             in_flight: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            request_timeout: REQUEST_READ_TIMEOUT,
             per_terminal: DashMap::new(),
             max_connections_per_terminal: DEFAULT_MAX_CONNECTIONS_PER_TERMINAL,
             metrics: Metrics::new(),
@@ -123,6 +125,13 @@ impl Shared {
     /// The same, shedding load above `max` requests in flight.
     pub fn with_max_in_flight(mut self, max: u64) -> Shared {
         self.max_in_flight = max;
+        self
+    }
+
+    /// The same, answering INVALID_REQUEST to a request stream not
+    /// finished within `timeout` ([`REQUEST_READ_TIMEOUT`] by default).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Shared {
+        self.request_timeout = timeout;
         self
     }
 
@@ -385,6 +394,11 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
     shared.release(institution);
 }
 
+/// How long a request stream may take to arrive whole (its sending side
+/// finished) before it is answered INVALID_REQUEST; default of
+/// [`Shared::with_request_timeout`].
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: Arc<Shared>) {
     let limit = shared.limits.max_request_bytes;
     let in_flight = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
@@ -397,15 +411,26 @@ async fn request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, share
             ..Default::default()
         }
     } else {
-        match recv.read_to_end(limit).await {
-            Ok(bytes) => shared.answer(&bytes),
-            Err(quinn::ReadToEndError::TooLong) => {
+        // A request arrives whole in a packet or a few, so the read is
+        // normally done on its first poll and the timer never registers.
+        match tokio::time::timeout(shared.request_timeout, recv.read_to_end(limit)).await {
+            Ok(Ok(bytes)) => shared.answer(&bytes),
+            Ok(Err(quinn::ReadToEndError::TooLong)) => {
                 let _ = recv.stop(0u32.into());
                 protocol::invalid(format!("request larger than {limit} bytes"))
             }
             // The client reset the stream or the connection is gone:
             // nobody to answer.
-            Err(_) => return,
+            Ok(Err(_)) => return,
+            // A stream never finished would hold its in-flight slot for
+            // the connection's life.
+            Err(_elapsed) => {
+                let _ = recv.stop(0u32.into());
+                protocol::invalid(format!(
+                    "request not finished within {} ms",
+                    shared.request_timeout.as_millis()
+                ))
+            }
         }
     };
     if send.write_all(&response.encode_to_vec()).await.is_ok() {

@@ -117,10 +117,21 @@ pub fn client_config_anonymous(ca: &Path) -> Result<quinn::ClientConfig> {
     client_from(tls)
 }
 
+/// How often a client pings an otherwise idle connection, so that a
+/// terminal between patients keeps its connection (the server closes one
+/// idle for `idle_timeout_secs`, 60 s by default, and quinn's own default
+/// is 30 s).
+pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
 fn client_from(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(CLIENT_KEEP_ALIVE));
+    transport.max_idle_timeout(Some(Transport::default().idle_timeout.try_into()?));
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
 }
 
 /// The institution code of a connection's client certificate (its subject

@@ -704,6 +704,78 @@ mod csv_store {
         );
     }
 
+    /// A new person's first row refused for a reason found late (its
+    /// insurer_name contradicts an earlier row's) must leave nothing behind
+    /// under --skip-invalid: not an empty person, not its card.
+    #[test]
+    fn a_refused_first_row_leaves_the_builder_unchanged() {
+        let mut records = sample();
+        let mut bad = rec(
+            3,
+            card("S3", CardStatus::Registered),
+            qual("300", Some(0), "19700101", "20000401"),
+        );
+        bad.qualification.insurer_name = "別の保険者".into();
+        let good = rec(
+            3,
+            card("S3", CardStatus::Registered),
+            qual("301", Some(0), "19700101", "20000401"),
+        );
+        // Person 1, then person 3's bad row and a good one, then 2 and 5.
+        records.insert(1, good);
+        records.insert(1, bad);
+        let dir = tempdir();
+        let path = dir.path().join("in.csv");
+        fs::write(&path, csv_of(&records)).unwrap();
+        let opts = BuildOptions {
+            skip_invalid: true,
+            card_key_id: CardKey::demo().id(),
+        };
+        let mut skipped = Vec::new();
+        let summary = build_from_csv(&path, &dir.path().join("snap"), &opts, |e| {
+            skipped.push(e.clone())
+        })
+        .unwrap();
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert_eq!(
+            (skipped[0].line, skipped[0].column),
+            (3, Some("insurer_name"))
+        );
+        assert_eq!((summary.records, summary.persons), (5, 4));
+        let snap = Snapshot::open(&summary.path).unwrap();
+        snap.verify().unwrap();
+        let a = by_card(&snap, "S3", AS_OF);
+        assert_eq!(a.status(), Status::Valid);
+        assert_eq!(id(&a), "01130012:1234:301:00");
+        assert_eq!(by_card(&snap, "S1", AS_OF).status(), Status::Valid);
+        assert_eq!(
+            by_key(
+                &snap,
+                "01130012",
+                Some("1234"),
+                "300",
+                Some("00"),
+                "19700101",
+                AS_OF
+            )
+            .status(),
+            Status::NotFound
+        );
+        assert_eq!(
+            by_key(
+                &snap,
+                "01130012",
+                Some("1234"),
+                "201",
+                Some("00"),
+                "19750101",
+                AS_OF
+            )
+            .status(),
+            Status::Valid
+        );
+    }
+
     #[test]
     fn duplicate_keys_and_split_persons_are_errors() {
         let mut records = sample();
@@ -761,6 +833,25 @@ mod csv_store {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown column \"gender\""), "{err}");
+        // An export without a header row: its first row is data, which the
+        // error must not repeat (a name, a date, an insurer number).
+        let lines: Vec<&str> = text.lines().collect();
+        let headerless = lines[1..].join("\n") + "\n";
+        let err = CsvReader::new(headerless.as_bytes(), "in.csv")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("column 1 is not a known column name"), "{err}");
+        assert!(!err.contains('"'), "{err}");
+        for value in ["山田　太郎", "19800101", "01130012"] {
+            let mut fields: Vec<&str> = lines[0].split(',').collect();
+            fields[3] = value;
+            let first_row = fields.join(",") + "\n" + &lines[1..].join("\n");
+            let err = CsvReader::new(first_row.as_bytes(), "in.csv")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("column 4 is not a known column name"), "{err}");
+            assert!(!err.contains(value), "{err}");
+        }
         let short = text.replacen(",sex", "", 1);
         let err = CsvReader::new(short.as_bytes(), "in.csv")
             .unwrap_err()
@@ -917,6 +1008,45 @@ mod generated {
             csv.contains(",withdrawn,") && csv.contains(",restricted,"),
             "card states"
         );
+        let left: Vec<String> = fs::read_dir(a.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
+
+    /// `gen` killed half-way leaves no `enrollees.csv` or `probes.jsonl`
+    /// (the daemon takes an existing `enrollees.csv` for a complete one).
+    #[test]
+    fn a_killed_gen_leaves_no_partial_output() {
+        let dir = tempdir();
+        let out = dir.path().join("out");
+        let mut child = std::process::Command::new(bin())
+            .args(["gen", "--records", "200000000", "--out"])
+            .arg(&out)
+            .env_remove("QUALCACHE_CARD_KEY")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until rows are being written (bounded: 60 s).
+        let writing = |name: &str| fs::metadata(out.join(name)).is_ok_and(|m| m.len() > 1 << 16);
+        let mut started = false;
+        for _ in 0..600 {
+            if writing("enrollees.csv") || writing(".enrollees.csv.tmp") {
+                started = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(started, "gen wrote nothing");
+        assert!(
+            !out.join("enrollees.csv").exists(),
+            "a partial enrollees.csv"
+        );
+        assert!(!out.join("probes.jsonl").exists(), "a partial probes.jsonl");
     }
 }
 

@@ -152,6 +152,27 @@ fn check(p: &Probe, a: &pb::Answer, what: &str) {
 /// Serves `shared` on `endpoints` until the returned sender fires (or is
 /// dropped), then drains for up to `grace`; returns the address, the
 /// sender and the server task.
+/// Starts the real `qualcached` with development certificates and
+/// snapshots under `d`, the demo card key, stderr piped: `snapshots` and
+/// `source` are the bodies of those config sections.
+fn spawn_qualcached(d: &std::path::Path, snapshots: &str, source: &str) -> std::process::Child {
+    let config = d.join("qualcached.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\n{snapshots}[source]\n{source}",
+            d.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_qualcached"))
+        .args(["--config", config.to_str().unwrap()])
+        .env_remove("QUALCACHE_CARD_KEY")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn spawn_server(
     endpoints: Vec<quinn::Endpoint>,
     shared: Arc<Shared>,
@@ -408,7 +429,7 @@ async fn reload_under_load_swaps_generations_and_refuses_corrupt_snapshots() {
             server.snap_dir.clone(),
             3,
             Source::Csv(server.csv.clone()),
-            CardKey::demo().id(),
+            CardKey::demo(),
         );
         let probes: Arc<Vec<Probe>> = Arc::new(server.probes.clone());
         let stop = Arc::new(AtomicBool::new(false));
@@ -579,21 +600,11 @@ async fn qualcached_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let config = d.join("qualcached.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\nreload_interval_secs = 3600\n[source]\nkind = \"synthetic\"\nrecords = 5000\n",
-                d.display()
-            ),
-        )
-        .unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qualcached"))
-            .args(["--config", config.to_str().unwrap()])
-            .env_remove("QUALCACHE_CARD_KEY")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_qualcached(
+            d,
+            "reload_interval_secs = 3600\n",
+            "kind = \"synthetic\"\nrecords = 5000\n",
+        );
         let pid = child.id().to_string();
         let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let addr: SocketAddr = loop {
@@ -608,14 +619,23 @@ async fn qualcached_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
         // terminals.
         let terminals = std::fs::read_dir(d.join("certs/terminals"))
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "pem"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "pem")
+            })
             .count();
         assert_eq!(terminals, qualcache::certs::DEV_TERMINALS);
         let config = util::first_terminal(&d.join("certs"));
         let client = Client::connect(addr, "localhost", config).await.unwrap();
         let status = || async {
             let r = client
-                .request(&pb::Request { as_of: 0, kind: Some(pb::request::Kind::Status(pb::StatusRequest {})) })
+                .request(&pb::Request {
+                    as_of: 0,
+                    kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+                })
                 .await
                 .unwrap();
             r.server.unwrap().generation
@@ -629,8 +649,16 @@ async fn qualcached_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
             .arg(d.join("snap"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
         let mut generation = 1;
         for _ in 0..100 {
             generation = status().await;
@@ -641,8 +669,14 @@ async fn qualcached_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
         }
         assert_eq!(generation, 2, "SIGHUP did not swap in generation 2");
         client.close().await;
-        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
         assert!(code.success(), "exit status {code:?}");
     })
     .await;
@@ -673,6 +707,50 @@ async fn requests_beyond_the_in_flight_limit_are_answered_overloaded() {
         check(&p, again.answer.as_ref().unwrap(), "after the shed");
         client.close().await;
         server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_never_finished_is_answered_invalid_and_frees_its_place() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = certs::generate(dir.path(), 1).unwrap();
+        let shared = Arc::new(
+            Shared::new(CardKey::demo(), Limits::default())
+                .with_max_in_flight(1)
+                .with_request_timeout(Duration::from_millis(300)),
+        );
+        let config = util::server_tls(&certs);
+        let endpoint = server::bind("127.0.0.1:0".parse().unwrap(), config, 1 << 20).unwrap();
+        let (addr, tx, task) = spawn_server(vec![endpoint], shared, Duration::from_secs(1));
+        let t = &certs.terminals[0];
+        let config = qualcache::tls::client_config(&certs.ca, &t.cert, &t.key).unwrap();
+        let client = Client::connect(addr, "localhost", config).await.unwrap();
+        // A request started and never finished takes the only place...
+        let (mut send, mut recv) = client.open_stream().await.unwrap();
+        send.write_all(&[0x0a]).await.unwrap();
+        // ...until the server gives up on it, with a reason.
+        let answer = recv.read_to_end(1 << 20).await.unwrap();
+        let resp: pb::Response = prost::Message::decode(&answer[..]).unwrap();
+        assert_eq!(resp.status, pb::Status::InvalidRequest as i32);
+        assert!(resp.reason.contains("not finished"), "{}", resp.reason);
+        // The place is free again: the next request is served (this server
+        // has no snapshot, so it says so), not shed as OVERLOADED.
+        let status = pb::Request {
+            as_of: 0,
+            kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+        };
+        let resp = client.request(&status).await.unwrap();
+        assert_eq!(
+            resp.status,
+            pb::Status::Unavailable as i32,
+            "{}",
+            resp.reason
+        );
+        client.close().await;
+        let _ = tx.send(());
+        task.await.unwrap();
     })
     .await;
 }
@@ -778,4 +856,229 @@ async fn several_endpoints_share_one_port_and_all_serve() {
         .map_or(true, |r| r.is_err()));
     })
     .await;
+}
+
+/// The daemon's store over a temporary directory, without the network.
+mod store {
+    use super::*;
+    use qualcache::config::Source;
+    use qualcache::daemon::{rollback, Reloaded, Store, CURRENT};
+    use qualcache::snapshot::list_generations;
+
+    /// A key other than the demo key.
+    fn other_key() -> CardKey {
+        "11".repeat(32).parse().unwrap()
+    }
+
+    fn shared() -> Shared {
+        Shared::new(CardKey::demo(), Limits::default())
+    }
+
+    /// Writes a generated CSV of `records` rows to `dir/enrollees.csv`.
+    fn export(dir: &Path, records: u64, key: &CardKey) -> qualcache::gen::GenSummary {
+        qualcache::gen::generate(&qualcache::gen::GenOptions {
+            records,
+            seed: 3,
+            out: dir.to_path_buf(),
+            probes: 200,
+            as_of: "20261101".parse().unwrap(),
+            card_key: key.clone(),
+        })
+        .unwrap()
+    }
+
+    fn serving(shared: &Shared) -> u64 {
+        shared.current().unwrap().header().generation
+    }
+
+    #[test]
+    fn a_rollback_stays_until_the_source_changes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, snap) = (dir.path().join("data"), dir.path().join("snap"));
+        let csv = export(&data, 1_000, &CardKey::demo()).csv;
+        let store = Store::with(snap.clone(), 5, Source::Csv(csv), CardKey::demo());
+        let shared = shared();
+        shared.swap(store.initial().unwrap());
+        assert_eq!(serving(&shared), 1);
+        // New data: generation 2.
+        export(&data, 1_100, &CardKey::demo());
+        assert_eq!(store.reload(&shared, true).unwrap(), Reloaded::Swapped(2));
+        // Roll back to 1: served at the next reload, and it stays.
+        assert_eq!(rollback(&snap).unwrap(), (2, 1));
+        assert_eq!(store.reload(&shared, true).unwrap(), Reloaded::Swapped(1));
+        for _ in 0..3 {
+            assert_eq!(store.reload(&shared, true).unwrap(), Reloaded::Unchanged);
+        }
+        assert_eq!(serving(&shared), 1);
+        assert!(snap.join(CURRENT).exists());
+        assert_eq!(list_generations(&snap).unwrap(), [1, 2]);
+        // The source changes again: a new build supersedes the pin.
+        export(&data, 1_200, &CardKey::demo());
+        assert_eq!(store.reload(&shared, true).unwrap(), Reloaded::Swapped(3));
+        assert!(!snap.join(CURRENT).exists());
+        assert_eq!(serving(&shared), 3);
+        assert_eq!(shared.current().unwrap().header().records, 1_200);
+    }
+
+    #[test]
+    fn initial_skips_a_snapshot_built_with_another_card_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, snap) = (dir.path().join("data"), dir.path().join("snap"));
+        let g = export(&data, 1_000, &other_key());
+        // Generation 1 from the same export but under the demo key.
+        let demo = qualcache::build::BuildOptions {
+            skip_invalid: false,
+            card_key_id: CardKey::demo().id(),
+        };
+        qualcache::build::build_from_csv(&g.csv, &snap, &demo, |_| {}).unwrap();
+        let store = Store::with(snap.clone(), 5, Source::Csv(g.csv.clone()), other_key());
+        let first = store.initial().unwrap();
+        assert_eq!(
+            first.header().generation,
+            2,
+            "the demo-key snapshot was served"
+        );
+        assert_eq!(first.header().card_key_id, other_key().id());
+        let probes = read_probes(&g.probes).unwrap();
+        for p in &probes {
+            qualcache::probe::check(&first, &other_key(), p).unwrap();
+        }
+        assert!(probes.iter().any(|p| p.case == "card_hit"));
+    }
+
+    #[test]
+    fn synthetic_data_digests_cards_with_the_configured_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("snap");
+        let source = Source::Synthetic {
+            records: 3_000,
+            seed: 5,
+        };
+        let store = Store::with(snap.clone(), 5, source, other_key());
+        let first = store.initial().unwrap();
+        assert_eq!(first.header().card_key_id, other_key().id());
+        let probes = read_probes(&snap.join(".synthetic/probes.jsonl")).unwrap();
+        let mut card_hits = 0;
+        for p in &probes {
+            qualcache::probe::check(&first, &other_key(), p)
+                .unwrap_or_else(|e| panic!("probe {}: {e}", p.case));
+            card_hits += usize::from(p.case == "card_hit");
+        }
+        assert!(card_hits > 0);
+    }
+
+    #[test]
+    fn a_synthetic_csv_cut_short_by_a_killed_start_is_generated_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("snap");
+        // What a start killed while writing left behind: part of a file.
+        let whole = export(&dir.path().join("whole"), 2_000, &CardKey::demo());
+        let bytes = std::fs::read(&whole.csv).unwrap();
+        std::fs::create_dir_all(snap.join(".synthetic")).unwrap();
+        std::fs::write(
+            snap.join(".synthetic/enrollees.csv"),
+            &bytes[..bytes.len() / 3],
+        )
+        .unwrap();
+        let source = Source::Synthetic {
+            records: 2_000,
+            seed: 5,
+        };
+        let store = Store::with(snap.clone(), 5, source, CardKey::demo());
+        let first = store.initial().unwrap();
+        assert_eq!(first.header().records, 2_000);
+        first.verify().unwrap();
+        let names: Vec<String> = std::fs::read_dir(snap.join(".synthetic"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(names.is_empty(), "temporary files left: {names:?}");
+    }
+
+    #[test]
+    fn initial_removes_the_temporary_files_of_abandoned_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, snap) = (dir.path().join("data"), dir.path().join("snap"));
+        let csv = export(&data, 500, &CardKey::demo()).csv;
+        std::fs::create_dir_all(&snap).unwrap();
+        // No process has pid 2^32-1; this process has no build running yet;
+        // the parent process is alive and might be building.
+        let dead = snap.join(format!(".build-{}-1.qcs.tmp", u32::MAX));
+        let own = snap.join(format!(".build-{}-2.qcs.tmp", std::process::id()));
+        let live = snap.join(format!(
+            ".build-{}-3.qcs.tmp",
+            std::os::unix::process::parent_id()
+        ));
+        let other = snap.join("notes.tmp");
+        for f in [&dead, &own, &live, &other] {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        let store = Store::with(snap.clone(), 5, Source::Csv(csv), CardKey::demo());
+        store.initial().unwrap();
+        assert!(
+            !dead.exists() && !own.exists(),
+            "abandoned build files left"
+        );
+        assert!(live.exists() && other.exists(), "removed too much");
+    }
+}
+
+/// SIGHUP while the first snapshot is still being built (here: its CSV is
+/// a FIFO nobody writes, so the build waits) must not kill the daemon, and
+/// SIGTERM then stops it cleanly.
+#[test]
+fn signals_during_the_first_build_are_handled() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fifo = d.join("export.csv");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut child = spawn_qualcached(
+        d,
+        "",
+        &format!("kind = \"csv\"\npath = \"{}\"\n", fifo.display()),
+    );
+    let pid = child.id().to_string();
+    let kill = |sig: &str| {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status();
+    };
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut wait_for = |what: &str| {
+        for line in lines.by_ref() {
+            if line.unwrap().contains(what) {
+                return true;
+            }
+        }
+        false
+    };
+    // A watchdog: a daemon stuck for LIMIT is killed (only while it has
+    // not been waited for, so its pid cannot have been reused).
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = {
+        let pid = pid.clone();
+        std::thread::spawn(move || {
+            if watch.recv_timeout(LIMIT) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid])
+                    .status();
+            }
+        })
+    };
+    assert!(wait_for("no usable snapshot"), "qualcached exited early");
+    kill("-HUP");
+    let survived = wait_for("SIGHUP before the first snapshot is ready");
+    kill("-TERM");
+    let stopped = wait_for("shutting down before the first snapshot was ready");
+    let status = child.wait().unwrap();
+    drop(done);
+    watchdog.join().unwrap();
+    assert!(survived && stopped, "exit status {status:?}");
+    assert!(status.success(), "exit status {status:?}");
 }

@@ -41,8 +41,8 @@ enum Command {
         card_key_file: Option<PathBuf>,
     },
     /// Run terminals against a target and report latency, throughput and errors.
-    Run(RunArgs),
-    /// Serve the plain-quinn echo ceiling (same TLS, fixed reply size).
+    Run(Box<RunArgs>),
+    /// Serve the plain-quinn echo ceiling (same TLS, the daemon's answer size per lookup).
     EchoServer {
         /// UDP address.
         #[arg(long, default_value = "127.0.0.1:4434")]
@@ -50,7 +50,7 @@ enum Command {
         /// Output of `qualcache certs` (server.pem/.key, ca.pem).
         #[arg(long)]
         certs: PathBuf,
-        /// Reply size in bytes (the daemon's answer to a card hit is about 136).
+        /// Reply size in bytes per lookup (the daemon's answer to a card hit is about 136); a batch of N gets N times this.
         #[arg(long, default_value_t = 136)]
         reply_bytes: usize,
         /// UDP sockets sharing the port with SO_REUSEPORT, as the daemon's server.endpoints [default: one per core].
@@ -84,7 +84,7 @@ struct RunArgs {
     /// Simulated reception terminals (one connection and certificate each).
     #[arg(long, default_value_t = 1000, value_parser = parse_count)]
     terminals: usize,
-    /// Client UDP endpoints the connections are spread over.
+    /// Client UDP endpoints the connections are spread over (at least one per thread: fewer are raised to --threads).
     #[arg(long, default_value_t = 8, value_parser = parse_count)]
     endpoints: usize,
     /// Generator threads, each with its own runtime and its share of the terminals and endpoints [default: one per core].
@@ -108,23 +108,23 @@ struct RunArgs {
     /// Peak profile: ramp-down seconds.
     #[arg(long, default_value_t = 10.0, value_parser = parse_duration)]
     ramp_down: f64,
-    /// Share of single lookups made by card (the rest by insurance numbers).
-    #[arg(long, default_value_t = 0.37)]
+    /// Share of single lookups made by card (the rest by insurance numbers), 0 to 1.
+    #[arg(long, default_value_t = 0.37, value_parser = parse_share)]
     card_share: f64,
-    /// Share of requests that are batches.
-    #[arg(long, default_value_t = 0.0)]
+    /// Share of requests that are batches, 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
     batch_share: f64,
-    /// Lookups per batch.
-    #[arg(long, default_value_t = 100)]
-    batch_size: usize,
-    /// Share of lookups that miss (unknown key, wrong birth date, unregistered card).
-    #[arg(long, default_value_t = 0.05)]
+    /// Lookups per batch, 1 to 1000 (the daemon's default max_batch). A batch's lookups share one as-of day, the first lookup's; where that day has no probe of the class drawn, another of that day is used.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    batch_size: u16,
+    /// Share of lookups that miss (unknown key, wrong birth date, unregistered card), 0 to 1.
+    #[arg(long, default_value_t = 0.05, value_parser = parse_share)]
     miss_share: f64,
-    /// Share of lookups of lost qualifications.
-    #[arg(long, default_value_t = 0.03)]
+    /// Share of lookups of lost qualifications, 0 to 1 (with --miss-share at most 1).
+    #[arg(long, default_value_t = 0.03, value_parser = parse_share)]
     lost_share: f64,
-    /// A request not answered within this many milliseconds is an error.
-    #[arg(long, default_value_t = 5000)]
+    /// A request not answered within this many milliseconds is an error (1 to 600000). Its latency is still recorded.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     timeout_ms: u64,
     /// SLO: p99 latency, milliseconds.
     #[arg(long, default_value_t = 5.0)]
@@ -132,8 +132,8 @@ struct RunArgs {
     /// SLO: errors plus mismatches over requests sent.
     #[arg(long, default_value_t = 0.0)]
     slo_error_rate: f64,
-    /// Step the rate up (x--step, constant steps of --seconds) until the SLO breaks; report the highest rate held.
-    #[arg(long)]
+    /// Step the rate up from --rate (times --step each step, constant-rate steps of --seconds) until the SLO breaks; report the highest rate held. Exits 0 when some step held, 3 when the first already broke.
+    #[arg(long, conflicts_with_all = ["profile", "ramp_up", "plateau", "ramp_down"])]
     find_max: bool,
     /// --find-max: rate factor from one step to the next.
     #[arg(long, default_value_t = 1.25, value_parser = parse_step)]
@@ -145,9 +145,12 @@ struct RunArgs {
     /// Seed of the terminals' random streams.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Also write the report as JSON here.
+    /// Also write the report as JSON here (--find-max: the highest step held, else the first step).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Name the server certificate must carry (QUIC targets).
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -158,7 +161,8 @@ struct RunArgs {
 
 fn card_key(file: Option<&std::path::Path>) -> Result<qualcache::model::CardKey> {
     if let Some(f) = file {
-        return std::fs::read_to_string(f)?
+        return std::fs::read_to_string(f)
+            .with_context(|| format!("reading card key file {}", f.display()))?
             .parse()
             .with_context(|| format!("card key file {}", f.display()));
     }
@@ -184,6 +188,13 @@ fn parse_positive(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
         _ => Err("expected a number above 0".into()),
+    }
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err("expected a share from 0 to 1, e.g. 0.05".into()),
     }
 }
 
@@ -218,8 +229,15 @@ fn parse_target(s: &str) -> Result<Target> {
     }
 }
 
+/// Whether a run met the SLO; a run that sent nothing proves nothing and
+/// does not.
 fn slo_met(r: &Report, a: &RunArgs) -> bool {
-    r.latency.p99_ms <= a.slo_p99_ms && r.error_rate() <= a.slo_error_rate
+    r.sent > 0 && r.latency.p99_ms <= a.slo_p99_ms && r.error_rate() <= a.slo_error_rate
+}
+
+fn write_json(path: &std::path::Path, r: &Report) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(r)?)
+        .with_context(|| format!("writing the report to {}", path.display()))
 }
 
 fn print(r: &Report, a: &RunArgs) {
@@ -268,7 +286,11 @@ fn print(r: &Report, a: &RunArgs) {
         "SLO p99 <= {} ms and error rate <= {}: {}",
         a.slo_p99_ms,
         a.slo_error_rate,
-        if slo_met(r, a) { "met" } else { "MISSED" }
+        match (r.sent, slo_met(r, a)) {
+            (0, _) => "MISSED (no request was sent: raise --rate or --seconds)",
+            (_, true) => "met",
+            (_, false) => "MISSED",
+        }
     );
 }
 
@@ -276,10 +298,17 @@ async fn main_run(a: RunArgs) -> Result<bool> {
     let target = parse_target(&a.target)?;
     let card_key = card_key(a.card_key_file.as_deref())?;
     let probes = qualcache::probe::read_probes(&a.probes)?;
+    if a.miss_share + a.lost_share > 1.0 {
+        bail!(
+            "--miss-share {} and --lost-share {} add up to more than 1",
+            a.miss_share,
+            a.lost_share
+        );
+    }
     let mix = Mix {
         card: a.card_share,
         batch: a.batch_share,
-        batch_size: a.batch_size.max(1),
+        batch_size: usize::from(a.batch_size),
         miss: a.miss_share,
         lost: a.lost_share,
     };
@@ -305,6 +334,7 @@ async fn main_run(a: RunArgs) -> Result<bool> {
         profile,
         timeout: Duration::from_millis(a.timeout_ms),
         seed: a.seed,
+        server_name: a.server_name.clone(),
         progress: !a.quiet,
         card_key: card_key.clone(),
     };
@@ -312,12 +342,13 @@ async fn main_run(a: RunArgs) -> Result<bool> {
         let report = run(&opts(profile), workload).await?;
         print(&report, &a);
         if let Some(path) = &a.json {
-            std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+            write_json(path, &report)?;
         }
         return Ok(slo_met(&report, &a));
     }
     let mut rate = a.rate;
     let mut held: Option<Report> = None;
+    let mut first_broken: Option<Report> = None;
     let mut tries = 0;
     loop {
         let report = run(
@@ -344,6 +375,9 @@ async fn main_run(a: RunArgs) -> Result<bool> {
             if tries < a.tries {
                 continue;
             }
+            if held.is_none() {
+                first_broken = Some(report);
+            }
             break;
         }
         held = Some(report);
@@ -355,12 +389,18 @@ async fn main_run(a: RunArgs) -> Result<bool> {
             println!("highest rate held: {:.0}/s", r.profile.rate());
             print(&r, &a);
             if let Some(path) = &a.json {
-                std::fs::write(path, serde_json::to_string_pretty(&r)?)?;
+                write_json(path, &r)?;
             }
             Ok(true)
         }
         None => {
             println!("the SLO broke at the first rate ({:.0}/s)", a.rate);
+            if let Some(r) = first_broken {
+                print(&r, &a);
+                if let Some(path) = &a.json {
+                    write_json(path, &r)?;
+                }
+            }
             Ok(false)
         }
     }
@@ -377,7 +417,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(a) => main_run(a).await,
+            Command::Run(a) => main_run(*a).await,
             Command::RedisLoad {
                 redis,
                 snapshot,

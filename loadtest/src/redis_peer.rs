@@ -49,8 +49,40 @@ pub fn missing_status(lookup: &ProbeLookup) -> i32 {
     }
 }
 
-/// Stores the answer of every probe (as the snapshot gives it) under its
-/// key; returns how many keys were set.
+/// Deletes every `qc:` key (an earlier load's answers, which may no longer
+/// be true); returns how many there were.
+async fn clear(con: &mut redis::aio::MultiplexedConnection) -> Result<usize> {
+    let mut cursor = 0u64;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("qc:*")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(con)
+            .await
+            .context("listing earlier answers in Redis")?;
+        if !keys.is_empty() {
+            deleted += keys.len();
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<()>(con)
+                .await
+                .context("deleting earlier answers from Redis")?;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
+}
+
+/// Replaces the Redis peer's answers: deletes every earlier `qc:` key, then
+/// stores the answer of every probe (as the snapshot gives it) under its
+/// key; returns how many keys were set. A probe whose key does not parse
+/// is an error naming it (its position in the file).
 pub async fn load(
     url: &str,
     snapshot: &Path,
@@ -64,13 +96,18 @@ pub async fn load(
         .get_multiplexed_async_connection()
         .await
         .with_context(|| format!("connecting to {url}"))?;
+    clear(&mut con).await?;
     let mut set = 0;
-    for chunk in probes.chunks(1000) {
+    for (c, chunk) in probes.chunks(1000).enumerate() {
         let mut pipe = redis::pipe();
-        for p in chunk {
+        for (i, p) in chunk.iter().enumerate() {
             let as_of = protocol::day(p.as_of);
             let Some(k) = key(&p.lookup, as_of, card_key) else {
-                continue;
+                anyhow::bail!(
+                    "probe {} ({}): its insurance numbers do not parse, so it has no Redis key",
+                    c * 1000 + i + 1,
+                    p.case
+                );
             };
             let answer = p.lookup.run(&snap, card_key, p.as_of)?;
             let msg = protocol::answer(&answer, &snap);

@@ -25,7 +25,7 @@ use crate::workload::{Kind, Planned, Rng, Workload};
 pub enum Profile {
     /// The same rate throughout.
     Constant {
-        /// Lookups per second, all terminals together.
+        /// Requests per second, all terminals together (a batch is one request).
         rate: f64,
         /// Seconds.
         seconds: f64,
@@ -135,8 +135,11 @@ pub struct RunOptions {
     pub profile: Profile,
     /// A request slower than this counts as an error (timeout).
     pub timeout: Duration,
-    /// Seed of the per-terminal random streams.
+    /// Seed of the shards' random streams (a run is reproducible for the
+    /// same seed and thread count).
     pub seed: u64,
+    /// Name the server certificate must carry (QUIC targets).
+    pub server_name: String,
     /// Show a progress bar.
     pub progress: bool,
     /// Card key (the Redis peer keys cards by digest).
@@ -352,11 +355,16 @@ fn terminal_certs(certs: &std::path::Path, n: usize) -> Result<Vec<(PathBuf, Pat
         .collect())
 }
 
-/// Binds a client UDP endpoint with large buffers.
-fn client_endpoint() -> Result<quinn::Endpoint> {
+/// Binds a client UDP endpoint with large buffers, on any local address
+/// of the server's family.
+fn client_endpoint(server: SocketAddr) -> Result<quinn::Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let addr: SocketAddr = "127.0.0.1:0".parse()?;
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let addr: SocketAddr = if server.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_recv_buffer_size(8 << 20)?;
     socket.set_send_buffer_size(8 << 20)?;
     socket.bind(&addr.into())?;
@@ -391,6 +399,7 @@ struct ShardPlan {
     share: f64,
     timeout: Duration,
     seed: u64,
+    server_name: String,
     card_key: Arc<qualcache::model::CardKey>,
     workload: Arc<Workload>,
 }
@@ -430,20 +439,34 @@ impl ShardFigures {
                 self.mismatches += 1;
                 window.mismatches += 1;
             }
+            // A failed request still took its time: leaving it out of
+            // the histograms would hide the tail (timeouts most of all).
             Outcome::Error(e) => {
                 *self.errors.entry(e).or_default() += 1;
                 window.errors += 1;
-                return;
             }
         }
         let v = d.micros.max(1);
-        let _ = self.all.record(v);
-        let _ = self
-            .by_kind
+        self.all.saturating_record(v);
+        self.by_kind
             .entry(d.kind)
             .or_insert_with(new_histogram)
-            .record(v);
-        let _ = window.latency.record(v);
+            .saturating_record(v);
+        window.latency.saturating_record(v);
+    }
+
+    /// `n` requests still unanswered when the shard stops waiting, each at
+    /// least `waited` late: timeouts, in the latency of all requests at
+    /// that lower bound.
+    fn record_unanswered(&mut self, n: u64, waited: Duration, window: &mut Window) {
+        if n == 0 {
+            return;
+        }
+        *self.errors.entry("timeout").or_default() += n;
+        window.errors += n;
+        let v = (waited.as_micros() as u64).max(1);
+        let _ = self.all.record_n(v.min(self.all.high()), n);
+        let _ = window.latency.record_n(v.min(window.latency.high()), n);
     }
 }
 
@@ -525,6 +548,7 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
             share: terminals as f64 / opts.terminals.max(1) as f64,
             timeout: opts.timeout,
             seed: opts.seed,
+            server_name: opts.server_name.clone(),
             card_key: card_key.clone(),
             workload: workload.clone(),
         };
@@ -686,17 +710,17 @@ async fn connect(
     let mut clients = Vec::with_capacity(plan.terminals);
     match &plan.target {
         Target::Qualcache(addr) | Target::Echo(addr) => {
-            for _ in 0..plan.endpoints {
-                endpoints.push(client_endpoint()?);
-            }
             let addr = *addr;
+            for _ in 0..plan.endpoints {
+                endpoints.push(client_endpoint(addr).context("binding a client endpoint")?);
+            }
             let endpoints = &*endpoints;
             let mut handshakes = stream::iter(plan.creds.iter().enumerate())
                 .map(|(i, (cert, key))| async move {
                     let config = qualcache::tls::client_config(&plan.ca, cert, key)?;
                     let endpoint = endpoints[i % endpoints.len()].clone();
                     let t0 = Instant::now();
-                    let client = Client::connect_on(endpoint, addr, "localhost", config)
+                    let client = Client::connect_on(endpoint, addr, &plan.server_name, config)
                         .await
                         .context("connecting a terminal")?;
                     anyhow::Ok((Conn::Quic(client), t0.elapsed()))
@@ -793,13 +817,13 @@ async fn schedule(
                 if !sending {
                     // The end of the schedule plus the timeout: whatever is
                     // still in flight has timed out.
-                    *figures.errors.entry("timeout").or_default() += in_flight.len() as u64;
+                    figures.record_unanswered(in_flight.len() as u64, plan.timeout, &mut window);
                     break;
                 }
                 // Every request that has come due goes out now.
                 let now = tokio::time::Instant::now();
                 while at(t) <= now {
-                    let _ = figures.lag.record((now - at(t)).as_micros().max(1) as u64);
+                    figures.lag.saturating_record((now - at(t)).as_micros().max(1) as u64);
                     let conn = &clients[rng.below(clients.len())];
                     let planned = plan.workload.next(&mut rng);
                     in_flight.push(request(conn, planned, at(t), plan.timeout, check, &plan.card_key));
@@ -852,6 +876,12 @@ async fn request(
         },
         Conn::Redis(con) => match redis_get(&mut con.clone(), &planned, card_key).await {
             Err(_) => Outcome::Error("redis"),
+            Ok(statuses)
+                if planned.kind != Kind::Batch
+                    && statuses == [pb::Status::InvalidRequest as i32] =>
+            {
+                Outcome::Error("invalid_request")
+            }
             Ok(statuses) => {
                 let expected: Vec<i32> =
                     planned.expect.iter().map(|s| i32::from(s.code())).collect();
@@ -882,23 +912,28 @@ async fn redis_get(
     card_key: &qualcache::model::CardKey,
 ) -> redis::RedisResult<Vec<i32>> {
     use crate::redis_peer::{key, missing_status};
-    let keys: Vec<String> = planned
+    // A lookup whose key does not parse is asked of nobody: the daemon
+    // answers it INVALID_REQUEST, and so does this peer.
+    let keys: Vec<Option<String>> = planned
         .lookups
         .iter()
-        .map(|l| key(l, planned.as_of, card_key).unwrap_or_default())
+        .map(|l| key(l, planned.as_of, card_key))
         .collect();
-    let values: Vec<Option<Vec<u8>>> = if keys.len() == 1 {
-        vec![redis::cmd("GET").arg(&keys[0]).query_async(con).await?]
-    } else {
-        redis::cmd("MGET").arg(&keys).query_async(con).await?
-    };
+    let asked: Vec<&String> = keys.iter().flatten().collect();
+    let mut values: std::vec::IntoIter<Option<Vec<u8>>> = match asked[..] {
+        [] => Vec::new(),
+        [one] => vec![redis::cmd("GET").arg(one).query_async(con).await?],
+        _ => redis::cmd("MGET").arg(&asked).query_async(con).await?,
+    }
+    .into_iter();
     Ok(planned
         .lookups
         .iter()
-        .zip(values)
-        .map(|(l, v)| match v {
-            None => missing_status(l),
-            Some(bytes) => {
+        .zip(&keys)
+        .map(|(l, k)| match k.as_ref().map(|_| values.next().flatten()) {
+            None => pb::Status::InvalidRequest as i32,
+            Some(None) => missing_status(l),
+            Some(Some(bytes)) => {
                 <pb::Answer as prost::Message>::decode(&bytes[..]).map_or(-1, |a| a.status)
             }
         })

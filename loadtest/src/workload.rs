@@ -1,8 +1,10 @@
 //! What the simulated terminals ask: requests drawn from `probes.jsonl`
 //! with a configurable mix, each with the answer it must get.
 
+use std::collections::HashMap;
+
 use anyhow::{bail, Result};
-use qualcache::model::Status;
+use qualcache::model::{Date, Status};
 use qualcache::probe::{Probe, ProbeLookup};
 use qualcache::protocol::{self, pb};
 
@@ -48,16 +50,27 @@ pub struct Planned {
     pub as_of: u32,
 }
 
-/// Probes sorted into pools by path and class.
+/// Indices into the probes, by path (card, insurance) and class (hit,
+/// miss, lost).
+type Pools = [[Vec<u32>; 3]; 2];
+
+/// Probes sorted into pools by path and class, overall and per as-of day
+/// (the lookups of a batch share one day).
 #[derive(Debug)]
 pub struct Workload {
-    pools: [[Vec<Probe>; 3]; 2],
+    probes: Vec<Probe>,
+    pools: Pools,
+    by_day: HashMap<Date, Pools>,
     mix: Mix,
 }
 
 const HIT: usize = 0;
 const MISS: usize = 1;
 const LOST: usize = 2;
+
+fn path_of(p: &Probe) -> usize {
+    usize::from(matches!(p.lookup, ProbeLookup::Insurance { .. }))
+}
 
 fn class(p: &Probe) -> usize {
     match p.expect {
@@ -68,52 +81,120 @@ fn class(p: &Probe) -> usize {
 }
 
 impl Workload {
-    /// Sorts `probes` into pools; every pool the mix draws from must have
-    /// probes.
+    /// Sorts `probes` into pools. Every pool the mix draws from must have
+    /// probes: a share of misses the file cannot supply is an error, not
+    /// quietly turned into hits.
     pub fn new(probes: Vec<Probe>, mix: Mix) -> Result<Workload> {
-        let mut pools: [[Vec<Probe>; 3]; 2] = Default::default();
-        for p in probes {
-            let path = usize::from(matches!(p.lookup, ProbeLookup::Insurance { .. }));
-            pools[path][class(&p)].push(p);
+        let shares = [
+            ("card", mix.card),
+            ("batch", mix.batch),
+            ("miss", mix.miss),
+            ("lost", mix.lost),
+        ];
+        for (name, share) in shares {
+            if !(0.0..=1.0).contains(&share) {
+                bail!("the {name} share is {share}; it must be from 0 to 1");
+            }
+        }
+        if mix.miss + mix.lost > 1.0 {
+            bail!("the miss and lost shares add up to more than 1");
+        }
+        if mix.batch_size == 0 {
+            bail!("a batch needs at least one lookup");
+        }
+        let Ok(count) = u32::try_from(probes.len()) else {
+            bail!("{} probes are more than this generator takes", probes.len());
+        };
+        let mut pools = Pools::default();
+        let mut by_day: HashMap<Date, Pools> = HashMap::new();
+        for (i, p) in (0..count).zip(&probes) {
+            let path = path_of(p);
+            pools[path][class(p)].push(i);
+            by_day.entry(p.as_of).or_default()[path][class(p)].push(i);
         }
         for (path, name) in [(0, "card"), (1, "insurance")] {
             let wanted = (path == 0 && mix.card > 0.0) || (path == 1 && mix.card < 1.0);
-            if wanted && pools[path][HIT].is_empty() {
-                bail!("the probes file has no {name} hits");
+            let classes = [
+                (HIT, "hits", 1.0),
+                (MISS, "misses", mix.miss),
+                (LOST, "lost qualifications", mix.lost),
+            ];
+            for (class, what, share) in classes {
+                if wanted && share > 0.0 && pools[path][class].is_empty() {
+                    bail!("the probes file has no {name} {what}, which the mix asks for");
+                }
             }
         }
-        Ok(Workload { pools, mix })
+        Ok(Workload {
+            probes,
+            pools,
+            by_day,
+            mix,
+        })
     }
 
-    fn draw(&self, rng: &mut Rng) -> &Probe {
+    /// A path and class as the mix draws them.
+    fn draw_class(&self, rng: &mut Rng) -> (usize, usize) {
         let path = usize::from(rng.unit() >= self.mix.card);
         let r = rng.unit();
-        let mut class = if r < self.mix.miss {
+        let class = if r < self.mix.miss {
             MISS
         } else if r < self.mix.miss + self.mix.lost {
             LOST
         } else {
             HIT
         };
-        if self.pools[path][class].is_empty() {
-            class = HIT;
-        }
+        (path, class)
+    }
+
+    fn draw(&self, rng: &mut Rng) -> &Probe {
+        let (path, class) = self.draw_class(rng);
+        // `new` checked that every pool the mix can draw is non-empty.
         let pool = &self.pools[path][class];
-        &pool[rng.below(pool.len())]
+        &self.probes[pool[rng.below(pool.len())] as usize]
+    }
+
+    /// A probe of `day` drawn by the mix. Where the day has no probe of
+    /// the drawn path and class, the same class by the other path, then a
+    /// hit, then anything of that day stands in (the day has at least the
+    /// batch's first probe).
+    fn draw_on(&self, day: &Pools, rng: &mut Rng) -> &Probe {
+        let (path, class) = self.draw_class(rng);
+        let candidates = [
+            (path, class),
+            (1 - path, class),
+            (path, HIT),
+            (1 - path, HIT),
+            (path, MISS),
+            (1 - path, MISS),
+            (path, LOST),
+            (1 - path, LOST),
+        ];
+        let Some(pool) = candidates
+            .iter()
+            .map(|&(p, c)| &day[p][c])
+            .find(|pool| !pool.is_empty())
+        else {
+            return self.draw(rng);
+        };
+        &self.probes[pool[rng.below(pool.len())] as usize]
     }
 
     /// The next request of a terminal.
     pub fn next(&self, rng: &mut Rng) -> Planned {
         if rng.unit() < self.mix.batch {
-            // A batch is made as of one day: take the first probe's.
+            // A batch is made as of one day: the first probe's.
             let first = self.draw(rng).clone();
-            let mut probes = vec![first];
-            while probes.len() < self.mix.batch_size {
-                let p = self.draw(rng);
-                if p.as_of == probes[0].as_of {
-                    probes.push(p.clone());
+            let mut probes = Vec::with_capacity(self.mix.batch_size);
+            match self.by_day.get(&first.as_of) {
+                Some(day) => {
+                    while probes.len() + 1 < self.mix.batch_size {
+                        probes.push(self.draw_on(day, rng).clone());
+                    }
                 }
+                None => probes.resize(self.mix.batch_size - 1, first.clone()),
             }
+            probes.insert(0, first);
             let as_of = protocol::day(probes[0].as_of);
             let req = pb::Request {
                 as_of,
@@ -182,5 +263,122 @@ impl Rng {
     /// Exponentially distributed with mean `1 / rate` (Poisson arrivals).
     pub fn exp(&mut self, rate: f64) -> f64 {
         -(1.0 - self.unit()).ln() / rate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(serial: &str, day: u32, expect: Status) -> Probe {
+        Probe {
+            case: "test".into(),
+            lookup: ProbeLookup::Card {
+                serial: serial.into(),
+            },
+            as_of: Date::from_ymd(2026, 11, day).unwrap(),
+            expect,
+            expect_key: None,
+            expect_newer_key: None,
+            expect_matches: None,
+        }
+    }
+
+    fn mix(batch: f64, miss: f64, lost: f64) -> Mix {
+        Mix {
+            card: 1.0,
+            batch,
+            batch_size: 50,
+            miss,
+            lost,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_of_one_day_even_when_that_day_has_one_probe() {
+        // Day 2 has a single hit; day 1 has many probes of every class.
+        let mut probes = vec![probe("LONE", 2, Status::Valid)];
+        for i in 0..30 {
+            probes.push(probe(&format!("H{i}"), 1, Status::Valid));
+            probes.push(probe(&format!("M{i}"), 1, Status::CardNotRegistered));
+            probes.push(probe(&format!("L{i}"), 1, Status::Lost));
+        }
+        let w = Workload::new(probes, mix(1.0, 0.2, 0.2)).unwrap();
+        let mut rng = Rng::new(7, 0);
+        let mut lone_batches = 0;
+        let mut classes = [0usize; 3];
+        for _ in 0..400 {
+            let p = w.next(&mut rng);
+            assert_eq!(p.kind, Kind::Batch);
+            assert_eq!(p.lookups.len(), 50);
+            assert_eq!(p.expect.len(), 50);
+            let serials: Vec<&str> = p
+                .lookups
+                .iter()
+                .map(|l| match l {
+                    ProbeLookup::Card { serial } => serial.as_str(),
+                    ProbeLookup::Insurance { .. } => unreachable!("card-only mix"),
+                })
+                .collect();
+            if serials[0] == "LONE" {
+                lone_batches += 1;
+                assert!(serials.iter().all(|s| *s == "LONE"), "{serials:?}");
+            } else {
+                assert!(
+                    !serials.contains(&"LONE"),
+                    "a day-1 batch took the day-2 probe"
+                );
+                for e in &p.expect {
+                    classes[match e {
+                        Status::CardNotRegistered => MISS,
+                        Status::Lost => LOST,
+                        _ => HIT,
+                    }] += 1;
+                }
+            }
+        }
+        assert!(lone_batches > 0, "the day-2 probe was never first");
+        // Within day 1 the mix holds: about 60 % hits, 20 % misses, 20 % lost.
+        let total: usize = classes.iter().sum();
+        for (class, want) in [(HIT, 0.6), (MISS, 0.2), (LOST, 0.2)] {
+            let got = classes[class] as f64 / total as f64;
+            assert!(
+                (got - want).abs() < 0.03,
+                "class {class}: {got:.3}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_share_the_probes_cannot_supply_is_an_error() {
+        let probes = vec![probe("A", 1, Status::Valid), probe("B", 1, Status::Lost)];
+        let err = Workload::new(probes.clone(), mix(0.0, 0.05, 0.0)).unwrap_err();
+        assert!(err.to_string().contains("no card misses"), "{err}");
+        assert!(Workload::new(probes.clone(), mix(0.0, 0.0, 0.5)).is_ok());
+        let err = Workload::new(probes.clone(), mix(0.0, 0.6, 0.6)).unwrap_err();
+        assert!(err.to_string().contains("more than 1"), "{err}");
+        let err = Workload::new(probes, mix(f64::NAN, 0.0, 0.0)).unwrap_err();
+        assert!(err.to_string().contains("batch share"), "{err}");
+    }
+
+    #[test]
+    fn single_lookups_follow_the_mix() {
+        let mut probes = Vec::new();
+        for i in 0..20 {
+            probes.push(probe(&format!("H{i}"), 1 + i % 5, Status::Valid));
+            probes.push(probe(
+                &format!("M{i}"),
+                1 + i % 7,
+                Status::CardNotRegistered,
+            ));
+        }
+        let w = Workload::new(probes, mix(0.0, 0.25, 0.0)).unwrap();
+        let mut rng = Rng::new(1, 3);
+        let misses = (0..4000)
+            .map(|_| w.next(&mut rng))
+            .inspect(|p| assert_eq!(p.kind, Kind::Card))
+            .filter(|p| p.expect == [Status::CardNotRegistered])
+            .count();
+        assert!((900..1100).contains(&misses), "{misses} misses of 4000");
     }
 }

@@ -92,6 +92,7 @@ async fn a_short_run_answers_everything_correctly() {
                 },
                 timeout: Duration::from_secs(5),
                 seed: 7,
+                server_name: "localhost".into(),
                 progress: false,
                 card_key: CardKey::demo(),
             },
@@ -173,6 +174,7 @@ async fn unanswered_requests_are_counted_as_timeouts() {
                 },
                 timeout: Duration::from_millis(300),
                 seed: 9,
+                server_name: "localhost".into(),
                 progress: false,
                 card_key: CardKey::demo(),
             },
@@ -246,6 +248,13 @@ async fn the_redis_peer_answers_like_the_daemon() {
             .query_async::<()>(&mut con)
             .await
             .unwrap();
+        // An answer left by an earlier load must not survive this one.
+        redis::cmd("SET")
+            .arg("qc:20000101:c:stale")
+            .arg("x")
+            .query_async::<()>(&mut con)
+            .await
+            .unwrap();
         let probes = qualcache::probe::read_probes(&g.probes).unwrap();
         let stored =
             qualcache_loadtest::redis_peer::load(url, &built.path, &probes, &CardKey::demo())
@@ -256,6 +265,12 @@ async fn the_redis_peer_answers_like_the_daemon() {
             "{stored} of {}",
             probes.len()
         );
+        let stale: Option<String> = redis::cmd("GET")
+            .arg("qc:20000101:c:stale")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(stale, None, "redis-load kept an earlier answer");
         let mix = Mix {
             card: 0.4,
             batch: 0.1,
@@ -276,6 +291,7 @@ async fn the_redis_peer_answers_like_the_daemon() {
                 },
                 timeout: Duration::from_secs(5),
                 seed: 5,
+                server_name: "localhost".into(),
                 progress: false,
                 card_key: CardKey::demo(),
             },
@@ -302,6 +318,12 @@ fn bad_options_are_refused_with_the_option_named() {
         (&["--seconds", "0"][..], "--seconds"),
         (&["--ramp-up", "nan"][..], "--ramp-up"),
         (&["--step", "1"][..], "--step"),
+        (&["--card-share", "nan"][..], "--card-share"),
+        (&["--miss-share", "1.5"][..], "--miss-share"),
+        (&["--lost-share=-0.1"][..], "--lost-share"),
+        (&["--batch-size", "0"][..], "--batch-size"),
+        (&["--batch-size", "1001"][..], "--batch-size"),
+        (&["--timeout-ms", "0"][..], "--timeout-ms"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
             .args(["run", "--certs", "certs", "--probes", "probes.jsonl"])
@@ -315,4 +337,35 @@ fn bad_options_are_refused_with_the_option_named() {
             "{args:?}: {stderr}"
         );
     }
+    // Options that clash are refused by name too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
+        .args(["run", "--find-max", "--profile", "peak"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--find-max") && stderr.contains("--profile"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn shares_that_add_up_to_more_than_one_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let probes = dir.path().join("probes.jsonl");
+    std::fs::write(
+        &probes,
+        "{\"case\":\"c\",\"kind\":\"card\",\"serial\":\"AB\",\"as_of\":\"20261101\",\"expect\":1}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
+        .args(["run", "--certs", "certs", "--probes"])
+        .arg(&probes)
+        .args(["--miss-share", "0.7", "--lost-share", "0.4"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("more than 1"), "{stderr}");
 }

@@ -120,17 +120,54 @@ struct Generator<W: Write> {
 }
 
 /// Generates the data set.
+///
+/// Both files are written under temporary names in the output directory
+/// (`.enrollees.csv.tmp`, `.probes.jsonl.tmp`), synced, and renamed into
+/// place when complete, `probes.jsonl` first: an `enrollees.csv` that
+/// exists is always whole, and so is the `probes.jsonl` beside it. A run
+/// killed half-way leaves only the temporary files (the next run
+/// overwrites them).
 pub fn generate(opts: &GenOptions) -> anyhow::Result<GenSummary> {
     use anyhow::Context;
-    let started = std::time::Instant::now();
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
     let csv_path = opts.out.join("enrollees.csv");
     let probes_path = opts.out.join("probes.jsonl");
+    let csv_tmp = opts.out.join(".enrollees.csv.tmp");
+    let probes_tmp = opts.out.join(".probes.jsonl.tmp");
+    let written = generate_into(opts, &csv_tmp, &probes_tmp).and_then(|summary| {
+        std::fs::rename(&probes_tmp, &probes_path)
+            .with_context(|| format!("renaming {}", probes_tmp.display()))?;
+        std::fs::rename(&csv_tmp, &csv_path)
+            .with_context(|| format!("renaming {}", csv_tmp.display()))?;
+        std::fs::File::open(&opts.out)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", opts.out.display()))?;
+        Ok(summary)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&csv_tmp);
+        let _ = std::fs::remove_file(&probes_tmp);
+    }
+    Ok(GenSummary {
+        csv: csv_path,
+        probes: probes_path,
+        ..written?
+    })
+}
+
+/// Writes the data set to `csv_path` and `probes_path` and syncs them.
+fn generate_into(
+    opts: &GenOptions,
+    csv_path: &std::path::Path,
+    probes_path: &std::path::Path,
+) -> anyhow::Result<GenSummary> {
+    use anyhow::Context;
+    let started = std::time::Instant::now();
     let csv =
-        CsvWriter::create(&csv_path).with_context(|| format!("creating {}", csv_path.display()))?;
+        CsvWriter::create(csv_path).with_context(|| format!("creating {}", csv_path.display()))?;
     let probes = BufWriter::new(
-        std::fs::File::create(&probes_path)
+        std::fs::File::create(probes_path)
             .with_context(|| format!("creating {}", probes_path.display()))?,
     );
     let insurers = insurer_pool();
@@ -165,11 +202,17 @@ pub fn generate(opts: &GenOptions) -> anyhow::Result<GenSummary> {
     while g.rows < opts.records {
         g.household()?;
     }
-    g.csv.finish()?.flush()?;
-    g.probes.flush()?;
+    let sync = |w: BufWriter<std::fs::File>, path: &std::path::Path| {
+        w.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    sync(g.csv.finish()?, csv_path)?;
+    sync(g.probes, probes_path)?;
     Ok(GenSummary {
-        csv: csv_path,
-        probes: probes_path,
+        csv: csv_path.to_path_buf(),
+        probes: probes_path.to_path_buf(),
         records: g.rows,
         persons: g.persons,
         probe_count: g.probe_count,

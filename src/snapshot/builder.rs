@@ -112,7 +112,10 @@ impl Builder {
     }
 
     /// Adds one row, read at `line`. A row that contradicts its person's
-    /// earlier rows is refused and leaves the builder unchanged.
+    /// earlier rows or an earlier row's insurer, or that would exceed a
+    /// capacity limit, is refused and leaves the builder unchanged: every
+    /// check runs before anything is added (so `--skip-invalid` can go on
+    /// with the next row).
     pub fn push(&mut self, line: u64, rec: EnrolleeRecord) -> Result<(), RowError> {
         let same_person =
             matches!(&self.current, Some((_, first)) if first.person_id == rec.person_id);
@@ -131,11 +134,16 @@ impl Builder {
         if key_len > INLINE_KEY && spill + key_len > u32::MAX as usize {
             return Err(capacity_row(line, "long key texts exceed 4 GiB"));
         }
+        let known_insurer = self.check_insurer(line, q)?;
+        // Nothing below fails.
         if !same_person {
             self.start_person(&rec);
         }
         let person = (self.body.persons.len() - 1) as u32;
-        let insurer = self.insurer(line, q)?;
+        let insurer = match known_insurer {
+            Some(i) => i,
+            None => self.add_insurer(q),
+        };
         let mut key = [0u8; INLINE_KEY];
         if key_len <= INLINE_KEY {
             key[..symbol.len()].copy_from_slice(symbol);
@@ -254,7 +262,9 @@ impl Builder {
         self.person_ids.push(rec.person_id);
     }
 
-    fn insurer(&mut self, line: u64, q: &Qualification) -> Result<u16, RowError> {
+    /// The index of `q`'s insurer if it is known (and its name agrees),
+    /// `None` if it is new and there is room for it; changes nothing.
+    fn check_insurer(&self, line: u64, q: &Qualification) -> Result<Option<u16>, RowError> {
         let raw = q.insurer_number.to_raw();
         if let Some(&i) = self.insurers.get(&raw) {
             let name = self.body.insurers[i as usize].name;
@@ -266,15 +276,23 @@ impl Builder {
                     unit: self.unit,
                 });
             }
-            return Ok(i);
+            return Ok(Some(i));
         }
-        let Ok(i) = u16::try_from(self.body.insurers.len()) else {
+        if u16::try_from(self.body.insurers.len()).is_err() {
             return Err(capacity_row(line, "more than 65,535 insurers"));
-        };
+        }
+        Ok(None)
+    }
+
+    /// Adds `q`'s insurer, which [`check_insurer`](Self::check_insurer)
+    /// found new and with room.
+    fn add_insurer(&mut self, q: &Qualification) -> u16 {
+        let raw = q.insurer_number.to_raw();
+        let i = self.body.insurers.len() as u16;
         let name = self.intern(&q.insurer_name);
         self.body.insurers.push(InsurerRec { number: raw, name });
         self.insurers.insert(raw, i);
-        Ok(i)
+        i
     }
 
     fn extra(&mut self, q: &Qualification) -> u32 {

@@ -119,6 +119,17 @@ impl Header {
         b
     }
 
+    /// Reads and decodes the header of the snapshot file at `path`, without
+    /// mapping or checking the archive (cheap, whatever the file's size).
+    pub fn read(path: &std::path::Path) -> Result<Header, SnapshotError> {
+        use std::io::Read;
+        let mut b = Vec::with_capacity(HEADER_LEN);
+        std::fs::File::open(path)
+            .and_then(|f| f.take(HEADER_LEN as u64).read_to_end(&mut b))
+            .map_err(|e| SnapshotError::io(path, e))?;
+        Header::decode(&b)
+    }
+
     /// Decodes and checks a header: magic, versions, layout flags and its
     /// own checksum. It does not look at the archive.
     pub fn decode(b: &[u8]) -> Result<Header, SnapshotError> {

@@ -97,6 +97,60 @@ pub fn write_snapshot(
     result
 }
 
+/// How long a temporary build file may go unmodified before it counts as
+/// abandoned whatever its process id says (a builder writes continuously;
+/// this covers builders in another PID namespace sharing the directory).
+pub const STALE_BUILD_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the temporary files (`.build-<pid>-<n>.qcs.tmp`) that builds
+/// killed before they finished left in `dir`; returns how many.
+///
+/// Call it before this process starts a build in `dir`. A file counts as
+/// abandoned when its process id is this process's (it has no build in
+/// progress yet), or names no running process (checked in `/proc`, when
+/// there is one), or when it was not modified for [`STALE_BUILD_AGE`].
+/// A file a running `qualcache snapshot build` is writing is left alone.
+pub fn remove_stale_builds(dir: &Path) -> Result<usize, SnapshotError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(SnapshotError::io(dir, e)),
+    };
+    let have_proc = Path::new("/proc/self").exists();
+    let own = std::process::id();
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| SnapshotError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".build-"))
+            .and_then(|n| n.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        let dead = pid.is_some_and(|pid| {
+            pid == own || (have_proc && !Path::new("/proc").join(pid.to_string()).exists())
+        });
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_BUILD_AGE);
+        if !(dead || old) {
+            continue;
+        }
+        match fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SnapshotError::io(&entry.path(), e)),
+        }
+    }
+    Ok(removed)
+}
+
 fn unique() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

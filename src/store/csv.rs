@@ -136,7 +136,10 @@ pub enum CsvError {
         /// The cause.
         source: io::Error,
     },
-    /// The header row is missing a column, repeats one or has an unknown one.
+    /// The header row is missing a column, repeats one or has an unknown
+    /// one. An unknown one is named by position, and its text is quoted
+    /// only when it is 1 to 32 of `a`-`z` and `_` (like a column name): in
+    /// an export without a header row it is a data value.
     #[error("{path}: header row: {reason}")]
     Header {
         /// The file.
@@ -144,6 +147,25 @@ pub enum CsvError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// The reason for an unknown header field at 0-based position `pos`.
+/// The text is quoted only when it could be a mistyped column name:
+/// 1 to 32 of `a`-`z` and `_` (no column name has digits). Anything else
+/// (digits, dates, numbers, digests, names, kana) may be the first data
+/// row of an export without a header row, so it is not repeated.
+fn unknown_column(pos: usize, text: &str) -> String {
+    let column = pos + 1;
+    let name_like =
+        (1..=32).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    if name_like {
+        format!("unknown column {text:?} (column {column})")
+    } else {
+        format!(
+            "column {column} is not a known column name (not shown: it may be data; \
+             is the header row missing?)"
+        )
+    }
 }
 
 /// Streams the rows of a CSV export.
@@ -190,7 +212,7 @@ impl<R: io::Read> CsvReader<R> {
         for (pos, h) in headers.iter().enumerate() {
             let h = h.trim_start_matches('\u{feff}').trim();
             let Some(col) = COLUMNS.iter().position(|c| *c == h) else {
-                return Err(header_err(format!("unknown column {h:?}")));
+                return Err(header_err(unknown_column(pos, h)));
             };
             if index[col] != usize::MAX {
                 return Err(header_err(format!("column {h:?} appears twice")));
