@@ -80,15 +80,20 @@ impl Client {
 
     /// Sends raw request bytes (tests use this to send garbage).
     pub async fn request_bytes(&self, bytes: &[u8]) -> Result<pb::Response, ClientError> {
+        let answer = self.request_raw(bytes).await?;
+        pb::Response::decode(&answer[..]).map_err(|_| ClientError::Decode)
+    }
+
+    /// Sends raw request bytes and returns the encoded `Response` as it
+    /// came (the load generator decodes only the statuses it checks).
+    pub async fn request_raw(&self, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
         let stream = |e: &dyn std::fmt::Display| ClientError::Stream(e.to_string());
         let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| stream(&e))?;
         send.write_all(bytes).await.map_err(|e| stream(&e))?;
         send.finish().map_err(|e| stream(&e))?;
-        let answer = recv
-            .read_to_end(MAX_RESPONSE_BYTES)
+        recv.read_to_end(MAX_RESPONSE_BYTES)
             .await
-            .map_err(|e| stream(&e))?;
-        pb::Response::decode(&answer[..]).map_err(|_| ClientError::Decode)
+            .map_err(|e| stream(&e))
     }
 
     /// Opens a raw request stream (for callers that write the request in

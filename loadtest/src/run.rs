@@ -826,7 +826,7 @@ async fn schedule(
                     figures.lag.saturating_record((now - at(t)).as_micros().max(1) as u64);
                     let conn = &clients[rng.below(clients.len())];
                     let planned = plan.workload.next(&mut rng);
-                    in_flight.push(request(conn, planned, at(t), plan.timeout, check, &plan.card_key));
+                    in_flight.push(request(conn, planned, at(t), plan.timeout, check, plan));
                     figures.sent += 1;
                     t += rng.exp((plan.profile.rate_at(t) * plan.share).max(1e-6));
                     if t >= total {
@@ -865,33 +865,29 @@ async fn request(
     scheduled: tokio::time::Instant,
     timeout: Duration,
     check: bool,
-    card_key: &qualcache::model::CardKey,
+    plan: &ShardPlan,
 ) -> Done {
     let outcome = match conn {
-        Conn::Quic(client) => match client.request_bytes(&planned.bytes).await {
-            Err(qualcache::client::ClientError::Decode) if !check => Outcome::Ok,
+        Conn::Quic(client) => match client.request_raw(&planned.bytes).await {
             Err(_) => Outcome::Error("stream"),
             Ok(_) if !check => Outcome::Ok,
-            Ok(resp) => judge(&planned, &resp),
+            Ok(bytes) => match <Statuses as prost::Message>::decode(&bytes[..]) {
+                Ok(resp) => judge(&planned, &plan.workload, &resp),
+                Err(_) => Outcome::Error("decode"),
+            },
         },
-        Conn::Redis(con) => match redis_get(&mut con.clone(), &planned, card_key).await {
-            Err(_) => Outcome::Error("redis"),
-            Ok(statuses)
-                if planned.kind != Kind::Batch
-                    && statuses == [pb::Status::InvalidRequest as i32] =>
-            {
-                Outcome::Error("invalid_request")
-            }
-            Ok(statuses) => {
-                let expected: Vec<i32> =
-                    planned.expect.iter().map(|s| i32::from(s.code())).collect();
-                if statuses == expected {
-                    Outcome::Ok
-                } else {
-                    Outcome::Mismatch
+        Conn::Redis(con) => {
+            match redis_get(&mut con.clone(), &planned, &plan.workload, &plan.card_key).await {
+                Err(_) => Outcome::Error("redis"),
+                Ok(statuses)
+                    if planned.kind != Kind::Batch
+                        && statuses == [pb::Status::InvalidRequest as i32] =>
+                {
+                    Outcome::Error("invalid_request")
                 }
+                Ok(statuses) => verdict(&planned, &plan.workload, statuses.into_iter()),
             }
-        },
+        }
     };
     let elapsed = scheduled.elapsed();
     Done {
@@ -909,16 +905,14 @@ async fn request(
 async fn redis_get(
     con: &mut redis::aio::MultiplexedConnection,
     planned: &Planned,
+    workload: &Workload,
     card_key: &qualcache::model::CardKey,
 ) -> redis::RedisResult<Vec<i32>> {
     use crate::redis_peer::{key, missing_status};
+    let lookups = || planned.items().iter().map(|&i| &workload.probe(i).lookup);
     // A lookup whose key does not parse is asked of nobody: the daemon
     // answers it INVALID_REQUEST, and so does this peer.
-    let keys: Vec<Option<String>> = planned
-        .lookups
-        .iter()
-        .map(|l| key(l, planned.as_of, card_key))
-        .collect();
+    let keys: Vec<Option<String>> = lookups().map(|l| key(l, planned.as_of, card_key)).collect();
     let asked: Vec<&String> = keys.iter().flatten().collect();
     let mut values: std::vec::IntoIter<Option<Vec<u8>>> = match asked[..] {
         [] => Vec::new(),
@@ -926,9 +920,7 @@ async fn redis_get(
         _ => redis::cmd("MGET").arg(&asked).query_async(con).await?,
     }
     .into_iter();
-    Ok(planned
-        .lookups
-        .iter()
+    Ok(lookups()
         .zip(&keys)
         .map(|(l, k)| match k.as_ref().map(|_| values.next().flatten()) {
             None => pb::Status::InvalidRequest as i32,
@@ -940,8 +932,28 @@ async fn redis_get(
         .collect())
 }
 
+/// The part of a `Response` the generator checks: the statuses (prost
+/// skips the other fields, so checking an answer allocates nothing for
+/// the qualification it carries).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Statuses {
+    #[prost(int32, tag = "1")]
+    status: i32,
+    #[prost(message, optional, tag = "4")]
+    answer: Option<AnswerStatus>,
+    #[prost(message, repeated, tag = "5")]
+    answers: Vec<AnswerStatus>,
+}
+
+/// The status of one `Answer`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct AnswerStatus {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
 /// Compares an answer with the plan's expectations.
-fn judge(planned: &Planned, resp: &pb::Response) -> Outcome {
+fn judge(planned: &Planned, workload: &Workload, resp: &Statuses) -> Outcome {
     const OVERLOADED: i32 = pb::Status::Overloaded as i32;
     const UNAVAILABLE: i32 = pb::Status::Unavailable as i32;
     const INVALID: i32 = pb::Status::InvalidRequest as i32;
@@ -951,14 +963,167 @@ fn judge(planned: &Planned, resp: &pb::Response) -> Outcome {
         INVALID => return Outcome::Error("invalid_request"),
         _ => {}
     }
-    let statuses: Vec<i32> = match planned.kind {
-        Kind::Batch => resp.answers.iter().map(|a| a.status).collect(),
-        _ => resp.answer.iter().map(|a| a.status).collect(),
-    };
-    let expected: Vec<i32> = planned.expect.iter().map(|s| i32::from(s.code())).collect();
-    if statuses == expected {
-        Outcome::Ok
-    } else {
-        Outcome::Mismatch
+    match planned.kind {
+        Kind::Batch => verdict(planned, workload, resp.answers.iter().map(|a| a.status)),
+        _ => verdict(planned, workload, resp.answer.iter().map(|a| a.status)),
+    }
+}
+
+/// Whether `statuses` are exactly the statuses the plan's probes expect.
+fn verdict(planned: &Planned, workload: &Workload, statuses: impl Iterator<Item = i32>) -> Outcome {
+    let mut expected = planned
+        .items()
+        .iter()
+        .map(|&i| i32::from(workload.probe(i).expect.code()));
+    let mut statuses = statuses;
+    loop {
+        match (statuses.next(), expected.next()) {
+            (None, None) => return Outcome::Ok,
+            (Some(got), Some(want)) if got == want => {}
+            _ => return Outcome::Mismatch,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::Mix;
+    use qualcache::model::{Date, Status};
+    use qualcache::probe::{Probe, ProbeLookup};
+
+    fn workload(batch: f64) -> Workload {
+        let probes = [
+            ("A", Status::Valid),
+            ("B", Status::Lost),
+            ("C", Status::CardNotRegistered),
+        ]
+        .into_iter()
+        .map(|(serial, expect)| Probe {
+            case: "test".into(),
+            lookup: ProbeLookup::Card {
+                serial: serial.into(),
+            },
+            as_of: Date::from_ymd(2026, 11, 1).unwrap(),
+            expect,
+            expect_key: None,
+            expect_newer_key: None,
+            expect_matches: None,
+        })
+        .collect();
+        let mix = Mix {
+            card: 1.0,
+            batch,
+            batch_size: 5,
+            miss: 0.3,
+            lost: 0.3,
+        };
+        Workload::new(probes, mix).unwrap()
+    }
+
+    /// A full `Answer`, as the daemon sends it, with a qualification the
+    /// slim decoding must skip.
+    fn answer(status: i32) -> pb::Answer {
+        pb::Answer {
+            status,
+            qualification: Some(pb::Qualification {
+                insurer_number: "06130488".into(),
+                name: "山田　太郎".into(),
+                birth_date: 19800101,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn judged(planned: &Planned, w: &Workload, resp: &pb::Response) -> Outcome {
+        let bytes = prost::Message::encode_to_vec(resp);
+        let slim = <Statuses as prost::Message>::decode(&bytes[..]).unwrap();
+        judge(planned, w, &slim)
+    }
+
+    fn expected(planned: &Planned, w: &Workload) -> Vec<i32> {
+        planned
+            .items()
+            .iter()
+            .map(|&i| i32::from(w.probe(i).expect.code()))
+            .collect()
+    }
+
+    #[test]
+    fn a_wrong_single_answer_is_a_mismatch() {
+        let w = workload(0.0);
+        let mut rng = Rng::new(3, 0);
+        for _ in 0..20 {
+            let p = w.next(&mut rng);
+            let want = expected(&p, &w)[0];
+            let right = pb::Response {
+                status: want,
+                answer: Some(answer(want)),
+                ..Default::default()
+            };
+            assert!(matches!(judged(&p, &w, &right), Outcome::Ok));
+            let wrong_status = if want == 1 { 4 } else { 1 };
+            let wrong = pb::Response {
+                status: wrong_status,
+                answer: Some(answer(wrong_status)),
+                ..Default::default()
+            };
+            assert!(matches!(judged(&p, &w, &wrong), Outcome::Mismatch));
+            let missing = pb::Response {
+                status: want,
+                ..Default::default()
+            };
+            assert!(matches!(judged(&p, &w, &missing), Outcome::Mismatch));
+        }
+    }
+
+    #[test]
+    fn a_batch_must_answer_every_item_in_order() {
+        let w = workload(1.0);
+        let mut rng = Rng::new(4, 0);
+        let p = w.next(&mut rng);
+        assert_eq!(p.kind, Kind::Batch);
+        let want = expected(&p, &w);
+        let batch = |statuses: &[i32]| pb::Response {
+            status: pb::Status::Ok as i32,
+            answers: statuses.iter().map(|&s| answer(s)).collect(),
+            ..Default::default()
+        };
+        assert!(matches!(judged(&p, &w, &batch(&want)), Outcome::Ok));
+        let mut one_wrong = want.clone();
+        one_wrong[3] = if want[3] == 1 { 2 } else { 1 };
+        assert!(matches!(
+            judged(&p, &w, &batch(&one_wrong)),
+            Outcome::Mismatch
+        ));
+        assert!(matches!(
+            judged(&p, &w, &batch(&want[..4])),
+            Outcome::Mismatch
+        ));
+        let mut longer = want.clone();
+        longer.push(1);
+        assert!(matches!(judged(&p, &w, &batch(&longer)), Outcome::Mismatch));
+    }
+
+    #[test]
+    fn protocol_failures_are_errors_not_mismatches() {
+        let w = workload(0.0);
+        let p = w.next(&mut Rng::new(5, 0));
+        for (status, kind) in [
+            (pb::Status::Overloaded, "overloaded"),
+            (pb::Status::Unavailable, "unavailable"),
+            (pb::Status::InvalidRequest, "invalid_request"),
+        ] {
+            let resp = pb::Response {
+                status: status as i32,
+                reason: "why".into(),
+                ..Default::default()
+            };
+            assert!(
+                matches!(judged(&p, &w, &resp), Outcome::Error(k) if k == kind),
+                "{status:?}"
+            );
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! with a configurable mix, each with the answer it must get.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use qualcache::model::{Date, Status};
@@ -35,19 +36,34 @@ pub struct Mix {
     pub lost: f64,
 }
 
-/// One request ready to send, and what must come back.
+/// One request ready to send, and what must come back. Planning a single
+/// lookup allocates nothing: its request was encoded once, up front.
 #[derive(Debug, Clone)]
 pub struct Planned {
     /// Its kind.
     pub kind: Kind,
     /// The encoded `Request`.
-    pub bytes: Vec<u8>,
-    /// Expected status of each lookup (one for single requests).
-    pub expect: Vec<Status>,
-    /// The lookups themselves (the Redis peer sends them as keys).
-    pub lookups: Vec<ProbeLookup>,
+    pub bytes: Arc<[u8]>,
+    /// The probes asked, in order (one for single requests).
+    items: Items,
     /// The as-of day, `YYYYMMDD`.
     pub as_of: u32,
+}
+
+#[derive(Debug, Clone)]
+enum Items {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Planned {
+    /// Indices of the probes asked (see [`Workload::probe`]), in order.
+    pub fn items(&self) -> &[u32] {
+        match &self.items {
+            Items::One(i) => std::slice::from_ref(i),
+            Items::Many(v) => v,
+        }
+    }
 }
 
 /// Indices into the probes, by path (card, insurance) and class (hit,
@@ -59,6 +75,8 @@ type Pools = [[Vec<u32>; 3]; 2];
 #[derive(Debug)]
 pub struct Workload {
     probes: Vec<Probe>,
+    /// Each probe's single-lookup request, encoded.
+    encoded: Vec<Arc<[u8]>>,
     pools: Pools,
     by_day: HashMap<Date, Pools>,
     mix: Mix,
@@ -125,8 +143,19 @@ impl Workload {
                 }
             }
         }
+        let encoded = probes
+            .iter()
+            .map(|p| {
+                let req = pb::Request {
+                    as_of: protocol::day(p.as_of),
+                    kind: Some(protocol::request_kind(&p.lookup)),
+                };
+                Arc::from(prost::Message::encode_to_vec(&req))
+            })
+            .collect();
         Ok(Workload {
             probes,
+            encoded,
             pools,
             by_day,
             mix,
@@ -147,18 +176,23 @@ impl Workload {
         (path, class)
     }
 
-    fn draw(&self, rng: &mut Rng) -> &Probe {
+    /// Probe `i` of the file (an index from [`Planned::items`]).
+    pub fn probe(&self, i: u32) -> &Probe {
+        &self.probes[i as usize]
+    }
+
+    fn draw(&self, rng: &mut Rng) -> u32 {
         let (path, class) = self.draw_class(rng);
         // `new` checked that every pool the mix can draw is non-empty.
         let pool = &self.pools[path][class];
-        &self.probes[pool[rng.below(pool.len())] as usize]
+        pool[rng.below(pool.len())]
     }
 
     /// A probe of `day` drawn by the mix. Where the day has no probe of
     /// the drawn path and class, the same class by the other path, then a
     /// hit, then anything of that day stands in (the day has at least the
     /// batch's first probe).
-    fn draw_on(&self, day: &Pools, rng: &mut Rng) -> &Probe {
+    fn draw_on(&self, day: &Pools, rng: &mut Rng) -> u32 {
         let (path, class) = self.draw_class(rng);
         let candidates = [
             (path, class),
@@ -177,56 +211,49 @@ impl Workload {
         else {
             return self.draw(rng);
         };
-        &self.probes[pool[rng.below(pool.len())] as usize]
+        pool[rng.below(pool.len())]
     }
 
     /// The next request of a terminal.
     pub fn next(&self, rng: &mut Rng) -> Planned {
-        if rng.unit() < self.mix.batch {
-            // A batch is made as of one day: the first probe's.
-            let first = self.draw(rng).clone();
-            let mut probes = Vec::with_capacity(self.mix.batch_size);
-            match self.by_day.get(&first.as_of) {
-                Some(day) => {
-                    while probes.len() + 1 < self.mix.batch_size {
-                        probes.push(self.draw_on(day, rng).clone());
-                    }
-                }
-                None => probes.resize(self.mix.batch_size - 1, first.clone()),
-            }
-            probes.insert(0, first);
-            let as_of = protocol::day(probes[0].as_of);
-            let req = pb::Request {
-                as_of,
-                kind: Some(pb::request::Kind::Batch(pb::BatchLookup {
-                    items: probes
-                        .iter()
-                        .map(|p| protocol::batch_item(&p.lookup))
-                        .collect(),
-                })),
-            };
+        let first = self.draw(rng);
+        let day = self.probe(first).as_of;
+        let as_of = protocol::day(day);
+        if rng.unit() >= self.mix.batch {
             return Planned {
-                kind: Kind::Batch,
-                bytes: prost::Message::encode_to_vec(&req),
-                expect: probes.iter().map(|p| p.expect).collect(),
-                lookups: probes.into_iter().map(|p| p.lookup).collect(),
+                kind: match self.probe(first).lookup {
+                    ProbeLookup::Card { .. } => Kind::Card,
+                    ProbeLookup::Insurance { .. } => Kind::Insurance,
+                },
+                bytes: self.encoded[first as usize].clone(),
+                items: Items::One(first),
                 as_of,
             };
         }
-        let p = self.draw(rng);
-        let as_of = protocol::day(p.as_of);
+        // A batch is made as of one day: the first probe's.
+        let mut items = Vec::with_capacity(self.mix.batch_size);
+        items.push(first);
+        match self.by_day.get(&day) {
+            Some(pools) => {
+                while items.len() < self.mix.batch_size {
+                    items.push(self.draw_on(pools, rng));
+                }
+            }
+            None => items.resize(self.mix.batch_size, first),
+        }
         let req = pb::Request {
             as_of,
-            kind: Some(protocol::request_kind(&p.lookup)),
+            kind: Some(pb::request::Kind::Batch(pb::BatchLookup {
+                items: items
+                    .iter()
+                    .map(|&i| protocol::batch_item(&self.probe(i).lookup))
+                    .collect(),
+            })),
         };
         Planned {
-            kind: match p.lookup {
-                ProbeLookup::Card { .. } => Kind::Card,
-                ProbeLookup::Insurance { .. } => Kind::Insurance,
-            },
-            bytes: prost::Message::encode_to_vec(&req),
-            expect: vec![p.expect],
-            lookups: vec![p.lookup.clone()],
+            kind: Kind::Batch,
+            bytes: Arc::from(prost::Message::encode_to_vec(&req)),
+            items: Items::Many(items),
             as_of,
         }
     }
@@ -310,12 +337,11 @@ mod tests {
         for _ in 0..400 {
             let p = w.next(&mut rng);
             assert_eq!(p.kind, Kind::Batch);
-            assert_eq!(p.lookups.len(), 50);
-            assert_eq!(p.expect.len(), 50);
+            assert_eq!(p.items().len(), 50);
             let serials: Vec<&str> = p
-                .lookups
+                .items()
                 .iter()
-                .map(|l| match l {
+                .map(|&i| match &w.probe(i).lookup {
                     ProbeLookup::Card { serial } => serial.as_str(),
                     ProbeLookup::Insurance { .. } => unreachable!("card-only mix"),
                 })
@@ -328,8 +354,8 @@ mod tests {
                     !serials.contains(&"LONE"),
                     "a day-1 batch took the day-2 probe"
                 );
-                for e in &p.expect {
-                    classes[match e {
+                for &i in p.items() {
+                    classes[match w.probe(i).expect {
                         Status::CardNotRegistered => MISS,
                         Status::Lost => LOST,
                         _ => HIT,
@@ -377,7 +403,7 @@ mod tests {
         let misses = (0..4000)
             .map(|_| w.next(&mut rng))
             .inspect(|p| assert_eq!(p.kind, Kind::Card))
-            .filter(|p| p.expect == [Status::CardNotRegistered])
+            .filter(|p| w.probe(p.items()[0]).expect == Status::CardNotRegistered)
             .count();
         assert!((900..1100).contains(&misses), "{misses} misses of 4000");
     }
