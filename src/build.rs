@@ -64,6 +64,30 @@ pub enum BuildFailure {
     /// The database failed (rows already read are discarded).
     #[error(transparent)]
     Postgres(#[from] PgError),
+    /// The CSV file's fingerprint (size, modification time) differed after
+    /// reading from before: it was rewritten during the build, so the rows
+    /// read may be partial. Nothing is written; the next reload retries.
+    #[error("{path}: the CSV changed while it was read; export to a temporary name and rename")]
+    SourceChanged {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl BuildFailure {
+    /// Whether the failure is decided by the source's content (bad rows,
+    /// duplicates, a bad header, a capacity limit), so that building the
+    /// same source version again would fail again. I/O and database
+    /// failures, and a source that changed while read, are not.
+    pub fn is_caused_by_the_data(&self) -> bool {
+        match self {
+            BuildFailure::Build(_) | BuildFailure::Source(CsvError::Header { .. }) => true,
+            BuildFailure::Source(CsvError::Io { .. })
+            | BuildFailure::Write(_)
+            | BuildFailure::Postgres(_)
+            | BuildFailure::SourceChanged { .. } => false,
+        }
+    }
 }
 
 /// Threads parsing the CSV; the calling thread builds.
@@ -76,6 +100,12 @@ const PARSE_THREADS: usize = 2;
 /// The CSV is read and parsed on other threads (`store::chunks`) while
 /// this one folds rows into the [`Builder`]; memory holds at most a few
 /// chunks of parsed rows, never the file.
+///
+/// The header records the file's fingerprint taken *before* reading; if
+/// the fingerprint differs after reading (the export was rewritten in
+/// place meanwhile), the build fails with [`BuildFailure::SourceChanged`]
+/// and writes nothing. Exporters should write to a temporary name and
+/// rename it into place.
 pub fn build_from_csv(
     source: &Path,
     out_dir: &Path,
@@ -83,6 +113,7 @@ pub fn build_from_csv(
     mut on_skip: impl FnMut(&RowError),
 ) -> Result<BuildSummary, BuildFailure> {
     let started = Instant::now();
+    let fingerprint = crate::daemon::file_fingerprint(source);
     let mut builder = Builder::with_capacity_for(std::fs::metadata(source).map_or(0, |m| m.len()));
     let mut rows = Rows::default();
     // Parsing is most of the work: two parsing threads feed this one, which
@@ -96,9 +127,14 @@ pub fn build_from_csv(
             );
         }
     })?;
+    if crate::daemon::file_fingerprint(source) != fingerprint {
+        return Err(BuildFailure::SourceChanged {
+            path: source.to_path_buf(),
+        });
+    }
     let meta = SnapshotMeta {
         source: format!("csv:{}", source.display()),
-        source_version: crate::daemon::file_fingerprint(source),
+        source_version: fingerprint,
         card_key_id: opts.card_key_id,
     };
     finish(builder, rows, opts, &meta, out_dir, started)

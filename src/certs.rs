@@ -145,13 +145,38 @@ fn now() -> i64 {
 /// so `qualcache-loadtest run` works against the demo daemon as it is.
 pub const DEV_TERMINALS: usize = 1000;
 
+/// The mode private keys are created with (less what the umask clears):
+/// owner read-write only.
+pub const KEY_MODE: u32 = 0o600;
+
+/// Writes `text` to `path` as a new file with mode [`KEY_MODE`]; a file
+/// already there is removed first, so an old, wider mode does not survive.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(KEY_MODE)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
 /// Writes a dev CA, a server certificate and `terminals` terminal
-/// certificates (valid for a year) into `out`.
+/// certificates (valid for a year) into `out`. Certificates are written
+/// as ordinary files; private keys with mode [`KEY_MODE`].
 pub fn generate(out: &Path, terminals: usize) -> Result<DevCerts> {
     fs::create_dir_all(out.join("terminals"))
         .with_context(|| format!("creating {}", out.display()))?;
     let write = |name: &Path, text: &str| {
         fs::write(name, text).with_context(|| format!("writing {}", name.display()))
+    };
+    let write_key = |name: &Path, text: &str| {
+        write_private(name, text).with_context(|| format!("writing {}", name.display()))
     };
     let ca = DevCa::new("qualcache dev CA")?;
     let ca_path = out.join("ca.pem");
@@ -159,7 +184,7 @@ pub fn generate(out: &Path, terminals: usize) -> Result<DevCerts> {
     let (cert, key) = ca.server()?;
     let (server_cert, server_key) = (out.join("server.pem"), out.join("server.key"));
     write(&server_cert, &cert)?;
-    write(&server_key, &key)?;
+    write_key(&server_key, &key)?;
     let start = now() - 3_600;
     let mut list = Vec::with_capacity(terminals);
     for i in 0..terminals {
@@ -171,7 +196,7 @@ pub fn generate(out: &Path, terminals: usize) -> Result<DevCerts> {
             key: out.join("terminals").join(format!("{code}.key")),
         };
         write(&t.cert, &cert)?;
-        write(&t.key, &key)?;
+        write_key(&t.key, &key)?;
         list.push(t);
     }
     Ok(DevCerts {
@@ -186,14 +211,76 @@ pub fn generate(out: &Path, terminals: usize) -> Result<DevCerts> {
 mod tests {
     use super::*;
 
+    /// The check digit of a 10-digit institution code, computed here
+    /// independently of `model::numbers`: from the right, the body's
+    /// digits weighted 2, 1, 2, ...; a two-digit product counts as the sum
+    /// of its digits; the check digit brings the total to a multiple of 10.
+    fn expected_check_digit(code: &str) -> u32 {
+        let body: Vec<u32> = code[..9].chars().map(|c| c.to_digit(10).unwrap()).collect();
+        let mut total = 0;
+        for (i, d) in body.iter().rev().enumerate() {
+            let p = d * if i % 2 == 0 { 2 } else { 1 };
+            total += p / 10 + p % 10;
+        }
+        (10 - total % 10) % 10
+    }
+
     #[test]
     fn institution_codes_are_valid_and_distinct() {
         let codes: std::collections::HashSet<String> = (0..20_000)
             .map(|i| institution_code(i).to_string())
             .collect();
         assert_eq!(codes.len(), 20_000);
-        for c in codes.iter().take(50) {
-            assert!(c.parse::<InstitutionCode>().is_ok(), "{c}");
+        for c in &codes {
+            assert_eq!(c.len(), 10, "{c}");
+            assert_eq!(
+                c[9..].parse::<u32>().unwrap(),
+                expected_check_digit(c),
+                "{c}"
+            );
         }
+        // Prefecture 01-47, fee table 1 (medical), 3 (dental) or 4 (pharmacy).
+        for i in [0, 299_999, 300_000, 600_000, 900_000, 47 * 900_000 - 1] {
+            let c = institution_code(i).to_string();
+            let pref: u32 = c[..2].parse().unwrap();
+            assert!((1..=47).contains(&pref), "{i}: {c}");
+            assert!(matches!(&c[2..3], "1" | "3" | "4"), "{i}: {c}");
+        }
+    }
+
+    /// Each terminal certificate's subject common name is the terminal's
+    /// own valid institution code (what the server reads as its identity),
+    /// distinct across terminals, and the file names carry the same code.
+    #[test]
+    fn terminal_certificates_carry_their_institution_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = generate(dir.path(), 12).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for t in &made.terminals {
+            let pem = fs::read(&t.cert).unwrap();
+            let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+            let cert = pem.parse_x509().unwrap();
+            let cn = cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(cn, t.institution);
+            assert_eq!(
+                cn[9..].parse::<u32>().unwrap(),
+                expected_check_digit(&cn),
+                "{cn}"
+            );
+            assert!(cn.parse::<InstitutionCode>().is_ok(), "{cn}");
+            assert_eq!(
+                t.cert.file_name().unwrap().to_str().unwrap(),
+                format!("{cn}.pem")
+            );
+            assert!(seen.insert(cn), "two terminals share a code");
+        }
+        assert_eq!(seen.len(), 12);
     }
 }

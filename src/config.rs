@@ -417,6 +417,35 @@ impl Config {
             Err(_) => Ok((CardKey::demo(), true)),
         }
     }
+
+    /// What `qualcached --check-config` checks beyond the file itself,
+    /// as the daemon would load them at start: the card key (its file, or
+    /// `$QUALCACHE_CARD_KEY`), and the TLS files (server certificate and
+    /// key, which must match, and the terminal CA). With `dev_certs` and no
+    /// server certificate yet they are not read: the daemon creates them
+    /// at start. Errors name the file, never a key. Returns notes for the
+    /// operator (the demo key, certificates still to be created).
+    pub fn check_files(&self) -> anyhow::Result<Vec<String>> {
+        let mut notes = Vec::new();
+        let (_, demo) = self.card_key()?;
+        if demo {
+            notes.push(
+                "no card key file or $QUALCACHE_CARD_KEY: the public demo key will be used (synthetic data only)"
+                    .to_string(),
+            );
+        }
+        if self.dev_certs && !self.cert.exists() {
+            let dir = self.cert.parent().unwrap_or(Path::new("."));
+            notes.push(format!(
+                "{} is missing: development certificates will be created in {} at start",
+                self.cert.display(),
+                dir.display()
+            ));
+        } else {
+            crate::tls::server_config(&self.cert, &self.key, &self.client_ca, self.transport)?;
+        }
+        Ok(notes)
+    }
 }
 
 #[cfg(test)]

@@ -11,16 +11,24 @@
 //! against the newest generation (the last one built), not the pinned
 //! one, so a rollback stays until the source changes again; then the new
 //! build removes `CURRENT`.
+//!
+//! A rebuild that fails because of the source's content (bad rows,
+//! duplicates, a bad header) is not tried again for the same source
+//! version (CSV fingerprint, database change counter): the daemon logs
+//! once that it waits for the source to change and keeps serving. A
+//! SIGHUP forgets the failure and tries once more. Failures that are not
+//! about the content (I/O, the database being down, a CSV rewritten while
+//! it was read) are retried with backoff as before.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use crate::build::{build_from_csv, build_from_postgres, BuildOptions};
+use crate::build::{build_from_csv, build_from_postgres, BuildFailure, BuildOptions};
 use crate::config::{Config, Source};
 use crate::model::CardKey;
 use crate::server::{self, Shared};
@@ -107,6 +115,17 @@ pub struct Store {
     /// The daemon's card key: snapshots must be built with it, and
     /// synthetic data digests its card serials with it.
     card_key: CardKey,
+    /// The source version whose last build failed because of its content
+    /// (shared by the clones the reload loop hands to its tasks).
+    failed: Arc<Mutex<Option<FailedBuild>>>,
+}
+
+/// A source version a build failed on, and whether the wait for a change
+/// was logged.
+#[derive(Debug, Clone, Copy)]
+struct FailedBuild {
+    version: u64,
+    announced: bool,
 }
 
 /// What one reload did.
@@ -126,6 +145,7 @@ impl Store {
             keep: config.keep,
             source: config.source.clone(),
             card_key,
+            failed: Arc::default(),
         }
     }
 
@@ -136,6 +156,7 @@ impl Store {
             keep,
             source,
             card_key,
+            failed: Arc::default(),
         }
     }
 
@@ -247,37 +268,91 @@ impl Store {
         matches!(self.source, Source::Postgres { .. })
     }
 
-    /// Whether the source changed since the newest generation was built
-    /// from it: the CSV file's fingerprint, or the database's change
-    /// counter, against the newest generation's header. Not against the
-    /// served one: after a rollback that is older, and comparing with it
-    /// would rebuild at once and undo the rollback. A directory without a
-    /// readable newest header counts as changed.
-    fn source_changed(&self) -> Result<bool> {
-        let Some(newest) = list_generations(&self.dir)?.last().copied() else {
-            return Ok(true);
-        };
-        let built_at = match Header::read(&snapshot_path(&self.dir, newest)) {
-            Ok(h) => h.source_version,
-            Err(e) => {
-                tracing::warn!(generation = newest, error = %e, "newest snapshot header unreadable: rebuilding");
-                return Ok(true);
-            }
-        };
+    /// The source's version now: the CSV file's fingerprint (`None` if
+    /// the file is missing), or the database's change counter; synthetic
+    /// data has none.
+    fn source_version(&self) -> Result<Option<u64>> {
         match &self.source {
-            Source::Csv(path) => {
-                let now = file_fingerprint(path);
-                Ok(now != 0 && now != built_at)
-            }
-            Source::Synthetic { .. } => Ok(false),
+            Source::Csv(path) => Ok(Some(file_fingerprint(path)).filter(|&v| v != 0)),
+            Source::Synthetic { .. } => Ok(None),
             Source::Postgres { pg, .. } => {
                 let runtime = crate::store::postgres::runtime()?;
                 let now = runtime
                     .block_on(pg.change_counter())
                     .with_context(|| format!("checking {} for changes", pg.describe()))?;
-                Ok(now != built_at)
+                Ok(Some(now))
             }
         }
+    }
+
+    /// Whether the source changed since the newest generation was built
+    /// from it, and its version now: the CSV file's fingerprint, or the
+    /// database's change counter, against the newest generation's header.
+    /// Not against the served one: after a rollback that is older, and
+    /// comparing with it would rebuild at once and undo the rollback. A
+    /// directory without a readable newest header counts as changed.
+    fn source_changed(&self) -> Result<(bool, Option<u64>)> {
+        let now = self.source_version()?;
+        let Some(newest) = list_generations(&self.dir)?.last().copied() else {
+            return Ok((true, now));
+        };
+        let built_at = match Header::read(&snapshot_path(&self.dir, newest)) {
+            Ok(h) => h.source_version,
+            Err(e) => {
+                tracing::warn!(generation = newest, error = %e, "newest snapshot header unreadable: rebuilding");
+                return Ok((true, now));
+            }
+        };
+        let changed = match &self.source {
+            Source::Csv(_) => now.is_some_and(|v| v != built_at),
+            Source::Synthetic { .. } => false,
+            Source::Postgres { .. } => now != Some(built_at),
+        };
+        Ok((changed, now))
+    }
+
+    /// Whether the last build of source version `version` failed because
+    /// of the source's content; logs the first time it is asked. A
+    /// failure of another version is forgotten (the source changed).
+    fn failed_before(&self, version: u64) -> bool {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        match failed.as_mut() {
+            Some(f) if f.version == version => {
+                if !f.announced {
+                    f.announced = true;
+                    tracing::info!(
+                        "the source is unchanged since its last build failed: waiting for it to change (SIGHUP retries)"
+                    );
+                }
+                true
+            }
+            _ => {
+                *failed = None;
+                false
+            }
+        }
+    }
+
+    /// Records the outcome of a build of source version `version`: a
+    /// failure caused by the content is remembered, anything else forgets.
+    fn record_build(&self, version: Option<u64>, result: &Result<u64>) {
+        let by_data = result.as_ref().err().is_some_and(|e| {
+            e.downcast_ref::<BuildFailure>()
+                .is_some_and(BuildFailure::is_caused_by_the_data)
+        });
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = match version {
+            Some(version) if by_data => Some(FailedBuild {
+                version,
+                announced: false,
+            }),
+            _ => None,
+        };
+    }
+
+    /// Forgets a failed build, so the next reload that checks the source
+    /// builds again even if it did not change (SIGHUP).
+    pub fn forget_failed_build(&self) {
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// One reload: when `check_source`, rebuild if the source changed
@@ -285,17 +360,19 @@ impl Store {
     /// it is not the one served. A failed build, or a target that fails
     /// [`Snapshot::open`]'s checks or was built with another card key, is
     /// an error (counted in `shared`'s metrics) and the current snapshot
-    /// keeps serving.
+    /// keeps serving. A source version whose build failed because of its
+    /// content is not built again (until [`forget_failed_build`](Self::forget_failed_build)).
     pub fn reload(&self, shared: &Shared, check_source: bool) -> Result<Reloaded> {
         let current = shared.current();
         if current.is_some() && check_source {
-            let built = self.source_changed().and_then(|changed| {
-                if changed {
-                    tracing::info!("source changed: rebuilding");
-                    self.build().map(Some)
-                } else {
-                    Ok(None)
+            let built = self.source_changed().and_then(|(changed, version)| {
+                if !changed || version.is_some_and(|v| self.failed_before(v)) {
+                    return Ok(None);
                 }
+                tracing::info!("source changed: rebuilding");
+                let result = self.build();
+                self.record_build(version, &result);
+                result.map(Some)
             });
             match built {
                 Ok(Some(_)) => {
@@ -450,7 +527,9 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 /// Reloads on SIGHUP, every `reload_interval` (a newer generation on disk,
 /// a changed CSV) and, for a database source, checks the change counter
 /// every `rebuild_interval`. After a failure it retries with exponential
-/// backoff. On SIGTERM / SIGINT it fires `stop`, abandoning a build in
+/// backoff; a retry of a build that failed on the source's content waits
+/// for the source to change ([`Store::reload`]), but a SIGHUP builds
+/// again. On SIGTERM / SIGINT it fires `stop`, abandoning a build in
 /// progress.
 async fn reload_loop(
     store: Store,
@@ -478,7 +557,12 @@ async fn reload_loop(
             _ = rebuild_tick.tick(), if rebuild_interval.is_some() => ("rebuild timer", true),
             _ = sleep_until_some(retry_at), if retry_at.is_some() => ("retry", true),
             s = signals.recv() => match s {
-                Some(Signal::Reload) => ("SIGHUP", true),
+                Some(Signal::Reload) => {
+                    // An operator's SIGHUP retries a build that failed
+                    // even if the source did not change.
+                    store.forget_failed_build();
+                    ("SIGHUP", true)
+                }
                 Some(Signal::Shutdown) | None => {
                     let _ = stop.send(());
                     return;

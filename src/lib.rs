@@ -3,19 +3,38 @@
 //!
 //! # Layout
 //!
-//! - [`model`]: value types that can only hold valid values (insurer
-//!   numbers, normalised insurance keys, card digests, dates), the code
+//! Every module, in the order of ARCHITECTURE.md's code map:
+//!
+//! - [`model`]: value types that can only hold valid values (insurer,
+//!   institution and payer numbers with their check digits, normalised
+//!   insurance keys, the card key and card digests, dates), the code
 //!   tables, and owned qualification records.
-//! - [`store`]: authoritative stores snapshots are built from; the CSV
-//!   export is the embedded default.
+//! - [`store`]: authoritative stores snapshots are built from: the CSV
+//!   export ([`store::csv`], the embedded default, read in parallel chunks
+//!   by [`store::chunks`]) and PostgreSQL ([`store::postgres`]: migrations,
+//!   `db load`, the consistent binary-COPY export).
 //! - [`snapshot`]: the snapshot file (header + rkyv archive), its builder,
-//!   atomic writer, memory-mapped reader, verifier, and the pure lookup
-//!   functions over the archive.
-//! - [`build`]: the `snapshot build` pipeline, store to snapshot file.
+//!   atomic writer, memory-mapped reader (the crate's only `unsafe`),
+//!   verifier, and the pure lookup functions over the archive.
+//! - [`build`]: the `snapshot build` pipelines, store to snapshot file.
 //! - [`gen`]: deterministic synthetic national-scale data and probes.
 //! - [`probe`]: the `probes.jsonl` format and the code that checks a probe's
 //!   answer.
 //! - [`answer`]: JSON rendering of lookup answers.
+//! - [`cli`]: the `qualcache` command line (the binary only parses and maps
+//!   errors to exit codes).
+//! - [`protocol`]: the wire messages (`proto/qualcache.proto`) and the pure
+//!   request handler.
+//! - [`server`]: the QUIC driver: endpoints bound with `SO_REUSEPORT`, one
+//!   request per stream, the shared snapshot and metrics, graceful drain.
+//! - [`tls`]: rustls configurations with client certificates required, and
+//!   the institution code of a peer certificate.
+//! - [`certs`]: development certificates (a CA, the server's, terminals').
+//! - [`config`]: `qualcached`'s TOML configuration, raw and validated.
+//! - [`daemon`]: `qualcached`: the snapshot store (initial snapshot,
+//!   builds, reloads, pruning, rollback pin), the reload loop and signals.
+//! - [`client`]: the QUIC client used by `qualcache query` and the load
+//!   generator.
 //!
 //! Start reading at [`snapshot::Snapshot`]; ARCHITECTURE.md has the map and
 //! the invariants.

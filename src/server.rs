@@ -209,6 +209,13 @@ pub fn bind(
 /// packets of a connection reach the same socket), so the endpoints'
 /// receive loops run on several cores. With port 0 the first socket picks
 /// the port and the others join it.
+///
+/// `SO_REUSEPORT` would also let a second daemon (same user) join the
+/// group and take a share of the terminals silently, so a fixed port is
+/// first probed with a plain bind, without `SO_REUSEPORT`, which fails if
+/// any socket holds the port; the probe is closed before the group binds.
+/// A port in use is an [`ErrorKind::AddrInUse`](std::io::ErrorKind::AddrInUse)
+/// error saying so.
 pub fn bind_many(
     addr: SocketAddr,
     config: quinn::ServerConfig,
@@ -218,6 +225,21 @@ pub fn bind_many(
     use socket2::{Domain, Protocol, Socket, Type};
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
+    let in_use = |addr: SocketAddr, e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("address {addr} in use: is another qualcached running?"),
+            )
+        } else {
+            e
+        }
+    };
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        probe.bind(&addr.into()).map_err(|e| in_use(addr, e))?;
+        drop(probe);
+    }
     let mut addr = addr;
     let mut endpoints = Vec::with_capacity(count.max(1));
     for _ in 0..count.max(1) {
@@ -227,7 +249,7 @@ pub fn bind_many(
         }
         socket.set_recv_buffer_size(buffer_bytes)?;
         socket.set_send_buffer_size(buffer_bytes)?;
-        socket.bind(&addr.into())?;
+        socket.bind(&addr.into()).map_err(|e| in_use(addr, e))?;
         let (recv, send) = (socket.recv_buffer_size()?, socket.send_buffer_size()?);
         if recv < buffer_bytes && endpoints.is_empty() {
             tracing::warn!(

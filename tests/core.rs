@@ -704,6 +704,50 @@ mod csv_store {
         );
     }
 
+    /// An export rewritten in place while a build reads it (here: its
+    /// modification time moves when the build meets a bad row) must not
+    /// become a snapshot recording the final fingerprint over partial
+    /// rows: the build fails, writes nothing, and a build of the settled
+    /// file then succeeds and records its fingerprint.
+    #[test]
+    fn a_csv_changed_while_it_is_read_fails_the_build() {
+        let dir = tempdir();
+        let path = dir.path().join("in.csv");
+        let snap = dir.path().join("snap");
+        fs::write(&path, edit(&csv_of(&sample()), 0, "birth_date", "19800230")).unwrap();
+        let opts = BuildOptions {
+            skip_invalid: true,
+            card_key_id: CardKey::demo().id(),
+        };
+        let err = build_from_csv(&path, &snap, &opts, |_| {
+            let later = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30);
+            fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(later)
+                .unwrap();
+        })
+        .unwrap_err();
+        assert!(matches!(err, BuildFailure::SourceChanged { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains("the CSV changed while it was read")
+                && message.contains("export to a temporary name and rename"),
+            "{message}"
+        );
+        assert!(qualcache::snapshot::list_generations(&snap)
+            .unwrap()
+            .is_empty());
+        let summary = build_from_csv(&path, &snap, &opts, |_| {}).unwrap();
+        assert_eq!(summary.records, 3);
+        let header = qualcache::snapshot::Header::read(&summary.path).unwrap();
+        assert_eq!(
+            header.source_version,
+            qualcache::daemon::file_fingerprint(&path)
+        );
+    }
+
     /// A new person's first row refused for a reason found late (its
     /// insurer_name contradicts an earlier row's) must leave nothing behind
     /// under --skip-invalid: not an empty person, not its card.
@@ -1187,24 +1231,85 @@ mod props {
 mod cli {
     use super::*;
 
+    /// Every path of subcommands in `cmd`'s tree (its own path first).
+    fn command_paths(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(path.clone());
+        for sub in cmd.get_subcommands() {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            command_paths(sub, p, out);
+        }
+    }
+
     #[test]
     fn every_subcommand_has_help() {
-        for args in [
-            &["--help"][..],
-            &["gen", "--help"],
-            &["snapshot", "--help"],
-            &["snapshot", "build", "--help"],
-            &["snapshot", "inspect", "--help"],
-            &["snapshot", "verify", "--help"],
-            &["lookup", "--help"],
-            &["lookup", "card", "--help"],
-            &["lookup", "insurance", "--help"],
-            &["check", "--help"],
-            &["demo", "--help"],
+        use clap::CommandFactory;
+        let mut paths = Vec::new();
+        command_paths(&qualcache::cli::Cli::command(), Vec::new(), &mut paths);
+        // The tree is the real one: the subcommands README.md documents.
+        for expected in [
+            "gen",
+            "snapshot build",
+            "snapshot inspect",
+            "snapshot verify",
+            "snapshot rollback",
+            "lookup card",
+            "lookup insurance",
+            "check",
+            "demo",
+            "certs",
+            "query card",
+            "query insurance",
+            "query batch",
+            "query status",
+            "db migrate",
+            "db load",
+            "db status",
         ] {
-            let (ok, out, _) = run(args);
-            assert!(ok && out.contains("Usage:"), "{args:?}");
+            assert!(
+                paths.iter().any(|p| p.join(" ") == expected),
+                "no subcommand {expected:?} in {paths:?}"
+            );
         }
+        for path in &paths {
+            let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+            args.push("--help");
+            let (ok, out, err) = run(&args);
+            assert!(ok, "{args:?}: {err}");
+            // The usage line names this subcommand's path, in order (the
+            // parents' required options may stand between its words).
+            let usage = out
+                .lines()
+                .find(|l| l.starts_with("Usage: qualcache"))
+                .unwrap_or_else(|| panic!("{args:?}: no usage line in {out}"));
+            let mut words = usage.split_whitespace();
+            for name in path {
+                assert!(words.any(|w| w == name), "{args:?}: usage {usage:?}");
+            }
+        }
+    }
+
+    /// Generated data and snapshots hold names and birth dates: they are
+    /// created owner read-write, group read, nothing for others.
+    #[test]
+    fn data_files_and_snapshots_are_not_world_readable() {
+        let dir = tempdir();
+        let d = dir.path().to_str().unwrap();
+        let (ok, _, err) = run(&["gen", "--records", "500", "--out", d]);
+        assert!(ok, "{err}");
+        let expected = 0o640 & !umask();
+        for f in ["enrollees.csv", "probes.jsonl"] {
+            let mode = mode_of(&dir.path().join(f));
+            assert_eq!(mode, expected, "{f}: {mode:o}");
+        }
+        let csv = format!("{d}/enrollees.csv");
+        let snaps = format!("{d}/snaps");
+        let (ok, out, err) = run(&["snapshot", "build", "--source", &csv, "--out", &snaps]);
+        assert!(ok, "{err}");
+        let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let file = std::path::PathBuf::from(summary["path"].as_str().unwrap());
+        assert_eq!(mode_of(&file), expected, "{}", file.display());
+        assert_eq!(mode_of(&file) & 0o007, 0);
     }
 
     #[test]

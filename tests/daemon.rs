@@ -556,40 +556,111 @@ async fn shutdown_drains_requests_in_flight_and_refuses_new_connections() {
     .await;
 }
 
+/// Runs `qualcached --config CONFIG --check-config` in `cwd` (relative
+/// paths in a configuration are relative to it); returns (ok, stdout,
+/// stderr).
+fn check_config(cwd: &Path, config: &Path) -> (bool, String, String) {
+    util::outcome(
+        std::process::Command::new(env!("CARGO_BIN_EXE_qualcached"))
+            .args(["--config", config.to_str().unwrap(), "--check-config"])
+            .current_dir(cwd)
+            .env_remove("QUALCACHE_CARD_KEY"),
+    )
+}
+
 #[test]
 fn check_config_accepts_the_shipped_files_and_refuses_bad_ones() {
-    let bin = env!("CARGO_BIN_EXE_qualcached");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in ["config/qualcache.toml", "config/demo.toml"] {
-        let out = std::process::Command::new(bin)
-            .args(["--config", root.join(f).to_str().unwrap(), "--check-config"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{f}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
     let dir = tempfile::tempdir().unwrap();
+    // The demo creates its certificates at start: the check says so.
+    let (ok, out, err) = check_config(dir.path(), &root.join("config/demo.toml"));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("development certificates will be created"),
+        "{out}"
+    );
+    assert!(out.contains("public demo key"), "{out}");
+    // The reference file names certs/ca.pem etc.: refused where they
+    // are missing (naming the file), accepted where they are.
+    let reference = root.join("config/qualcache.toml");
+    let (ok, _, err) = check_config(dir.path(), &reference);
+    assert!(!ok);
+    assert!(
+        err.contains("certs/") && err.contains("No such file"),
+        "{err}"
+    );
+    certs::generate(&dir.path().join("certs"), 1).unwrap();
+    let (ok, out, err) = check_config(dir.path(), &reference);
+    assert!(ok, "{err}");
+    assert!(out.ends_with(": ok\n"), "{out}");
+
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[server]\nmax_batch = 0\n").unwrap();
-    let out = std::process::Command::new(bin)
-        .args(["--config", bad.to_str().unwrap(), "--check-config"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (ok, _, err) = check_config(dir.path(), &bad);
+    assert!(!ok);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.contains("server.max_batch: must be at least 1"),
         "{err}"
     );
-    let out = std::process::Command::new(bin)
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcached"))
         .arg("--help")
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("--check-config"));
+}
+
+/// `--check-config` loads the card key and the TLS files the daemon would
+/// load: a bad key file fails the check, naming the file but never its
+/// content; so does a missing one, and a server key that is not a key.
+#[test]
+fn check_config_loads_the_card_key_and_tls_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certs::generate(&d.join("certs"), 1).unwrap();
+    let config = |key_file: &Path| {
+        let path = d.join("check.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\n[card_key]\nfile = \"{1}\"\n",
+                d.display(),
+                key_file.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let key = d.join("card.key");
+    std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    let (ok, out, err) = check_config(d, &config(&key));
+    assert!(ok, "{err}");
+    assert!(!out.contains("demo key"), "{out}");
+
+    let secret = "0123456789abcdef0123456789abcdefXYZ";
+    std::fs::write(&key, secret).unwrap();
+    let (ok, _, err) = check_config(d, &config(&key));
+    assert!(!ok, "a bad card key file passed the check");
+    assert!(
+        err.contains(&format!("card key file {}", key.display())),
+        "{err}"
+    );
+    assert!(
+        !err.contains(secret) && !err.contains("0123456789abcdef"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let missing = d.join("no-such.key");
+    let (ok, _, err) = check_config(d, &config(&missing));
+    assert!(!ok);
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    std::fs::write(d.join("certs/server.key"), "not a key\n").unwrap();
+    let (ok, _, err) = check_config(d, &config(&key));
+    assert!(!ok, "a bad server key passed the check");
+    assert!(err.contains("server.key"), "{err}");
 }
 
 /// The real binary: starts on a config, answers, reloads on SIGHUP, and
@@ -858,6 +929,58 @@ async fn several_endpoints_share_one_port_and_all_serve() {
     .await;
 }
 
+/// A second daemon started by mistake on the same port must not join the
+/// first one's SO_REUSEPORT group and take a share of the terminals: its
+/// bind fails, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_bind_on_a_port_in_use_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs::generate(dir.path(), 1).unwrap();
+    let config = util::server_tls(&certs);
+    let first =
+        server::bind_many("127.0.0.1:0".parse().unwrap(), config.clone(), 1 << 20, 2).unwrap();
+    let addr = first[0].local_addr().unwrap();
+    for count in [1, 2, 4] {
+        let Err(err) = server::bind_many(addr, config.clone(), 1 << 20, count) else {
+            panic!("{count} more sockets bound {addr}, which is in use");
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{count}: {err}");
+        assert!(
+            err.to_string().contains(&format!(
+                "address {addr} in use: is another qualcached running?"
+            )),
+            "{count}: {err}"
+        );
+    }
+    // Any other program holding the port counts too.
+    let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let Err(err) = server::bind_many(other.local_addr().unwrap(), config, 1 << 20, 3) else {
+        panic!("bound a port another socket holds");
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+    drop(first);
+}
+
+/// Private keys made by `certs` are readable by their owner only, also
+/// when they replace an older, wider file.
+#[test]
+fn development_private_keys_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("server.key");
+    std::fs::write(&old, "old").unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let made = certs::generate(dir.path(), 3).unwrap();
+    let expected = 0o600 & !util::umask();
+    let keys = std::iter::once(&made.server_key).chain(made.terminals.iter().map(|t| &t.key));
+    for key in keys {
+        let mode = util::mode_of(key);
+        assert_eq!(mode, expected, "{}: {mode:o}", key.display());
+        assert_eq!(mode & 0o077, 0, "{}: {mode:o}", key.display());
+    }
+    assert_ne!(std::fs::read_to_string(&old).unwrap(), "old");
+}
+
 /// The daemon's store over a temporary directory, without the network.
 mod store {
     use super::*;
@@ -918,6 +1041,66 @@ mod store {
         assert!(!snap.join(CURRENT).exists());
         assert_eq!(serving(&shared), 3);
         assert_eq!(shared.current().unwrap().header().records, 1_200);
+    }
+
+    /// Replaces `csv` (temporary file, rename, as an exporter should) with
+    /// its text where the first data row's birth date is no calendar day.
+    fn break_first_row(csv: &Path) {
+        let text = std::fs::read_to_string(csv).unwrap();
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        let col = qualcache::store::csv::COLUMNS
+            .iter()
+            .position(|c| *c == "birth_date")
+            .unwrap();
+        let mut fields: Vec<String> = lines[1].split(',').map(String::from).collect();
+        fields[col] = "19800230".into();
+        lines[1] = fields.join(",");
+        let tmp = csv.with_extension("tmp");
+        std::fs::write(&tmp, lines.join("\n") + "\n").unwrap();
+        std::fs::rename(&tmp, csv).unwrap();
+    }
+
+    /// One bad row must not make the daemon re-parse the whole export at
+    /// every reload: a source version whose build failed on its content is
+    /// built again only when it changes (or when asked to, as SIGHUP does).
+    #[test]
+    fn a_failed_build_waits_for_the_source_to_change() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let (data, snap) = (dir.path().join("data"), dir.path().join("snap"));
+        let csv = export(&data, 1_000, &CardKey::demo()).csv;
+        let store = Store::with(snap.clone(), 5, Source::Csv(csv.clone()), CardKey::demo());
+        let shared = shared();
+        shared.swap(store.initial().unwrap());
+        let failures = |shared: &Shared| shared.metrics().build_failures.load(Relaxed);
+
+        break_first_row(&csv);
+        let err = format!("{:#}", store.reload(&shared, true).unwrap_err());
+        assert!(err.contains("invalid rows"), "{err}");
+        assert_eq!(failures(&shared), 1);
+        // Unchanged source: no new build attempt, still serving 1.
+        for _ in 0..3 {
+            assert_eq!(store.reload(&shared, true).unwrap(), Reloaded::Unchanged);
+        }
+        assert_eq!(failures(&shared), 1);
+        assert_eq!(serving(&shared), 1);
+        assert_eq!(list_generations(&snap).unwrap(), [1]);
+        // A forced retry (SIGHUP) builds again, fails again, then waits.
+        store.forget_failed_build();
+        assert!(store.reload(&shared, true).is_err());
+        assert_eq!(failures(&shared), 2);
+        assert_eq!(store.reload(&shared, true).unwrap(), Reloaded::Unchanged);
+        assert_eq!(failures(&shared), 2);
+        // Still broken but changed: tried again.
+        export(&data, 1_050, &CardKey::demo());
+        break_first_row(&csv);
+        assert!(store.reload(&shared, true).is_err());
+        assert_eq!(failures(&shared), 3);
+        // Fixed: built and served.
+        export(&data, 1_100, &CardKey::demo());
+        assert_eq!(store.reload(&shared, true).unwrap(), Reloaded::Swapped(2));
+        assert_eq!(shared.current().unwrap().header().records, 1_100);
+        assert_eq!(failures(&shared), 3);
     }
 
     #[test]

@@ -16,7 +16,8 @@ struct Args {
     /// Configuration file (TOML; see config/qualcache.toml).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
-    /// Validate the configuration and exit.
+    /// Validate the configuration, load the card key and TLS files it names
+    /// (unless development certificates are still to be created), and exit.
     #[arg(long)]
     check_config: bool,
 }
@@ -39,8 +40,19 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        println!("{}: ok", args.config.display());
-        return ExitCode::SUCCESS;
+        return match config.check_files() {
+            Ok(notes) => {
+                for note in notes {
+                    println!("{}: note: {note}", args.config.display());
+                }
+                println!("{}: ok", args.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("qualcached: error: {}: {e:#}", args.config.display());
+                ExitCode::FAILURE
+            }
+        };
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -10,6 +10,7 @@
 //! not), withdrawn and restricted cards, age-dependent ratios and limits.
 
 use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -126,7 +127,7 @@ struct Generator<W: Write> {
 /// place when complete, `probes.jsonl` first: an `enrollees.csv` that
 /// exists is always whole, and so is the `probes.jsonl` beside it. A run
 /// killed half-way leaves only the temporary files (the next run
-/// overwrites them).
+/// replaces them). The files are created with mode [`DATA_MODE`].
 pub fn generate(opts: &GenOptions) -> anyhow::Result<GenSummary> {
     use anyhow::Context;
     std::fs::create_dir_all(&opts.out)
@@ -135,6 +136,9 @@ pub fn generate(opts: &GenOptions) -> anyhow::Result<GenSummary> {
     let probes_path = opts.out.join("probes.jsonl");
     let csv_tmp = opts.out.join(".enrollees.csv.tmp");
     let probes_tmp = opts.out.join(".probes.jsonl.tmp");
+    // Fresh files, so they get this run's mode whatever a killed run left.
+    let _ = std::fs::remove_file(&csv_tmp);
+    let _ = std::fs::remove_file(&probes_tmp);
     let written = generate_into(opts, &csv_tmp, &probes_tmp).and_then(|summary| {
         std::fs::rename(&probes_tmp, &probes_path)
             .with_context(|| format!("renaming {}", probes_tmp.display()))?;
@@ -156,7 +160,13 @@ pub fn generate(opts: &GenOptions) -> anyhow::Result<GenSummary> {
     })
 }
 
-/// Writes the data set to `csv_path` and `probes_path` and syncs them.
+/// The mode of the generated files (less what the umask clears): owner
+/// read-write, group read. They hold names, birth dates and, in the
+/// probes, card serials.
+pub const DATA_MODE: u32 = 0o640;
+
+/// Writes the data set to `csv_path` and `probes_path` and syncs them
+/// (created with [`DATA_MODE`]; the CSV by [`CsvWriter::create`]).
 fn generate_into(
     opts: &GenOptions,
     csv_path: &std::path::Path,
@@ -167,7 +177,12 @@ fn generate_into(
     let csv =
         CsvWriter::create(csv_path).with_context(|| format!("creating {}", csv_path.display()))?;
     let probes = BufWriter::new(
-        std::fs::File::create(probes_path)
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(DATA_MODE)
+            .open(probes_path)
             .with_context(|| format!("creating {}", probes_path.display()))?,
     );
     let insurers = insurer_pool();

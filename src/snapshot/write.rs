@@ -2,6 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,11 @@ use super::SnapshotError;
 
 /// File name extension of snapshots.
 pub const EXTENSION: &str = "qcs";
+
+/// The mode snapshot files are created with (less what the umask clears):
+/// owner read-write, group read, nothing for others, since they hold
+/// names and birth dates.
+pub const SNAPSHOT_MODE: u32 = 0o640;
 
 /// What the header records about where a snapshot came from.
 #[derive(Debug, Clone)]
@@ -77,7 +83,8 @@ pub fn snapshot_path(dir: &Path, generation: u64) -> PathBuf {
 
 /// Writes `body` as the next generation in `dir` (created if missing).
 ///
-/// The file is written under a temporary name, fsynced, then hard-linked to
+/// The file is created with mode [`SNAPSHOT_MODE`] under a temporary
+/// name, written, fsynced, then hard-linked to
 /// `<generation>.qcs`, which fails rather than replaces if that name exists
 /// (a concurrent builder took it; the next generation is tried). The
 /// directory is fsynced after the link.
@@ -165,9 +172,11 @@ fn write_tmp_and_link(
     meta: &SnapshotMeta,
 ) -> Result<Written, SnapshotError> {
     let io_err = |e| SnapshotError::io(tmp, e);
+    // Owner read-write, group read: the file holds names and birth dates.
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(SNAPSHOT_MODE)
         .open(tmp)
         .map_err(io_err)?;
     file.write_all(&[0u8; HEADER_LEN]).map_err(io_err)?;

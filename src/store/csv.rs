@@ -507,8 +507,18 @@ pub struct CsvWriter<W: Write> {
 
 impl CsvWriter<BufWriter<File>> {
     /// Creates (or truncates) a CSV file and writes the header row.
+    ///
+    /// A new file gets mode 0640 (owner read-write, group read; less what
+    /// the umask clears): the rows are personal data.
     pub fn create(path: &Path) -> io::Result<Self> {
-        CsvWriter::new(BufWriter::with_capacity(1 << 20, File::create(path)?))
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(path)?;
+        CsvWriter::new(BufWriter::with_capacity(1 << 20, file))
     }
 }
 

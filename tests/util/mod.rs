@@ -114,11 +114,16 @@ pub fn bin() -> PathBuf {
 
 /// Runs the `qualcache` binary; returns (exit ok, stdout, stderr).
 pub fn run(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(bin())
-        .args(args)
-        .env_remove("QUALCACHE_CARD_KEY")
-        .output()
-        .unwrap();
+    outcome(
+        std::process::Command::new(bin())
+            .args(args)
+            .env_remove("QUALCACHE_CARD_KEY"),
+    )
+}
+
+/// Runs `cmd` to the end; returns (exit ok, stdout, stderr).
+pub fn outcome(cmd: &mut std::process::Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -159,4 +164,23 @@ pub fn first_terminal(certs: &Path) -> quinn::ClientConfig {
         .find(|p| p.extension().is_some_and(|e| e == "pem"))
         .unwrap();
     qualcache::tls::client_config(&certs.join("ca.pem"), &t, &t.with_extension("key")).unwrap()
+}
+
+/// This process's umask (from /proc/self/status; 0o022 where that is not
+/// available), so tests can tell the mode a file was created with.
+pub fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
+/// The permission bits of `path`.
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
