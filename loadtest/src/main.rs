@@ -142,7 +142,7 @@ struct RunArgs {
     /// stall of this shared machine can break a step that holds).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
     tries: u32,
-    /// Seed of the terminals' random streams.
+    /// Seed of the random streams (one per generator thread: a run repeats for the same seed and --threads).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Also write the report as JSON here (--find-max: the highest step held, else the first step).
