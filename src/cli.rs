@@ -278,9 +278,34 @@ pub enum LookupBy {
         #[arg(long)]
         branch: Option<String>,
         /// Birth date, YYYYMMDD.
-        #[arg(long)]
+        #[arg(long, value_parser = BirthParser)]
         birth: Date,
     },
+}
+
+/// `--birth`: a date, refused without repeating it (clap's own message
+/// for a bad value quotes it, and this one is personal data).
+#[derive(Debug, Clone, Copy)]
+struct BirthParser;
+
+impl clap::builder::TypedValueParser for BirthParser {
+    type Value = Date;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Date, clap::Error> {
+        value.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
+            let name = arg.map_or_else(|| "--birth".to_string(), |a| a.to_string());
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{name} expects a date YYYYMMDD (the value given is not repeated)\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
 }
 
 impl From<LookupBy> for ProbeLookup {
@@ -398,8 +423,7 @@ fn query(a: QueryArgs) -> Result<()> {
                 .enumerate()
                 .filter(|(_, l)| !l.trim().is_empty())
                 .map(|(i, l)| {
-                    let lookup: ProbeLookup = serde_json::from_str(l)
-                        .with_context(|| format!("{}: line {}", file.display(), i + 1))?;
+                    let lookup: ProbeLookup = crate::probe::json_line(&file, i + 1, l)?;
                     Ok(crate::protocol::batch_item(&lookup))
                 })
                 .collect::<Result<Vec<_>>>()?;

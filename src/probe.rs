@@ -166,8 +166,75 @@ pub fn read_probes(path: &std::path::Path) -> anyhow::Result<Vec<Probe>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| format!("{}: line {}", path.display(), i + 1))
-        })
+        .map(|(i, l)| json_line(path, i + 1, l))
         .collect()
+}
+
+/// Parses line `number` of the JSON-lines file `path`. The error names
+/// the file, line and column and says what is wrong, but never repeats a
+/// value: serde's own messages quote them ("invalid type: integer
+/// `12345678`"), and a value here may be an insurance number, a serial or
+/// a birth date.
+pub fn json_line<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    number: usize,
+    line: &str,
+) -> anyhow::Result<T> {
+    use serde_json::error::Category;
+    serde_json::from_str(line).map_err(|e| {
+        let message = e.to_string();
+        let why = match e.classify() {
+            Category::Syntax | Category::Eof => "not valid JSON",
+            Category::Data if message.starts_with("missing field") => {
+                // Only the field's name, no value.
+                message
+                    .split(" at line")
+                    .next()
+                    .unwrap_or("a field is missing")
+            }
+            Category::Data => "a field has a value of the wrong type or form, or is unknown",
+            Category::Io => "unreadable",
+        };
+        anyhow::anyhow!(
+            "{}: line {number}, column {}: {why}",
+            path.display(),
+            e.column()
+        )
+    })
+}
+
+#[cfg(test)]
+mod json_line_tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_line_is_placed_without_repeating_its_values() {
+        let path = std::path::Path::new("probes.jsonl");
+        let wrong_type = r#"{"case":"c","kind":"insurance","insurer":"06130488","number":12345678,"birth":"19800101","as_of":"20261101","expect":1}"#;
+        let err = json_line::<Probe>(path, 7, wrong_type)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("probes.jsonl: line 7, column "), "{err}");
+        assert!(err.contains("wrong type"), "{err}");
+        assert!(!err.contains("12345678"), "{err}");
+        let bad_date =
+            r#"{"kind":"insurance","insurer":"06130488","number":"1","birth":"1980011"}"#;
+        let err = json_line::<ProbeLookup>(path, 2, bad_date)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("probes.jsonl: line 2, column "), "{err}");
+        assert!(!err.contains("1980011"), "{err}");
+        let missing = r#"{"case":"c","kind":"card","as_of":"20261101","expect":1}"#;
+        let err = json_line::<Probe>(path, 3, missing)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `serial`"), "{err}");
+        let err = json_line::<Probe>(path, 4, "{not json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 4") && err.contains("not valid JSON"),
+            "{err}"
+        );
+    }
 }

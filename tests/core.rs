@@ -1231,6 +1231,31 @@ mod props {
 mod cli {
     use super::*;
 
+    #[test]
+    fn a_malformed_birth_date_is_refused_without_being_repeated() {
+        let (ok, _, err) = run(&[
+            "query",
+            "--server",
+            "127.0.0.1:9",
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "t.pem",
+            "--key",
+            "t.key",
+            "insurance",
+            "--insurer",
+            "06130488",
+            "--number",
+            "1",
+            "--birth",
+            "1980011",
+        ]);
+        assert!(!ok);
+        assert!(err.contains("--birth") && err.contains("YYYYMMDD"), "{err}");
+        assert!(!err.contains("1980011"), "{err}");
+    }
+
     /// Every path of subcommands in `cmd`'s tree (its own path first).
     fn command_paths(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<Vec<String>>) {
         out.push(path.clone());

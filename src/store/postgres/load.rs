@@ -319,7 +319,7 @@ impl Deferred {
             .map_err(|e| query_error("reading the constraints", &e))?
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect::<Vec<_>>();
+            .collect::<Vec<(String, String, String)>>();
         let indexes = tx
             .query(
                 "SELECT c.relname::text, pg_get_indexdef(i.indexrelid)
@@ -332,14 +332,17 @@ impl Deferred {
             .map_err(|e| query_error("reading the indexes", &e))?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
-            .collect::<Vec<_>>();
+            .collect::<Vec<(String, String)>>();
         for (table, name, _) in &constraints {
-            tx.batch_execute(&format!("ALTER TABLE {table} DROP CONSTRAINT \"{name}\""))
-                .await
-                .map_err(|e| query_error("setting constraints aside", &e))?;
+            tx.batch_execute(&format!(
+                "ALTER TABLE {table} DROP CONSTRAINT {}",
+                quote_ident(name)
+            ))
+            .await
+            .map_err(|e| query_error("setting constraints aside", &e))?;
         }
         for (name, _) in &indexes {
-            tx.batch_execute(&format!("DROP INDEX \"{name}\""))
+            tx.batch_execute(&format!("DROP INDEX {}", quote_ident(name)))
                 .await
                 .map_err(|e| query_error("setting indexes aside", &e))?;
         }
@@ -358,7 +361,8 @@ impl Deferred {
         // Unique constraints before the foreign keys that may need them.
         for (table, name, definition) in self.constraints.iter().rev() {
             tx.batch_execute(&format!(
-                "ALTER TABLE {table} ADD CONSTRAINT \"{name}\" {definition}"
+                "ALTER TABLE {table} ADD CONSTRAINT {} {definition}",
+                quote_ident(name)
             ))
             .await
             .map_err(|e| query_error("checking a constraint", &e))?;
@@ -442,4 +446,22 @@ async fn write_row(
         .write(&values)
         .await
         .map_err(|e| query_error("copying rows", &e))
+}
+
+/// `name` as a quoted SQL identifier: names read from the catalog may hold
+/// any character, a `"` included.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod quote_tests {
+    #[test]
+    fn a_quote_in_a_name_cannot_end_the_identifier() {
+        assert_eq!(super::quote_ident("plain"), "\"plain\"");
+        assert_eq!(
+            super::quote_ident("x\"; DROP TABLE persons; --"),
+            "\"x\"\"; DROP TABLE persons; --\""
+        );
+    }
 }

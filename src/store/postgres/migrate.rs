@@ -29,6 +29,13 @@ const LOCK_KEY: i64 = 0x7175_616c_6361_6368; // "qualcach"
 /// Brings `source`'s schema up to the newest version.
 pub async fn migrate(source: &PgSource) -> Result<MigrateReport, PgError> {
     let mut client = source.connect().await?;
+    // For the whole session, before anything is created: two first runs
+    // on an empty database would otherwise race on CREATE ... IF NOT
+    // EXISTS. The lock goes with the connection.
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(|e| query_error("waiting for other migrations", &e))?;
     client
         .batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS \"{}\"",

@@ -3,8 +3,10 @@
 //! - [`migrate`]: the schema (plain SQL files in `migrations/`, applied in
 //!   order, each once, recorded in `schema_migrations`).
 //! - [`load`]: fills the tables from a CSV export with binary COPY.
-//! - [`export`]: streams every qualification with binary COPY, in one
-//!   REPEATABLE READ read-only transaction, into the snapshot builder.
+//! - [`export`]: streams every qualification with binary COPY into the
+//!   snapshot builder: three ordered streams on follower connections that
+//!   share one exported REPEATABLE READ, read-only snapshot, so they read
+//!   one state of the database.
 //!
 //! All objects live in one PostgreSQL schema ([`PgSource::schema`],
 //! `qualcache` by default); every connection sets `search_path` to it.
