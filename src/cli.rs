@@ -581,6 +581,17 @@ pub struct CheckReport {
 /// Runs every probe in `probes` against `snap`.
 pub fn check_probes(snap: &Snapshot, key: &CardKey, probes: &Path) -> Result<CheckReport> {
     let probes = read_probes(probes)?;
+    let by_card = probes
+        .iter()
+        .any(|p| matches!(p.lookup, ProbeLookup::Card { .. }));
+    if by_card && key.id() != snap.header().card_key_id {
+        bail!(
+            "the card key differs from the one this snapshot was built with \
+             (key id {:016x}, snapshot {:016x}); every card probe would miss",
+            key.id(),
+            snap.header().card_key_id
+        );
+    }
     let mut report = CheckReport {
         total: probes.len(),
         passed: 0,

@@ -1363,6 +1363,20 @@ mod cli {
         let probes = format!("{d}/probes.jsonl");
         let (ok, out, _) = run(&["check", "--snapshot", &snaps, "--probes", &probes]);
         assert!(ok && out.contains("\"failed\": 0"), "{out}");
+        // With another card key, check says so instead of failing every
+        // card probe one by one.
+        let other = format!("{d}/other.key");
+        fs::write(&other, "ab".repeat(32)).unwrap();
+        let (ok, _, err) = run(&[
+            "check",
+            "--snapshot",
+            &snaps,
+            "--probes",
+            &probes,
+            "--card-key-file",
+            &other,
+        ]);
+        assert!(!ok && err.contains("card key differs"), "{err}");
 
         // A lookup by numbers of the first probe of that kind.
         let line = fs::read_to_string(&probes).unwrap();

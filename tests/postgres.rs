@@ -216,6 +216,21 @@ async fn migrations_constraints_and_bad_loads() {
         let (ok, _, err) = cli(&schema, &["db", "status", "--url", &url]);
         assert!(!ok);
         assert!(err.contains("qualcache db migrate"), "{err}");
+        // So it is by a snapshot build from it.
+        let out_dir = tempfile::tempdir().unwrap();
+        let (ok, _, err) = cli(
+            &schema,
+            &[
+                "snapshot",
+                "build",
+                "--source",
+                &url,
+                "--out",
+                out_dir.path().to_str().unwrap(),
+            ],
+        );
+        assert!(!ok);
+        assert!(err.contains("qualcache db migrate"), "{err}");
         // Migrating twice applies once.
         assert!(cli(&schema, &["db", "migrate", "--url", &url]).0);
         let (ok, out, _) = cli(&schema, &["db", "migrate", "--url", &url]);

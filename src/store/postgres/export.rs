@@ -75,9 +75,12 @@ pub struct Exported {
     pub rows: u64,
 }
 
-/// The planner's estimate of the qualification count (for reserving memory).
+/// The planner's estimate of the qualification count (for reserving
+/// memory). Checks the schema version first, so an unmigrated database
+/// gets the "run `qualcache db migrate`" answer, not a missing relation.
 pub async fn estimated_rows(source: &PgSource) -> Result<u64, PgError> {
     let client = source.connect().await?;
+    super::migrate::schema_version(&client).await?;
     let row = client
         .query_one(
             "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'qualifications'::regclass",
