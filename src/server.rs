@@ -434,7 +434,8 @@ async fn request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, share
         }
     } else {
         // A request arrives whole in a packet or a few, so the read is
-        // normally done on its first poll and the timer never registers.
+        // normally done on its first poll: the timeout then costs a clock
+        // read, and its timer is registered only if the read is pending.
         match tokio::time::timeout(shared.request_timeout, recv.read_to_end(limit)).await {
             Ok(Ok(bytes)) => shared.answer(&bytes),
             Ok(Err(quinn::ReadToEndError::TooLong)) => {

@@ -140,6 +140,21 @@ fn cli(schema: &Schema, args: &[&str]) -> (bool, String, String) {
     util::run(&all)
 }
 
+/// `qualcache snapshot build --source URL --out DIR` in `schema`.
+fn build_from_db(schema: &Schema, url: &str, out: &Path) -> (bool, String, String) {
+    cli(
+        schema,
+        &[
+            "snapshot",
+            "build",
+            "--source",
+            url,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_then_build_answers_every_probe_as_the_csv_path_does() {
     bounded(async {
@@ -160,17 +175,7 @@ async fn load_then_build_answers_every_probe_as_the_csv_path_does() {
 
         let pg_dir = dir.path().join("pg");
         let csv_dir = dir.path().join("csv");
-        let (ok, _, err) = cli(
-            &schema,
-            &[
-                "snapshot",
-                "build",
-                "--source",
-                &url,
-                "--out",
-                pg_dir.to_str().unwrap(),
-            ],
-        );
+        let (ok, _, err) = build_from_db(&schema, &url, &pg_dir);
         assert!(ok, "{err}");
         let (ok, _, err) = util::run(&[
             "snapshot",
@@ -218,17 +223,7 @@ async fn migrations_constraints_and_bad_loads() {
         assert!(err.contains("qualcache db migrate"), "{err}");
         // So it is by a snapshot build from it.
         let out_dir = tempfile::tempdir().unwrap();
-        let (ok, _, err) = cli(
-            &schema,
-            &[
-                "snapshot",
-                "build",
-                "--source",
-                &url,
-                "--out",
-                out_dir.path().to_str().unwrap(),
-            ],
-        );
+        let (ok, _, err) = build_from_db(&schema, &url, out_dir.path());
         assert!(!ok);
         assert!(err.contains("qualcache db migrate"), "{err}");
         // Migrating twice applies once.
