@@ -126,6 +126,7 @@ pub fn build_from_csv(
                 &mut on_skip,
             );
         }
+        std::ops::ControlFlow::Continue(())
     })?;
     if crate::daemon::file_fingerprint(source) != fingerprint {
         return Err(BuildFailure::SourceChanged {

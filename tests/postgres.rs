@@ -253,6 +253,28 @@ async fn migrations_constraints_and_bad_loads() {
         let status = qualcache::store::postgres::status(&schema.source).await.unwrap();
         assert_eq!(status.qualifications, 0);
 
+        // A row the CSV parser takes but the table cannot (a disease cap
+        // beyond int4) fails the COPY: reported by line and column, the
+        // rest of the file unread, nothing loaded.
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let column = |name: &str| lines[0].split(',').position(|c| c == name).unwrap();
+        let (cap, disease) = (column("disease_cap_yen"), column("disease"));
+        let row = 12;
+        let mut fields: Vec<String> = lines[row].split(',').map(str::to_string).collect();
+        fields[disease] = "1".into();
+        fields[cap] = "3000000000".into();
+        lines[row] = fields.join(",");
+        std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+        let (ok, _, err) = cli(&schema, &["db", "load", "--url", &url, "--csv", bad.to_str().unwrap()]);
+        assert!(!ok);
+        assert!(
+            err.contains(&format!("line {}, column disease_cap_yen", row + 1)),
+            "{err}"
+        );
+        assert!(!err.contains("3000000000"), "the value in: {err}");
+        let status = qualcache::store::postgres::status(&schema.source).await.unwrap();
+        assert_eq!(status.qualifications, 0);
+
         // A good load, then a second one needs --replace.
         let csv = g.csv.to_str().unwrap();
         assert!(cli(&schema, &["db", "load", "--url", &url, "--csv", csv]).0);
@@ -309,6 +331,25 @@ async fn migrations_constraints_and_bad_loads() {
         );
         assert!(ok, "{err}");
         assert!(out_json.contains("\"skipped_rows\": 1"), "{out_json}");
+        // So does an insurer name, reported by its own column on the
+        // insurer's qualifications (not as a missing insurer).
+        c.batch_execute(
+            "UPDATE persons SET name = replace(name, chr(7), '');
+             UPDATE insurers SET name = name || chr(7) WHERE insurer_number =
+                 (SELECT insurer_number FROM qualifications ORDER BY qualification_id LIMIT 1)",
+        )
+        .await
+        .unwrap();
+        let (ok, _, err) = cli(&schema, &["snapshot", "build", "--source", &url, "--out", out]);
+        assert!(!ok);
+        assert!(
+            err.contains(&format!("qualification_id {first}, column insurer_name: contains a control character")),
+            "{err}"
+        );
+        assert!(!err.contains("no such insurer"), "{err}");
+        c.batch_execute("UPDATE insurers SET name = replace(name, chr(7), '')")
+            .await
+            .unwrap();
 
         // Every write moves the change counter, visible once committed.
         let before = schema.source.change_counter().await.unwrap();

@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Mutex;
@@ -29,12 +30,14 @@ struct Chunk {
 }
 
 /// Reads the CSV file at `path` with `workers` parsing threads and hands
-/// each batch of parsed rows to `sink`, in file order. An I/O error stops
-/// reading and is returned; bad rows are in the batches.
+/// each batch of parsed rows to `sink`, in file order, until the file ends
+/// or `sink` breaks (its consumer failed: the rest is neither read nor
+/// parsed). An I/O error stops reading and is returned; bad rows are in
+/// the batches.
 pub fn read_parallel(
     path: &Path,
     workers: usize,
-    mut sink: impl FnMut(Batch),
+    mut sink: impl FnMut(Batch) -> ControlFlow<()>,
 ) -> Result<(), CsvError> {
     let workers = workers.max(1);
     let name = path.display().to_string();
@@ -75,12 +78,17 @@ pub fn read_parallel(
             }
         });
         // Collect in chunk order; a closed channel means the reader is done.
-        'collect: for i in 0.. {
-            match from_workers[i % workers].recv() {
-                Ok(batch) => sink(batch),
-                Err(_) => break 'collect,
+        for i in 0.. {
+            let Ok(batch) = from_workers[i % workers].recv() else {
+                break;
+            };
+            if sink(batch).is_break() {
+                break;
             }
         }
+        // Closing the channels stops the workers, whose closed channels
+        // stop the reader, so the scope ends without reading on.
+        drop(from_workers);
     });
     match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(e) => Err(io_err(e)),
@@ -190,7 +198,40 @@ fn parse_chunk(chunk: &Chunk, index: &ColumnIndex) -> Batch {
 
 #[cfg(test)]
 mod tests {
-    use super::record_boundary;
+    use std::ops::ControlFlow;
+
+    use super::{read_parallel, record_boundary};
+
+    #[test]
+    fn a_sink_that_breaks_stops_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = crate::gen::generate(&crate::gen::GenOptions {
+            records: 60_000,
+            seed: 3,
+            out: dir.path().to_path_buf(),
+            probes: 10,
+            as_of: crate::model::Date::today_jst(),
+            card_key: crate::model::CardKey::demo(),
+        })
+        .unwrap();
+        let mut rows = 0;
+        let mut batches = 0;
+        read_parallel(&g.csv, 2, |b| {
+            batches += 1;
+            rows += b.len();
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert!(batches > 4, "the file should span several chunks");
+        assert_eq!(rows as u64, g.records);
+        let mut after_break = 0;
+        read_parallel(&g.csv, 2, |_| {
+            after_break += 1;
+            ControlFlow::Break(())
+        })
+        .unwrap();
+        assert_eq!(after_break, 1, "no batch after the sink broke");
+    }
 
     #[test]
     fn boundaries_skip_quoted_newlines() {

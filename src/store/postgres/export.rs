@@ -130,8 +130,10 @@ struct CardRow {
 /// The attachments of qualifications, read on the leader.
 #[derive(Default)]
 struct Attachments {
-    /// Insurer names by raw insurer number.
-    insurers: HashMap<u32, String, IntHash>,
+    /// Insurer names by raw insurer number; a name that failed its
+    /// checks is kept as its error, which each of the insurer's
+    /// qualifications reports.
+    insurers: HashMap<u32, Result<String, FieldError>, IntHash>,
     elderly: Attached<ElderlyCertificate>,
     limit: Attached<LimitCategory>,
     disease: Attached<SpecificDisease>,
@@ -444,8 +446,10 @@ impl Merge {
             None => None,
         };
         let a = &mut self.attachments;
-        let Some(insurer_name) = a.insurers.get(&q.insurer_number.to_raw()).cloned() else {
-            return Ok(Err(err(("insurer_number", "no such insurer".into()))));
+        let insurer_name = match a.insurers.get(&q.insurer_number.to_raw()) {
+            Some(Ok(name)) => name.clone(),
+            Some(Err(e)) => return Ok(Err(err(e.clone()))),
+            None => return Ok(Err(err(("insurer_number", "no such insurer".into())))),
         };
         let elderly = match a.elderly.get(q.id) {
             Ok(v) => v,
@@ -509,9 +513,10 @@ async fn attachments(tx: &tokio_postgres::Transaction<'_>) -> Result<Attachments
         |row| {
             let r = Fields(row);
             // An insurer number that does not parse is reported by every
-            // qualification that uses it ("no such insurer").
-            if let (Ok(n), Ok(name)) = (r.parsed::<InsurerNumber>(INS_NUMBER), r.text(INS_NAME)) {
-                a.insurers.insert(n.to_raw(), name);
+            // qualification that uses it ("no such insurer"); a name that
+            // does not, by its own column.
+            if let Ok(n) = r.parsed::<InsurerNumber>(INS_NUMBER) {
+                a.insurers.insert(n.to_raw(), r.text(INS_NAME));
             }
         },
     )

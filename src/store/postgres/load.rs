@@ -8,6 +8,7 @@
 //! load and nothing is written. A row's qualification id is its CSV line,
 //! so errors from later builds point back at the file.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::time::Instant;
@@ -210,21 +211,29 @@ pub async fn load(source: &PgSource, csv: &Path, replace: bool) -> Result<LoadSu
     let path = csv.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || {
         read_parallel(&path, 2, |batch| {
-            // The receiver only goes away when the load failed already.
-            let _ = tx_batches.blocking_send(batch);
+            // The receiver only goes away when the load failed already
+            // (the database refused a row): stop reading the file.
+            match tx_batches.blocking_send(batch) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            }
         })
     });
     let mut bad = Vec::new();
     let mut bad_count = 0u64;
     let mut records = 0u64;
-    while let Some(batch) = batches.recv().await {
+    let mut copy_failed = None;
+    'batches: while let Some(batch) = batches.recv().await {
         for row in batch {
             // Copied before the check so the builder can take the record;
             // any bad row rolls the whole load back, copied or not.
             let checked = match row {
                 Ok((line, rec)) => {
                     if bad_count == 0 {
-                        write_row(writer.as_mut(), line, &rec).await?;
+                        if let Err(e) = write_row(writer.as_mut(), line, &rec).await {
+                            copy_failed = Some(e);
+                            break 'batches;
+                        }
                         records += 1;
                     }
                     builder.push(line, rec)
@@ -239,10 +248,19 @@ pub async fn load(source: &PgSource, csv: &Path, replace: bool) -> Result<LoadSu
             }
         }
     }
-    match reader.await {
-        Ok(result) => result.map_err(PgError::from)?,
-        Err(e) => return Err(PgError::Config(format!("the CSV reader thread failed: {e}")).into()),
+    // After a COPY failure this stops the reader at its next batch rather
+    // than letting it parse the rest of the file first.
+    drop(batches);
+    let read = match reader.await {
+        Ok(result) => result.map_err(PgError::from),
+        Err(e) => Err(PgError::Config(format!(
+            "the CSV reader thread failed: {e}"
+        ))),
+    };
+    if let Some(e) = copy_failed {
+        return Err(e.into());
     }
+    read?;
     if bad_count > 0 {
         return Err(rows_error(bad, bad_count).into());
     }
