@@ -8,6 +8,26 @@ use qualcache::build::{build_from_csv, BuildOptions, BuildSummary};
 use qualcache::gen::{generate, GenOptions};
 use qualcache::model::CardKey;
 
+/// Record counts to run at: `$QUALCACHE_BENCH_SIZES` (comma-separated),
+/// else 1 M and 10 M.
+pub fn sizes() -> Vec<u64> {
+    std::env::var("QUALCACHE_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000_000, 10_000_000])
+}
+
+/// A record count as a benchmark name: `10M`, `250k`, `1500`.
+pub fn label(records: u64) -> String {
+    if records >= 1_000_000 && records % 1_000_000 == 0 {
+        format!("{}M", records / 1_000_000)
+    } else if records >= 1_000 && records % 1_000 == 0 {
+        format!("{}k", records / 1_000)
+    } else {
+        records.to_string()
+    }
+}
+
 /// The folder for `records` records, with `enrollees.csv`, `probes.jsonl`
 /// and `snap/` (one snapshot) inside.
 pub fn data(records: u64) -> PathBuf {

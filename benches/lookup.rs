@@ -28,10 +28,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// caches (32 MiB L3 here), so lookups pay real memory latency.
 const KEYS: usize = 1 << 20;
 
-/// The baseline: owned records in a Vec, found through std HashMaps.
+/// The baseline: owned records in a Vec (a person's rows adjacent, as in
+/// the snapshot), found through std HashMaps.
 struct Baseline {
     records: Vec<Qualification>,
-    by_card: HashMap<CardDigest, Vec<u32>>,
+    /// A card's person: the range of their rows in `records`.
+    by_card: HashMap<CardDigest, std::ops::Range<u32>>,
     by_key: HashMap<
         (
             u32,
@@ -46,8 +48,8 @@ struct Baseline {
 impl Baseline {
     fn card(&self, d: &CardDigest, as_of: Date) -> Option<&Qualification> {
         let rows = self.by_card.get(d)?;
-        rows.iter()
-            .map(|&r| &self.records[r as usize])
+        self.records[rows.start as usize..rows.end as usize]
+            .iter()
             .filter(|q| q.acquired_date <= as_of)
             .max_by_key(|q| (q.holds_on(as_of), q.acquired_date))
     }
@@ -108,7 +110,8 @@ fn load(records: u64) -> (Snapshot, Baseline, Sample) {
             i,
         );
         if let Some(c) = card {
-            base.by_card.entry(c.digest).or_default().push(i);
+            // The CSV holds a person's rows adjacent (the build checks it).
+            base.by_card.entry(c.digest).or_insert(i..i).end = i + 1;
             if next() % every == 0 {
                 cards.push(c.digest);
             }
@@ -159,18 +162,11 @@ fn shuffle<T>(v: &mut [T], next: &mut impl FnMut() -> u64) {
     }
 }
 
-fn sizes() -> Vec<u64> {
-    std::env::var("QUALCACHE_BENCH_SIZES")
-        .ok()
-        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1_000_000, 10_000_000])
-}
-
 fn lookups(c: &mut Criterion) {
     let as_of: Date = "20261101".parse().unwrap();
-    for n in sizes() {
+    for n in common::sizes() {
         let (snap, base, s) = load(n);
-        let mut g = c.benchmark_group(format!("lookup/{}M", n / 1_000_000));
+        let mut g = c.benchmark_group(format!("lookup/{}", common::label(n)));
         macro_rules! bench {
             ($name:literal, $keys:expr, |$k:ident| $body:expr) => {{
                 let keys = &$keys;

@@ -1,33 +1,28 @@
 //! Snapshot build throughput (records/s from CSV) and open + checksum +
 //! validation throughput (GiB/s), at 1 M and 10 M records.
 //!
-//! The build is measured against a baseline in the same run: the CSV reader
-//! alone (parse every row, build nothing), which bounds what any builder on
-//! this input can reach. `QUALCACHE_BENCH_SIZES=1000000` limits the sizes.
+//! The build is measured against a baseline in the same run: the build's
+//! own CSV reading and parsing threads alone (parse every row, fold
+//! nothing), which bounds what any builder on this input can reach. `QUALCACHE_BENCH_SIZES=1000000` limits the sizes.
 
 #[path = "common.rs"]
 mod common;
 
 use std::hint::black_box;
+use std::ops::ControlFlow;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use qualcache::snapshot::Snapshot;
-use qualcache::store::csv::CsvReader;
+use qualcache::build::PARSE_THREADS;
+use qualcache::store::chunks::read_parallel;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn sizes() -> Vec<u64> {
-    std::env::var("QUALCACHE_BENCH_SIZES")
-        .ok()
-        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1_000_000, 10_000_000])
-}
-
 fn snapshot(c: &mut Criterion) {
-    for n in sizes() {
+    for n in common::sizes() {
         let dir = common::data(n);
-        let mut g = c.benchmark_group(format!("snapshot/{}M", n / 1_000_000));
+        let mut g = c.benchmark_group(format!("snapshot/{}", common::label(n)));
         g.sample_size(10);
         g.throughput(Throughput::Elements(n));
         g.bench_function("build_from_csv", |b| {
@@ -43,12 +38,15 @@ fn snapshot(c: &mut Criterion) {
             })
         });
         g.bench_function("csv_parse_only", |b| {
+            // The same reading and parsing threads as the build, folding
+            // nothing.
             b.iter(|| {
-                let mut r = CsvReader::open(&dir.join("enrollees.csv")).unwrap();
                 let mut rows = 0u64;
-                while let Some(row) = r.next_record() {
-                    rows += u64::from(row.is_ok());
-                }
+                read_parallel(&dir.join("enrollees.csv"), PARSE_THREADS, |batch| {
+                    rows += batch.iter().filter(|r| r.is_ok()).count() as u64;
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
                 black_box(rows)
             })
         });

@@ -91,7 +91,7 @@ impl BuildFailure {
 }
 
 /// Threads parsing the CSV; the calling thread builds.
-const PARSE_THREADS: usize = 2;
+pub const PARSE_THREADS: usize = 2;
 
 /// Builds a snapshot in `out_dir` from a CSV export. With `skip_invalid`,
 /// bad rows are left out and `on_skip` sees each; otherwise the first bad

@@ -945,7 +945,8 @@ mod csv_store {
         }
         let mut par = Vec::new();
         qualcache::store::chunks::read_parallel(&p, 2, |batch| {
-            par.extend(batch.into_iter().filter_map(Result::err))
+            par.extend(batch.into_iter().filter_map(Result::err));
+            std::ops::ControlFlow::Continue(())
         })
         .unwrap();
         assert_eq!(errs, par);
