@@ -90,9 +90,9 @@ struct RunArgs {
     /// Generator threads, each with its own runtime and its share of the terminals and endpoints [default: one per core].
     #[arg(long, value_parser = parse_count)]
     threads: Option<usize>,
-    /// Load shape.
-    #[arg(long, value_enum, default_value_t = ProfileKind::Peak)]
-    profile: ProfileKind,
+    /// Load shape [default: peak; --find-max: constant, the only shape it takes].
+    #[arg(long, value_enum)]
+    profile: Option<ProfileKind>,
     /// Requests per second at the plateau (peak) or throughout (constant).
     #[arg(long, default_value_t = 2000.0, value_parser = parse_positive)]
     rate: f64,
@@ -133,7 +133,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 0.0)]
     slo_error_rate: f64,
     /// Step the rate up from --rate (times --step each step, constant-rate steps of --seconds) until the SLO breaks; report the highest rate held. Exits 0 when some step held, 3 when the first already broke.
-    #[arg(long, conflicts_with_all = ["profile", "ramp_up", "plateau", "ramp_down"])]
+    #[arg(long, conflicts_with_all = ["ramp_up", "plateau", "ramp_down"])]
     find_max: bool,
     /// --find-max: rate factor from one step to the next.
     #[arg(long, default_value_t = 1.25, value_parser = parse_step)]
@@ -313,7 +313,7 @@ async fn main_run(a: RunArgs) -> Result<bool> {
         lost: a.lost_share,
     };
     let workload = Arc::new(Workload::new(probes, mix)?);
-    let profile = match a.profile {
+    let profile = match a.profile.unwrap_or(ProfileKind::Peak) {
         ProfileKind::Constant => Profile::Constant {
             rate: a.rate,
             seconds: a.seconds,
@@ -408,6 +408,17 @@ async fn main_run(a: RunArgs) -> Result<bool> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run(a) = &cli.command {
+        if a.find_max && matches!(a.profile, Some(ProfileKind::Peak)) {
+            use clap::CommandFactory;
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--find-max steps a constant rate: it cannot be used with --profile peak",
+                )
+                .exit();
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

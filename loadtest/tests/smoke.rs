@@ -348,6 +348,16 @@ fn bad_options_are_refused_with_the_option_named() {
         stderr.contains("--find-max") && stderr.contains("--profile"),
         "{stderr}"
     );
+    // The constant profile is the one --find-max steps: naming it is no
+    // clash (this run then fails on the missing certificates instead).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
+        .args(["run", "--certs", "no-such-dir", "--probes", "no-such-dir/probes.jsonl"])
+        .args(["--find-max", "--profile", "constant"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no-such-dir"), "{stderr}");
 }
 
 #[test]
