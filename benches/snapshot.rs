@@ -12,8 +12,8 @@ use std::hint::black_box;
 use std::ops::ControlFlow;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use qualcache::snapshot::Snapshot;
 use qualcache::build::PARSE_THREADS;
+use qualcache::snapshot::Snapshot;
 use qualcache::store::chunks::read_parallel;
 
 #[global_allocator]

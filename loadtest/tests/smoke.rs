@@ -351,7 +351,13 @@ fn bad_options_are_refused_with_the_option_named() {
     // The constant profile is the one --find-max steps: naming it is no
     // clash (this run then fails on the missing certificates instead).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
-        .args(["run", "--certs", "no-such-dir", "--probes", "no-such-dir/probes.jsonl"])
+        .args([
+            "run",
+            "--certs",
+            "no-such-dir",
+            "--probes",
+            "no-such-dir/probes.jsonl",
+        ])
         .args(["--find-max", "--profile", "constant"])
         .output()
         .unwrap();
