@@ -89,8 +89,13 @@ impl Client {
     pub async fn request_raw(&self, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
         let stream = |e: &dyn std::fmt::Display| ClientError::Stream(e.to_string());
         let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| stream(&e))?;
-        send.write_all(bytes).await.map_err(|e| stream(&e))?;
-        send.finish().map_err(|e| stream(&e))?;
+        match send.write_all(bytes).await {
+            Ok(()) => send.finish().map_err(|e| stream(&e))?,
+            // The server stopped reading (a request over its size limit)
+            // and answers why.
+            Err(quinn::WriteError::Stopped(_)) => {}
+            Err(e) => return Err(stream(&e)),
+        }
         recv.read_to_end(MAX_RESPONSE_BYTES)
             .await
             .map_err(|e| stream(&e))

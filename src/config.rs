@@ -155,43 +155,72 @@ impl Default for RawSnapshots {
 
 /// `[source]`: where snapshots are built from when the directory has none
 /// (and again when it changes: a `csv` file's fingerprint, a `postgres`
-/// database's change counter).
+/// database's change counter). A key of another kind than `kind` is an
+/// error, not ignored.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSource {
     /// `csv`, `postgres` or `synthetic`.
     pub kind: String,
-    /// `csv`: the export.
+    /// `csv`: the export (default `data/enrollees.csv`).
     pub path: Option<PathBuf>,
-    /// `synthetic`: records to generate.
-    pub records: u64,
-    /// `synthetic`: seed.
-    pub seed: u64,
+    /// `synthetic`: records to generate (default 1,000,000).
+    pub records: Option<u64>,
+    /// `synthetic`: seed (default 1).
+    pub seed: Option<u64>,
     /// `postgres`: `postgres://USER@HOST:PORT/DATABASE`.
     pub url: Option<String>,
     /// `postgres`: the schema holding qualcache's tables.
-    pub schema: String,
+    pub schema: Option<String>,
     /// `postgres`: file holding the password.
     pub password_file: Option<PathBuf>,
     /// `postgres`: environment variable holding the password (when no file).
-    pub password_env: String,
-    /// `postgres`: seconds between checks of the change counter.
-    pub rebuild_interval_secs: u64,
+    pub password_env: Option<String>,
+    /// `postgres`: seconds between checks of the change counter (default 60).
+    pub rebuild_interval_secs: Option<u64>,
 }
 
 impl Default for RawSource {
     fn default() -> RawSource {
         RawSource {
             kind: "csv".into(),
-            path: Some("data/enrollees.csv".into()),
-            records: 1_000_000,
-            seed: 1,
+            path: None,
+            records: None,
+            seed: None,
             url: None,
-            schema: crate::store::postgres::DEFAULT_SCHEMA.into(),
+            schema: None,
             password_file: None,
-            password_env: crate::store::postgres::PASSWORD_ENV.into(),
-            rebuild_interval_secs: 60,
+            password_env: None,
+            rebuild_interval_secs: None,
         }
+    }
+}
+
+impl RawSource {
+    /// Each key: its name, whether the file gives it, the kind it is for.
+    fn given(&self) -> [(&'static str, bool, &'static str); 8] {
+        [
+            ("source.path", self.path.is_some(), "csv"),
+            ("source.records", self.records.is_some(), "synthetic"),
+            ("source.seed", self.seed.is_some(), "synthetic"),
+            ("source.url", self.url.is_some(), "postgres"),
+            ("source.schema", self.schema.is_some(), "postgres"),
+            (
+                "source.password_file",
+                self.password_file.is_some(),
+                "postgres",
+            ),
+            (
+                "source.password_env",
+                self.password_env.is_some(),
+                "postgres",
+            ),
+            (
+                "source.rebuild_interval_secs",
+                self.rebuild_interval_secs.is_some(),
+                "postgres",
+            ),
+        ]
     }
 }
 
@@ -224,6 +253,10 @@ pub enum Source {
         rebuild_interval: Duration,
     },
 }
+
+const HOUR: u64 = 3_600;
+const DAY: u64 = 24 * HOUR;
+const WEEK: u64 = 7 * DAY;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -303,16 +336,28 @@ impl Config {
             "server.max_streams_per_connection",
             u64::from(s.max_streams_per_connection),
         )?;
-        positive("server.idle_timeout_secs", s.idle_timeout_secs)?;
         positive("server.max_in_flight", s.max_in_flight)?;
         positive(
             "server.max_connections_per_terminal",
             u64::from(s.max_connections_per_terminal),
         )?;
         positive("snapshots.keep", raw.snapshots.keep as u64)?;
-        positive(
+        // Durations are bounded so that adding them to a clock cannot
+        // overflow (which would stop the daemon's reload timer).
+        let seconds = |key, v: u64, min: u64, max: u64| {
+            if (min..=max).contains(&v) {
+                Ok(Duration::from_secs(v))
+            } else {
+                Err(invalid(key, format!("must be between {min} and {max}")))
+            }
+        };
+        let idle_timeout = seconds("server.idle_timeout_secs", s.idle_timeout_secs, 1, DAY)?;
+        let shutdown_grace = seconds("server.shutdown_grace_secs", s.shutdown_grace_secs, 0, HOUR)?;
+        let reload_interval = seconds(
             "snapshots.reload_interval_secs",
             raw.snapshots.reload_interval_secs,
+            1,
+            WEEK,
         )?;
         if s.endpoints > 64 {
             return Err(invalid(
@@ -326,40 +371,60 @@ impl Config {
                 "must be at least 65536".into(),
             ));
         }
-        let source = match raw.source.kind.as_str() {
+        let src = &raw.source;
+        let kinds = ["csv", "synthetic", "postgres"];
+        if let Some((key, _, kind)) = src
+            .given()
+            .into_iter()
+            .find(|&(_, given, kind)| given && kind != src.kind)
+        {
+            if kinds.contains(&src.kind.as_str()) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "only for kind = \"{kind}\" (this source is kind = {:?})",
+                        src.kind
+                    ),
+                ));
+            }
+        }
+        let source = match src.kind.as_str() {
             "csv" => Source::Csv(
-                raw.source
-                    .path
+                src.path
                     .clone()
-                    .ok_or_else(|| invalid("source.path", "required for kind = \"csv\"".into()))?,
+                    .unwrap_or_else(|| "data/enrollees.csv".into()),
             ),
             "synthetic" => Source::Synthetic {
-                records: positive("source.records", raw.source.records)?,
-                seed: raw.source.seed,
+                records: positive("source.records", src.records.unwrap_or(1_000_000))?,
+                seed: src.seed.unwrap_or(1),
             },
             "postgres" => {
-                let url = raw.source.url.as_deref().ok_or_else(|| {
+                let url = src.url.as_deref().ok_or_else(|| {
                     invalid("source.url", "required for kind = \"postgres\"".into())
                 })?;
-                crate::store::postgres::check_schema_name(&raw.source.schema)
+                let schema = src
+                    .schema
+                    .as_deref()
+                    .unwrap_or(crate::store::postgres::DEFAULT_SCHEMA);
+                crate::store::postgres::check_schema_name(schema)
                     .map_err(|e| invalid("source.schema", e))?;
                 let password = crate::store::postgres::read_password(
-                    raw.source.password_file.as_deref(),
-                    &raw.source.password_env,
+                    src.password_file.as_deref(),
+                    src.password_env
+                        .as_deref()
+                        .unwrap_or(crate::store::postgres::PASSWORD_ENV),
                 )
                 .map_err(|e| invalid("source.password_file", e.to_string()))?;
-                let pg = crate::store::postgres::PgSource::new(
-                    url,
-                    &raw.source.schema,
-                    password.as_deref(),
-                )
-                .map_err(|e| invalid("source.url", e.to_string()))?;
+                let pg = crate::store::postgres::PgSource::new(url, schema, password.as_deref())
+                    .map_err(|e| invalid("source.url", e.to_string()))?;
                 Source::Postgres {
                     pg: Box::new(pg),
-                    rebuild_interval: Duration::from_secs(positive(
+                    rebuild_interval: seconds(
                         "source.rebuild_interval_secs",
-                        raw.source.rebuild_interval_secs,
-                    )?),
+                        src.rebuild_interval_secs.unwrap_or(60),
+                        1,
+                        WEEK,
+                    )?,
                 }
             }
             other => {
@@ -377,9 +442,9 @@ impl Config {
             },
             transport: Transport {
                 max_streams: s.max_streams_per_connection,
-                idle_timeout: Duration::from_secs(s.idle_timeout_secs),
+                idle_timeout,
             },
-            shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
+            shutdown_grace,
             udp_buffer_bytes: s.udp_buffer_bytes,
             max_in_flight: s.max_in_flight,
             max_connections_per_terminal: s.max_connections_per_terminal,
@@ -393,7 +458,7 @@ impl Config {
             dev_certs: raw.tls.dev_certs,
             snapshot_dir: raw.snapshots.dir,
             keep: raw.snapshots.keep,
-            reload_interval: Duration::from_secs(raw.snapshots.reload_interval_secs),
+            reload_interval,
             source,
             card_key_file: raw.card_key.file,
         })
@@ -540,6 +605,30 @@ mod tests {
             ),
             ("[snapshots]\nkeep = 0", "snapshots.keep"),
             ("[server]\nendpoints = 65", "server.endpoints"),
+            (
+                "[snapshots]\nreload_interval_secs = 18446744073709551615",
+                "snapshots.reload_interval_secs: must be between 1 and 604800",
+            ),
+            (
+                "[server]\nshutdown_grace_secs = 100000",
+                "server.shutdown_grace_secs: must be between 0 and 3600",
+            ),
+            (
+                "[server]\nidle_timeout_secs = 0",
+                "server.idle_timeout_secs: must be between 1 and 86400",
+            ),
+            (
+                "[source]\nkind = \"csv\"\nurl = \"postgres://h/db\"",
+                "source.url: only for kind = \"postgres\" (this source is kind = \"csv\")",
+            ),
+            (
+                "[source]\nkind = \"postgres\"\nurl = \"postgres://h/db\"\nrecords = 5",
+                "source.records: only for kind = \"synthetic\"",
+            ),
+            (
+                "[source]\nkind = \"synthetic\"\npath = \"x.csv\"",
+                "source.path: only for kind = \"csv\"",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text:?}: {err}");

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::build::{build_from_csv, build_from_postgres, BuildFailure, BuildOptions};
 use crate::config::{Config, Source};
@@ -165,7 +165,14 @@ impl Store {
     /// card lookup "not registered"). Neither error names the key.
     fn open_servable(&self, g: u64) -> Result<Snapshot> {
         let snapshot = Snapshot::open(&snapshot_path(&self.dir, g))?;
-        if snapshot.header().card_key_id != self.card_key.id() {
+        let header = snapshot.header();
+        if header.generation != g {
+            anyhow::bail!(
+                "file of generation {g} holds generation {} (renamed or copied by hand?)",
+                header.generation
+            );
+        }
+        if header.card_key_id != self.card_key.id() {
             anyhow::bail!("generation {g} was built with another card key");
         }
         Ok(snapshot)
@@ -399,8 +406,12 @@ impl Store {
                 shared.metrics().reload_failures.fetch_add(1, Relaxed);
             })?;
         let records = snapshot.header().records;
-        shared.swap(Arc::new(snapshot));
+        drop(current);
+        let old = shared.swap(Arc::new(snapshot));
         tracing::info!(generation = target, records, "snapshot swapped in");
+        if let Some(old) = old {
+            release(old);
+        }
         self.prune(target);
         Ok(Reloaded::Swapped(target))
     }
@@ -424,6 +435,22 @@ impl Store {
         }
     }
 }
+
+/// Drops a snapshot that was just swapped out here, on the reload thread,
+/// once the requests still reading it are done: its last reference
+/// unmaps it, which must not stall a request's worker thread. Requests
+/// hold a snapshot for microseconds; after [`RELEASE_WAIT`] it is left to
+/// its last reader.
+fn release(old: Arc<Snapshot>) {
+    let deadline = Instant::now() + RELEASE_WAIT;
+    while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(old);
+}
+
+/// How long [`release`] waits for the readers of a swapped-out snapshot.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
 
 /// What the signal handlers ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -550,9 +577,16 @@ async fn reload_loop(
     // After a failure: when to retry, and the wait that led there.
     let mut retry: Option<(tokio::time::Instant, Duration)> = None;
     let mut failures_in_a_row = 0u32;
+    // A SIGHUP that came during a reload: it may have announced a file
+    // that reload had already looked past, so another reload follows.
+    let mut hup_pending = false;
     loop {
         let retry_at = retry.map(|(at, _)| at);
-        let (why, check_source) = tokio::select! {
+        let (why, check_source) = if std::mem::take(&mut hup_pending) {
+            store.forget_failed_build();
+            ("SIGHUP", true)
+        } else {
+            tokio::select! {
             _ = reload_tick.tick() => ("timer", !store.source_is_database()),
             _ = rebuild_tick.tick(), if rebuild_interval.is_some() => ("rebuild timer", true),
             _ = sleep_until_some(retry_at), if retry_at.is_some() => ("retry", true),
@@ -568,21 +602,23 @@ async fn reload_loop(
                     return;
                 }
             },
+            }
         };
         let (s, sh) = (store.clone(), shared.clone());
         let mut work = tokio::task::spawn_blocking(move || s.reload(&sh, check_source));
         // A shutdown does not wait for a build to finish; a SIGHUP during a
-        // reload is answered by the reload running.
+        // reload runs another one after it.
         let outcome = loop {
             tokio::select! {
                 r = &mut work => break r,
-                s = signals.recv() => {
-                    if matches!(s, Some(Signal::Shutdown) | None) {
+                s = signals.recv() => match s {
+                    Some(Signal::Reload) => hup_pending = true,
+                    Some(Signal::Shutdown) | None => {
                         tracing::info!("shutting down during a reload; it is abandoned");
                         let _ = stop.send(());
                         return;
                     }
-                }
+                },
             }
         };
         let failed = match outcome {

@@ -169,10 +169,12 @@ fn date(raw: u32) -> Result<Date, crate::model::date::DateError> {
 }
 
 fn card(ctx: &Context<'_>, snapshot: &Snapshot, c: &pb::CardLookup, as_of: Date) -> pb::Answer {
-    if c.serial.trim().is_empty() {
+    // The digest is of the trimmed serial: so are the checks.
+    let serial = c.serial.trim();
+    if serial.is_empty() {
         return invalid_answer("card: serial is empty".into());
     }
-    if c.serial.len() > 128 {
+    if serial.len() > 128 {
         return invalid_answer("card: serial longer than 128 bytes".into());
     }
     answer(

@@ -177,8 +177,9 @@ impl Shared {
 /// Default of [`Shared::with_max_connections_per_terminal`].
 pub const DEFAULT_MAX_CONNECTIONS_PER_TERMINAL: u32 = 8;
 
-/// How long answers finished before shutdown get to be acknowledged
-/// before the connections close (within the grace period).
+/// How long a connection stays open at shutdown once its requests are
+/// answered, so answers finished before shutdown began are delivered
+/// (within the grace period).
 const LINGER: Duration = Duration::from_millis(200);
 
 /// Default of [`Shared::with_max_in_flight`].
@@ -319,10 +320,6 @@ pub async fn serve_many(
             "requests still running at the end of the grace period"
         );
     }
-    // Answers finished just before shutdown began did not wait for their
-    // acknowledgement: give them a moment to be delivered (or resent)
-    // before the connections close.
-    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + LINGER)).await;
     for endpoint in &endpoints {
         endpoint.close(0u32.into(), b"server shutting down");
     }
@@ -392,11 +389,15 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
     // finds nothing to do (about 10 % of the daemon's CPU at 5,000
     // lookups/s, BENCHMARKS.md).
     let mut requests = FuturesUnordered::new();
+    let mut shutting_down = false;
     loop {
         tokio::select! {
             biased;
             Some(()) = requests.next(), if !requests.is_empty() => {}
-            () = &mut cancelled => break,
+            () = &mut cancelled => {
+                shutting_down = true;
+                break;
+            }
             stream = &mut accept => {
                 match stream {
                     Ok((send, recv)) => requests.push(request(send, recv, shared.clone())),
@@ -412,6 +413,14 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
     // Requests accepted before the end are still answered (the tracker
     // waits for this task at shutdown).
     while requests.next().await.is_some() {}
+    if shutting_down {
+        // Answers finished before shutdown began were not waited for, and
+        // dropping the last handle of `conn` would close it at once: keep
+        // it open a moment so they are delivered (or resent), unless the
+        // terminal closes first. The tracker waits for this too, within
+        // the grace period.
+        let _ = tokio::time::timeout(LINGER, conn.closed()).await;
+    }
     shared.connections.fetch_sub(1, Ordering::Relaxed);
     shared.release(institution);
 }

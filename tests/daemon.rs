@@ -10,7 +10,7 @@ use std::time::Duration;
 use qualcache::certs::{self, DevCa, DevCerts};
 use qualcache::client::Client;
 use qualcache::model::{CardKey, Status};
-use qualcache::probe::{read_probes, Probe};
+use qualcache::probe::{read_probes, Probe, ProbeLookup};
 use qualcache::protocol::{pb, Limits};
 use qualcache::server::{self, Shared};
 use qualcache::snapshot::Snapshot;
@@ -266,6 +266,10 @@ async fn status_limits_and_malformed_requests() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![0xff; 40], "protobuf decoding failed"),
             (vec![0x0a; 70 * 1024], "larger than 65536 bytes"),
+            // Larger than the stream's flow-control window: the server
+            // stops reading before the client has written it all, and the
+            // client still gets the answer saying why.
+            (vec![0x0a; 16 << 20], "larger than 65536 bytes"),
             (Vec::new(), "no lookup"),
             (
                 prost::Message::encode_to_vec(&pb::Request {
@@ -313,6 +317,32 @@ async fn status_limits_and_malformed_requests() {
             "{}",
             a.reason
         );
+
+        // A card serial is judged trimmed, as it is digested: padding does
+        // not count against its 128 bytes, a longer serial is refused.
+        let p = server
+            .probes
+            .iter()
+            .find(|p| matches!(p.lookup, ProbeLookup::Card { .. }))
+            .unwrap();
+        let ProbeLookup::Card { serial } = &p.lookup else {
+            unreachable!()
+        };
+        let card = |serial: String| pb::Request {
+            as_of: qualcache::protocol::day(p.as_of),
+            kind: Some(pb::request::Kind::Card(pb::CardLookup { serial })),
+        };
+        let padded = format!("{:200}{serial}{:200}", "", "");
+        let resp = client.request(&card(padded)).await.unwrap();
+        check(
+            p,
+            resp.answer.as_ref().unwrap(),
+            "serial padded with spaces",
+        );
+        let resp = client.request(&card("A".repeat(129))).await.unwrap();
+        let a = resp.answer.unwrap();
+        assert_eq!(a.status, pb::Status::InvalidRequest as i32);
+        assert!(a.reason.contains("longer than 128 bytes"), "{}", a.reason);
 
         // The connection still serves after all that.
         let p = &server.probes[0];
@@ -515,7 +545,15 @@ async fn reload_under_load_swaps_generations_and_refuses_corrupt_snapshots() {
         let err = store.reload(&server.shared, true).unwrap_err();
         assert!(format!("{err:#}").contains("checksum mismatch"), "{err:#}");
         assert_eq!(server.shared.current().unwrap().header().generation, 2);
-        // Still serving, correctly, after the refusal.
+        // So is a sound file under another generation's name (a copy).
+        std::fs::copy(dir.join("2.qcs"), dir.join("4.qcs")).unwrap();
+        let err = store.reload(&server.shared, true).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("file of generation 4 holds generation 2"),
+            "{err:#}"
+        );
+        assert_eq!(server.shared.current().unwrap().header().generation, 2);
+        // Still serving, correctly, after the refusals.
         answers_reach(answered.load(Ordering::Relaxed) + 640).await;
         stop.store(true, Ordering::Relaxed);
         for c in clients {

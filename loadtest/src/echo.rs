@@ -41,26 +41,36 @@ pub async fn serve(
 /// The most lookups a reply is sized for (the daemon's default max_batch).
 const MAX_ITEMS: usize = 1000;
 
-/// Requests up to this size are taken as one lookup without decoding them
-/// (a single lookup encodes to under 200 bytes), so that the ceiling of
-/// single requests stays a pure QUIC figure.
-const SINGLE_MAX_BYTES: usize = 256;
-
 /// How many answers' worth the reply to `request` is: a batch's items, one
-/// for anything else (a request that does not decode included).
+/// for anything else (a request that does not decode included). Only the
+/// batch's item count is decoded ([`BatchCount`]): no allocation, so the
+/// ceiling stays a QUIC figure.
 fn answers(request: &[u8]) -> usize {
-    use qualcache::protocol::pb;
-    if request.len() <= SINGLE_MAX_BYTES {
-        return 1;
-    }
-    match <pb::Request as prost::Message>::decode(request) {
-        Ok(pb::Request {
-            kind: Some(pb::request::Kind::Batch(b)),
-            ..
-        }) => b.items.len().clamp(1, MAX_ITEMS),
+    match <BatchCount as prost::Message>::decode(request) {
+        Ok(BatchCount { batch: Some(b) }) => b.items.len().clamp(1, MAX_ITEMS),
         _ => 1,
     }
 }
+
+/// A `Request` seen only for its batch (field 4); other fields are
+/// skipped.
+#[derive(Clone, PartialEq, prost::Message)]
+struct BatchCount {
+    #[prost(message, optional, tag = "4")]
+    batch: Option<Items>,
+}
+
+/// A `BatchLookup`'s items (field 1), each decoded as an empty message.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Items {
+    #[prost(message, repeated, tag = "1")]
+    items: Vec<Skipped>,
+}
+
+/// A message whose fields are all skipped (a zero-sized value: a `Vec`
+/// of them does not allocate).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Skipped {}
 
 async fn accept(endpoint: quinn::Endpoint, reply: Arc<Vec<u8>>) {
     let per_answer = reply.len() / MAX_ITEMS;
@@ -83,5 +93,38 @@ async fn accept(endpoint: quinn::Endpoint, reply: Arc<Vec<u8>>) {
                 });
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qualcache::protocol::pb;
+
+    fn encoded(kind: pb::request::Kind) -> Vec<u8> {
+        prost::Message::encode_to_vec(&pb::Request {
+            as_of: 20261101,
+            kind: Some(kind),
+        })
+    }
+
+    #[test]
+    fn a_batch_gets_one_answer_per_item_whatever_its_size() {
+        let card = || pb::BatchItem {
+            kind: Some(pb::batch_item::Kind::Card(pb::CardLookup {
+                serial: "0123456789ABCDEF".into(),
+            })),
+        };
+        for n in [1, 2, 3, 100, 1000] {
+            let batch = pb::BatchLookup {
+                items: (0..n).map(|_| card()).collect(),
+            };
+            assert_eq!(answers(&encoded(pb::request::Kind::Batch(batch))), n);
+        }
+        let single = pb::request::Kind::Card(pb::CardLookup {
+            serial: "0123456789ABCDEF".into(),
+        });
+        assert_eq!(answers(&encoded(single)), 1);
+        assert_eq!(answers(b"\xff\xff not protobuf"), 1);
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use qualcache_loadtest::redis_peer::RedisUrl;
 use qualcache_loadtest::run::{run, Profile, Report, RunOptions, Target};
 use qualcache_loadtest::workload::{Mix, Workload};
 
@@ -50,9 +51,9 @@ enum Command {
         /// Output of `qualcache certs` (server.pem/.key, ca.pem).
         #[arg(long)]
         certs: PathBuf,
-        /// Reply size in bytes per lookup (the daemon's answer to a card hit is about 136); a batch of N gets N times this.
-        #[arg(long, default_value_t = 136)]
-        reply_bytes: usize,
+        /// Reply size in bytes per lookup, 1 to 65536 (the daemon's answer to a card hit is about 136); a batch of N gets N times this.
+        #[arg(long, default_value_t = 136, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+        reply_bytes: u32,
         /// UDP sockets sharing the port with SO_REUSEPORT, as the daemon's server.endpoints [default: one per core].
         #[arg(long, value_parser = parse_count)]
         endpoints: Option<usize>,
@@ -93,21 +94,21 @@ struct RunArgs {
     /// Load shape [default: peak; --find-max: constant, the only shape it takes].
     #[arg(long, value_enum)]
     profile: Option<ProfileKind>,
-    /// Requests per second at the plateau (peak) or throughout (constant).
-    #[arg(long, default_value_t = 2000.0, value_parser = parse_positive)]
+    /// Requests per second at the plateau (peak) or throughout (constant), up to 10,000,000.
+    #[arg(long, default_value_t = 2000.0, value_parser = parse_rate)]
     rate: f64,
-    /// Constant profile: seconds.
-    #[arg(long, default_value_t = 30.0, value_parser = parse_positive)]
-    seconds: f64,
-    /// Peak profile: ramp-up seconds.
-    #[arg(long, default_value_t = 10.0, value_parser = parse_duration)]
-    ramp_up: f64,
-    /// Peak profile: plateau seconds.
-    #[arg(long, default_value_t = 30.0, value_parser = parse_positive)]
-    plateau: f64,
-    /// Peak profile: ramp-down seconds.
-    #[arg(long, default_value_t = 10.0, value_parser = parse_duration)]
-    ramp_down: f64,
+    /// Constant profile (and each --find-max step): seconds, up to 86400 [default: 30].
+    #[arg(long, value_parser = parse_seconds)]
+    seconds: Option<f64>,
+    /// Peak profile: ramp-up seconds, up to 86400 [default: 10].
+    #[arg(long, value_parser = parse_duration)]
+    ramp_up: Option<f64>,
+    /// Peak profile: plateau seconds, up to 86400 [default: 30].
+    #[arg(long, value_parser = parse_seconds)]
+    plateau: Option<f64>,
+    /// Peak profile: ramp-down seconds, up to 86400 [default: 10].
+    #[arg(long, value_parser = parse_duration)]
+    ramp_down: Option<f64>,
     /// Share of single lookups made by card (the rest by insurance numbers), 0 to 1.
     #[arg(long, default_value_t = 0.37, value_parser = parse_share)]
     card_share: f64,
@@ -126,13 +127,13 @@ struct RunArgs {
     /// A request not answered within this many milliseconds is an error (1 to 600000). Its latency is still recorded.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     timeout_ms: u64,
-    /// SLO: p99 latency, milliseconds.
-    #[arg(long, default_value_t = 5.0)]
+    /// SLO: p99 latency, milliseconds (above 0).
+    #[arg(long, default_value_t = 5.0, value_parser = parse_positive)]
     slo_p99_ms: f64,
-    /// SLO: errors plus mismatches over requests sent.
-    #[arg(long, default_value_t = 0.0)]
+    /// SLO: errors plus mismatches over requests sent, 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
     slo_error_rate: f64,
-    /// Step the rate up from --rate (times --step each step, constant-rate steps of --seconds) until the SLO breaks; report the highest rate held. Exits 0 when some step held, 3 when the first already broke.
+    /// Step the rate up from --rate (times --step each step, constant-rate steps of --seconds) until the SLO breaks (or the rate would pass 10,000,000/s); report the highest rate held. Exits 0 when some step held, 3 when the first already broke.
     #[arg(long, conflicts_with_all = ["ramp_up", "plateau", "ramp_down"])]
     find_max: bool,
     /// --find-max: rate factor from one step to the next.
@@ -157,6 +158,34 @@ struct RunArgs {
     /// Card key file (64 hex digits) for Redis keys [default: $QUALCACHE_CARD_KEY, else the demo key].
     #[arg(long)]
     card_key_file: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The profile run: as given, else constant for --find-max, else peak.
+    fn profile_kind(&self) -> ProfileKind {
+        match (self.profile, self.find_max) {
+            (Some(p), _) => p,
+            (None, true) => ProfileKind::Constant,
+            (None, false) => ProfileKind::Peak,
+        }
+    }
+
+    /// Options that do not go together (clap checks the rest).
+    fn clash(&self) -> Option<&'static str> {
+        let ramp = self.ramp_up.is_some() || self.plateau.is_some() || self.ramp_down.is_some();
+        match self.profile_kind() {
+            ProfileKind::Peak if self.find_max => {
+                Some("--find-max steps a constant rate: it cannot be used with --profile peak")
+            }
+            ProfileKind::Peak if self.seconds.is_some() => Some(
+                "--seconds is the constant profile's length; the peak profile (the default) lasts --ramp-up + --plateau + --ramp-down (or use --profile constant)",
+            ),
+            ProfileKind::Constant if ramp => Some(
+                "--ramp-up, --plateau and --ramp-down shape the peak profile; the constant profile lasts --seconds",
+            ),
+            _ => None,
+        }
+    }
 }
 
 fn card_key(file: Option<&std::path::Path>) -> Result<qualcache::model::CardKey> {
@@ -191,6 +220,26 @@ fn parse_positive(s: &str) -> Result<f64, String> {
     }
 }
 
+/// The highest --rate, and where --find-max stops stepping.
+const MAX_RATE: f64 = 10_000_000.0;
+
+/// The longest a profile's phase may be, seconds.
+const MAX_SECONDS: f64 = 86_400.0;
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= MAX_RATE => Ok(f),
+        _ => Err("expected requests per second above 0 and at most 10000000".into()),
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= MAX_SECONDS => Ok(f),
+        _ => Err("expected seconds above 0 and at most 86400".into()),
+    }
+}
+
 fn parse_share(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
@@ -200,8 +249,8 @@ fn parse_share(s: &str) -> Result<f64, String> {
 
 fn parse_duration(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(f) if f.is_finite() && f >= 0.0 => Ok(f),
-        _ => Err("expected seconds, 0 or more".into()),
+        Ok(f) if (0.0..=MAX_SECONDS).contains(&f) => Ok(f),
+        _ => Err("expected seconds from 0 to 86400".into()),
     }
 }
 
@@ -217,7 +266,7 @@ fn parse_target(s: &str) -> Result<Target> {
         .split_once("://")
         .context("target must be scheme://host:port")?;
     if scheme == "redis" {
-        return Ok(Target::Redis(s.to_string()));
+        return Ok(Target::Redis(RedisUrl::new(s)));
     }
     let addr: SocketAddr = addr
         .parse()
@@ -313,16 +362,17 @@ async fn main_run(a: RunArgs) -> Result<bool> {
         lost: a.lost_share,
     };
     let workload = Arc::new(Workload::new(probes, mix)?);
-    let profile = match a.profile.unwrap_or(ProfileKind::Peak) {
+    let seconds = a.seconds.unwrap_or(30.0);
+    let profile = match a.profile_kind() {
         ProfileKind::Constant => Profile::Constant {
             rate: a.rate,
-            seconds: a.seconds,
+            seconds,
         },
         ProfileKind::Peak => Profile::Peak {
             rate: a.rate,
-            ramp_up: a.ramp_up,
-            plateau: a.plateau,
-            ramp_down: a.ramp_down,
+            ramp_up: a.ramp_up.unwrap_or(10.0),
+            plateau: a.plateau.unwrap_or(30.0),
+            ramp_down: a.ramp_down.unwrap_or(10.0),
         },
     };
     let opts = |profile| RunOptions {
@@ -351,14 +401,7 @@ async fn main_run(a: RunArgs) -> Result<bool> {
     let mut first_broken: Option<Report> = None;
     let mut tries = 0;
     loop {
-        let report = run(
-            &opts(Profile::Constant {
-                rate,
-                seconds: a.seconds,
-            }),
-            workload.clone(),
-        )
-        .await?;
+        let report = run(&opts(Profile::Constant { rate, seconds }), workload.clone()).await?;
         let ok = slo_met(&report, &a);
         tries += 1;
         let verdict = match (ok, tries < a.tries) {
@@ -381,6 +424,10 @@ async fn main_run(a: RunArgs) -> Result<bool> {
             break;
         }
         held = Some(report);
+        if rate * a.step > MAX_RATE {
+            println!("the next step would pass the generator's limit of {MAX_RATE:.0}/s");
+            break;
+        }
         rate *= a.step;
         tries = 0;
     }
@@ -409,13 +456,14 @@ async fn main_run(a: RunArgs) -> Result<bool> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Run(a) = &cli.command {
-        if a.find_max && matches!(a.profile, Some(ProfileKind::Peak)) {
+        if let Some(clash) = a.clash() {
             use clap::CommandFactory;
-            Cli::command()
-                .error(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    "--find-max steps a constant rate: it cannot be used with --profile peak",
-                )
+            let mut cli = Cli::command();
+            cli.build();
+            let run = cli
+                .find_subcommand_mut("run")
+                .expect("the run subcommand exists");
+            run.error(clap::error::ErrorKind::ArgumentConflict, clash)
                 .exit();
         }
     }
@@ -444,6 +492,7 @@ fn main() -> ExitCode {
                 };
                 let probes = qualcache::probe::read_probes(&probes)?;
                 let key = card_key(card_key_file.as_deref())?;
+                let redis = RedisUrl::new(redis);
                 let n =
                     qualcache_loadtest::redis_peer::load(&redis, &snapshot, &probes, &key).await?;
                 println!("{n} keys stored in {redis}");
@@ -457,7 +506,7 @@ fn main() -> ExitCode {
             } => qualcache_loadtest::echo::serve(
                 listen,
                 &certs,
-                reply_bytes,
+                reply_bytes as usize,
                 endpoints.unwrap_or_else(cores),
             )
             .await

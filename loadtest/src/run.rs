@@ -113,7 +113,7 @@ pub enum Target {
     /// The plain-quinn echo server: answers are not checked.
     Echo(SocketAddr),
     /// Redis holding the same answers (`redis-load`), one GET per lookup.
-    Redis(String),
+    Redis(crate::redis_peer::RedisUrl),
 }
 
 /// Everything a run needs.
@@ -317,8 +317,13 @@ struct Done {
     outcome: Outcome,
 }
 
+/// How long after the last request's deadline a shard still waits for
+/// the requests in flight (they end at their deadlines).
+const CUTOFF_SLACK: Duration = Duration::from_secs(1);
+
+/// Microseconds, up to the longest `--timeout-ms` and its slack.
 fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
+    Histogram::new_with_bounds(1, 700_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Reads UDP RcvbufErrors from /proc/net/snmp.
@@ -455,9 +460,10 @@ impl ShardFigures {
         window.latency.saturating_record(v);
     }
 
-    /// `n` requests still unanswered when the shard stops waiting, each at
-    /// least `waited` late: timeouts, in the latency of all requests at
-    /// that lower bound.
+    /// `n` requests still in flight when the shard stops waiting (past
+    /// every request's own deadline, so normally none), each at least
+    /// `waited` late: timeouts, in the latency of all requests at that
+    /// lower bound.
     fn record_unanswered(&mut self, n: u64, waited: Duration, window: &mut Window) {
         if n == 0 {
             return;
@@ -734,7 +740,7 @@ async fn connect(
         }
         Target::Redis(url) => {
             let client =
-                redis::Client::open(url.as_str()).with_context(|| format!("redis URL {url}"))?;
+                redis::Client::open(url.expose()).with_context(|| format!("redis URL {url}"))?;
             let client = &client;
             let mut handshakes = stream::iter(0..plan.terminals)
                 .map(|_| async move {
@@ -787,8 +793,9 @@ async fn shard(plan: ShardPlan, link: ShardLink) {
 }
 
 /// Sends a shard's requests at their scheduled times and records the
-/// answers. Requests in flight are polled by this task itself; a request
-/// still unanswered `timeout` after the schedule ends counts as a timeout.
+/// answers. Requests in flight are polled by this task itself; each ends
+/// at its deadline (`timeout` after its scheduled time) at the latest, so
+/// the shard is done soon after the schedule's end plus the timeout.
 async fn schedule(
     plan: &ShardPlan,
     clients: &[Conn],
@@ -817,7 +824,11 @@ async fn schedule(
                 if !sending {
                     // The end of the schedule plus the timeout: whatever is
                     // still in flight has timed out.
-                    figures.record_unanswered(in_flight.len() as u64, plan.timeout, &mut window);
+                    figures.record_unanswered(
+                        in_flight.len() as u64,
+                        plan.timeout + CUTOFF_SLACK,
+                        &mut window,
+                    );
                     break;
                 }
                 // Every request that has come due goes out now.
@@ -834,7 +845,7 @@ async fn schedule(
                         break;
                     }
                 }
-                pacer.arm(if sending { at(t) } else { at(total) + plan.timeout })?;
+                pacer.arm(if sending { at(t) } else { at(total) + plan.timeout + CUTOFF_SLACK })?;
             }
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 figures.record(&done, &mut window);
@@ -867,36 +878,40 @@ async fn request(
     check: bool,
     plan: &ShardPlan,
 ) -> Done {
-    let outcome = match conn {
-        Conn::Quic(client) => match client.request_raw(&planned.bytes).await {
-            Err(_) => Outcome::Error("stream"),
-            Ok(_) if !check => Outcome::Ok,
-            Ok(bytes) => match <Statuses as prost::Message>::decode(&bytes[..]) {
-                Ok(resp) => judge(&planned, &plan.workload, &resp),
-                Err(_) => Outcome::Error("decode"),
+    // Bounded here, so a request never answered is recorded at its own
+    // deadline, with its kind, and does not stay in flight.
+    let answered = tokio::time::timeout_at(scheduled + timeout, async {
+        match conn {
+            Conn::Quic(client) => match client.request_raw(&planned.bytes).await {
+                Err(_) => Outcome::Error("stream"),
+                Ok(_) if !check => Outcome::Ok,
+                Ok(bytes) => match <Statuses as prost::Message>::decode(&bytes[..]) {
+                    Ok(resp) => judge(&planned, &plan.workload, &resp),
+                    Err(_) => Outcome::Error("decode"),
+                },
             },
-        },
-        Conn::Redis(con) => {
-            match redis_get(&mut con.clone(), &planned, &plan.workload, &plan.card_key).await {
-                Err(_) => Outcome::Error("redis"),
-                Ok(statuses)
-                    if planned.kind != Kind::Batch
-                        && statuses == [pb::Status::InvalidRequest as i32] =>
-                {
-                    Outcome::Error("invalid_request")
+            Conn::Redis(con) => {
+                match redis_get(&mut con.clone(), &planned, &plan.workload, &plan.card_key).await {
+                    Err(_) => Outcome::Error("redis"),
+                    Ok(statuses)
+                        if planned.kind != Kind::Batch
+                            && statuses == [pb::Status::InvalidRequest as i32] =>
+                    {
+                        Outcome::Error("invalid_request")
+                    }
+                    Ok(statuses) => verdict(&planned, &plan.workload, statuses.into_iter()),
                 }
-                Ok(statuses) => verdict(&planned, &plan.workload, statuses.into_iter()),
             }
         }
-    };
+    })
+    .await;
     let elapsed = scheduled.elapsed();
     Done {
         kind: planned.kind,
         micros: elapsed.as_micros() as u64,
-        outcome: if elapsed > timeout {
-            Outcome::Error("timeout")
-        } else {
-            outcome
+        outcome: match answered {
+            Ok(outcome) if elapsed <= timeout => outcome,
+            _ => Outcome::Error("timeout"),
         },
     }
 }
@@ -963,8 +978,12 @@ fn judge(planned: &Planned, workload: &Workload, resp: &Statuses) -> Outcome {
         INVALID => return Outcome::Error("invalid_request"),
         _ => {}
     }
+    // The response's own status is OK for a batch and its answer's
+    // status for a single lookup: anything else is a wrong answer too.
     match planned.kind {
+        Kind::Batch if resp.status != pb::Status::Ok as i32 => Outcome::Mismatch,
         Kind::Batch => verdict(planned, workload, resp.answers.iter().map(|a| a.status)),
+        _ if resp.answer.as_ref().map(|a| a.status) != Some(resp.status) => Outcome::Mismatch,
         _ => verdict(planned, workload, resp.answer.iter().map(|a| a.status)),
     }
 }
@@ -1075,6 +1094,13 @@ mod tests {
                 ..Default::default()
             };
             assert!(matches!(judged(&p, &w, &missing), Outcome::Mismatch));
+            // The right answer under another response status.
+            let disagreeing = pb::Response {
+                status: wrong_status,
+                answer: Some(answer(want)),
+                ..Default::default()
+            };
+            assert!(matches!(judged(&p, &w, &disagreeing), Outcome::Mismatch));
         }
     }
 
@@ -1104,6 +1130,20 @@ mod tests {
         let mut longer = want.clone();
         longer.push(1);
         assert!(matches!(judged(&p, &w, &batch(&longer)), Outcome::Mismatch));
+        // The right statuses in another order.
+        let j = (1..want.len())
+            .find(|&j| want[j] != want[0])
+            .expect("the batch mixes statuses");
+        let mut swapped = want.clone();
+        swapped.swap(0, j);
+        assert!(matches!(
+            judged(&p, &w, &batch(&swapped)),
+            Outcome::Mismatch
+        ));
+        // A batch response whose own status is not OK.
+        let mut not_ok = batch(&want);
+        not_ok.status = pb::Status::Valid as i32;
+        assert!(matches!(judged(&p, &w, &not_ok), Outcome::Mismatch));
     }
 
     #[test]

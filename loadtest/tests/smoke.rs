@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qualcache::model::CardKey;
+use qualcache::probe::ProbeLookup;
 use qualcache::protocol::Limits;
 use qualcache::server::{self, Shared};
 use qualcache::snapshot::Snapshot;
+use qualcache_loadtest::redis_peer::RedisUrl;
 use qualcache_loadtest::run::{run, Profile, RunOptions, Target};
 use qualcache_loadtest::workload::{Mix, Workload};
 
@@ -191,6 +193,15 @@ async fn unanswered_requests_are_counted_as_timeouts() {
             report.errors
         );
         assert!(report.error_rate() >= 1.0);
+        // Each is in its kind's latency too, at its own deadline.
+        let by_kind: u64 = report.by_kind.values().map(|l| l.count).sum();
+        assert_eq!(by_kind, report.sent, "{:?}", report.by_kind);
+        assert_eq!(report.latency.count, report.sent);
+        assert!(
+            (300.0..1000.0).contains(&report.latency.p50_ms),
+            "{:?}",
+            report.latency
+        );
         assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
         silent.abort();
     })
@@ -240,14 +251,10 @@ async fn the_redis_peer_answers_like_the_daemon() {
         let built =
             qualcache::build::build_from_csv(&g.csv, &dir.path().join("snap"), &opts, |_| {})
                 .unwrap();
-        // A database of its own, emptied first.
-        let url = "redis://127.0.0.1:6379/9";
-        let client = redis::Client::open(url).unwrap();
+        // A database of its own (the load replaces only `qc:` keys).
+        let url = RedisUrl::new("redis://127.0.0.1:6379/9");
+        let client = redis::Client::open(url.expose()).unwrap();
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("FLUSHDB")
-            .query_async::<()>(&mut con)
-            .await
-            .unwrap();
         // An answer left by an earlier load must not survive this one.
         redis::cmd("SET")
             .arg("qc:20000101:c:stale")
@@ -257,7 +264,7 @@ async fn the_redis_peer_answers_like_the_daemon() {
             .unwrap();
         let probes = qualcache::probe::read_probes(&g.probes).unwrap();
         let stored =
-            qualcache_loadtest::redis_peer::load(url, &built.path, &probes, &CardKey::demo())
+            qualcache_loadtest::redis_peer::load(&url, &built.path, &probes, &CardKey::demo())
                 .await
                 .unwrap();
         assert!(
@@ -271,6 +278,29 @@ async fn the_redis_peer_answers_like_the_daemon() {
             .await
             .unwrap();
         assert_eq!(stale, None, "redis-load kept an earlier answer");
+        // A probe whose numbers do not parse is refused by its line, and
+        // the answers stored stay.
+        let mut bad = probes.clone();
+        let mut broken = bad[0].clone();
+        broken.lookup = ProbeLookup::Insurance {
+            insurer: "not-a-number".into(),
+            symbol: None,
+            number: "1".into(),
+            branch: None,
+            birth: qualcache::model::Date::from_ymd(1980, 1, 1).unwrap(),
+        };
+        bad.push(broken);
+        let err = qualcache_loadtest::redis_peer::load(&url, &built.path, &bad, &CardKey::demo())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("probe {}", bad.len())), "{err}");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("qc:*")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), stored, "a refused load changed Redis");
         let mix = Mix {
             card: 0.4,
             batch: 0.1,
@@ -280,7 +310,7 @@ async fn the_redis_peer_answers_like_the_daemon() {
         };
         let report = run(
             &RunOptions {
-                target: Target::Redis(url.into()),
+                target: Target::Redis(url.clone()),
                 certs: dir.path().to_path_buf(),
                 terminals: 10,
                 endpoints: 1,
@@ -324,6 +354,10 @@ fn bad_options_are_refused_with_the_option_named() {
         (&["--batch-size", "0"][..], "--batch-size"),
         (&["--batch-size", "1001"][..], "--batch-size"),
         (&["--timeout-ms", "0"][..], "--timeout-ms"),
+        (&["--seconds", "1e20"][..], "--seconds"),
+        (&["--rate", "1e300"][..], "--rate"),
+        (&["--slo-p99-ms", "nan"][..], "--slo-p99-ms"),
+        (&["--slo-error-rate=-1"][..], "--slo-error-rate"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
             .args(["run", "--certs", "certs", "--probes", "probes.jsonl"])
@@ -348,6 +382,31 @@ fn bad_options_are_refused_with_the_option_named() {
         stderr.contains("--find-max") && stderr.contains("--profile"),
         "{stderr}"
     );
+    // An option of the other profile would be ignored: it is refused.
+    for (args, named) in [
+        (&["--seconds", "10"][..], "--seconds"),
+        (&["--profile", "peak", "--seconds", "10"][..], "--seconds"),
+        (
+            &["--profile", "constant", "--plateau", "10"][..],
+            "--plateau",
+        ),
+        (
+            &["--profile", "constant", "--ramp-up", "1"][..],
+            "--ramp-up",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
+            .arg("run")
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(named) && stderr.contains("qualcache-loadtest run"),
+            "{args:?}: {stderr}"
+        );
+    }
     // The constant profile is the one --find-max steps: naming it is no
     // clash (this run then fails on the missing certificates instead).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
