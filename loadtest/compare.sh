@@ -16,13 +16,18 @@ CERTS=${CERTS:-data/demo-daemon/certs}
 SNAP=${SNAP:-data/demo-daemon/snapshots}
 PROBES=${PROBES:-$SNAP/.synthetic/probes.jsonl}
 OUT=$(mktemp -d)
+ECHO=
+trap '[ -n "$ECHO" ] && kill "$ECHO" 2>/dev/null; rm -rf "$OUT"' EXIT
 LT="cargo run -q --release -p qualcache-loadtest --"
 
 $LT redis-load --snapshot "$SNAP" --probes "$PROBES"
 $LT echo-server --certs "$CERTS" --listen 127.0.0.1:4434 &
 ECHO=$!
-trap 'kill $ECHO 2>/dev/null || true; rm -rf "$OUT"' EXIT
 sleep 2
+if ! kill -0 "$ECHO" 2>/dev/null; then
+  echo "compare.sh: the echo server did not start (is 127.0.0.1:4434 in use?)" >&2
+  exit 1
+fi
 
 for target in qualcache://127.0.0.1:4433 redis://127.0.0.1:6379 echo://127.0.0.1:4434; do
   name=${target%%:*}

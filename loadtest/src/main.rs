@@ -298,6 +298,9 @@ fn print(r: &Report, a: &RunArgs) {
         "sent {}  answered {}  throughput {:.0}/s  errors {:?}  mismatches {}",
         r.sent, r.answered, r.throughput_rps, r.errors, r.mismatches
     );
+    for (kind, why) in &r.error_examples {
+        println!("  first {kind} error: {why}");
+    }
     println!(
         "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "kind", "count", "p50 ms", "p90 ms", "p99 ms", "p999 ms", "max ms"

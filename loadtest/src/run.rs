@@ -202,6 +202,9 @@ pub struct Report {
     pub by_kind: BTreeMap<Kind, Latency>,
     /// Failures by kind (timeout, stream, overloaded, unavailable, invalid).
     pub errors: BTreeMap<String, u64>,
+    /// The first reason seen for each kind of failure that has one (the
+    /// transport's error, the server's reason; never personal data).
+    pub error_examples: BTreeMap<String, String>,
     /// Answers with a status other than the probe's expectation.
     pub mismatches: u64,
     /// Connection set-up (handshake) time.
@@ -306,7 +309,9 @@ enum Conn {
 enum Outcome {
     Ok,
     Mismatch,
-    Error(&'static str),
+    /// A failure of this kind, and why, where there is more to say (a
+    /// transport error, the server's reason: never personal data).
+    Error(&'static str, Option<String>),
 }
 
 /// One request, answered or failed, as its shard records it.
@@ -416,6 +421,8 @@ struct ShardFigures {
     lag: Histogram<u64>,
     by_kind: BTreeMap<Kind, Histogram<u64>>,
     errors: BTreeMap<&'static str, u64>,
+    /// The first reason seen for each kind of failure.
+    examples: BTreeMap<&'static str, String>,
     sent: u64,
     answered: u64,
     mismatches: u64,
@@ -429,6 +436,7 @@ impl ShardFigures {
             lag: new_histogram(),
             by_kind: BTreeMap::new(),
             errors: BTreeMap::new(),
+            examples: BTreeMap::new(),
             sent: 0,
             answered: 0,
             mismatches: 0,
@@ -436,7 +444,7 @@ impl ShardFigures {
         }
     }
 
-    fn record(&mut self, d: &Done, window: &mut Window) {
+    fn record(&mut self, d: Done, window: &mut Window) {
         match d.outcome {
             Outcome::Ok => self.answered += 1,
             Outcome::Mismatch => {
@@ -446,8 +454,11 @@ impl ShardFigures {
             }
             // A failed request still took its time: leaving it out of
             // the histograms would hide the tail (timeouts most of all).
-            Outcome::Error(e) => {
+            Outcome::Error(e, reason) => {
                 *self.errors.entry(e).or_default() += 1;
+                if let Some(reason) = reason {
+                    self.examples.entry(e).or_insert(reason);
+                }
                 window.errors += 1;
             }
         }
@@ -620,6 +631,7 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
     let mut lag = new_histogram();
     let mut by_kind: BTreeMap<Kind, Histogram<u64>> = BTreeMap::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut error_examples: BTreeMap<String, String> = BTreeMap::new();
     let (mut sent, mut answered, mut mismatches) = (0, 0, 0);
     let mut traffic: Option<QuicTraffic> = None;
     for f in &figures {
@@ -630,6 +642,11 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
         }
         for (e, n) in &f.errors {
             *errors.entry((*e).to_string()).or_default() += n;
+        }
+        for (e, why) in &f.examples {
+            error_examples
+                .entry((*e).to_string())
+                .or_insert_with(|| why.clone());
         }
         sent += f.sent;
         answered += f.answered;
@@ -651,6 +668,7 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
         latency: latency(&all),
         by_kind: by_kind.iter().map(|(k, h)| (*k, latency(h))).collect(),
         errors,
+        error_examples,
         mismatches,
         connect: latency(&connect),
         send_lag: latency(&lag),
@@ -848,7 +866,7 @@ async fn schedule(
                 pacer.arm(if sending { at(t) } else { at(total) + plan.timeout + CUTOFF_SLACK })?;
             }
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                figures.record(&done, &mut window);
+                figures.record(done, &mut window);
             }
             _ = report.tick(), if progress.is_some() => {
                 if let Some(p) = &progress {
@@ -883,21 +901,21 @@ async fn request(
     let answered = tokio::time::timeout_at(scheduled + timeout, async {
         match conn {
             Conn::Quic(client) => match client.request_raw(&planned.bytes).await {
-                Err(_) => Outcome::Error("stream"),
+                Err(e) => Outcome::Error("stream", Some(e.to_string())),
                 Ok(_) if !check => Outcome::Ok,
                 Ok(bytes) => match <Statuses as prost::Message>::decode(&bytes[..]) {
                     Ok(resp) => judge(&planned, &plan.workload, &resp),
-                    Err(_) => Outcome::Error("decode"),
+                    Err(e) => Outcome::Error("decode", Some(e.to_string())),
                 },
             },
             Conn::Redis(con) => {
                 match redis_get(&mut con.clone(), &planned, &plan.workload, &plan.card_key).await {
-                    Err(_) => Outcome::Error("redis"),
+                    Err(e) => Outcome::Error("redis", Some(e.to_string())),
                     Ok(statuses)
                         if planned.kind != Kind::Batch
                             && statuses == [pb::Status::InvalidRequest as i32] =>
                     {
-                        Outcome::Error("invalid_request")
+                        Outcome::Error("invalid_request", None)
                     }
                     Ok(statuses) => verdict(&planned, &plan.workload, statuses.into_iter()),
                 }
@@ -911,7 +929,7 @@ async fn request(
         micros: elapsed.as_micros() as u64,
         outcome: match answered {
             Ok(outcome) if elapsed <= timeout => outcome,
-            _ => Outcome::Error("timeout"),
+            _ => Outcome::Error("timeout", None),
         },
     }
 }
@@ -954,6 +972,9 @@ async fn redis_get(
 struct Statuses {
     #[prost(int32, tag = "1")]
     status: i32,
+    /// Empty unless the request failed.
+    #[prost(string, tag = "2")]
+    reason: String,
     #[prost(message, optional, tag = "4")]
     answer: Option<AnswerStatus>,
     #[prost(message, repeated, tag = "5")]
@@ -973,9 +994,9 @@ fn judge(planned: &Planned, workload: &Workload, resp: &Statuses) -> Outcome {
     const UNAVAILABLE: i32 = pb::Status::Unavailable as i32;
     const INVALID: i32 = pb::Status::InvalidRequest as i32;
     match resp.status {
-        OVERLOADED => return Outcome::Error("overloaded"),
-        UNAVAILABLE => return Outcome::Error("unavailable"),
-        INVALID => return Outcome::Error("invalid_request"),
+        OVERLOADED => return Outcome::Error("overloaded", Some(resp.reason.clone())),
+        UNAVAILABLE => return Outcome::Error("unavailable", Some(resp.reason.clone())),
+        INVALID => return Outcome::Error("invalid_request", Some(resp.reason.clone())),
         _ => {}
     }
     // The response's own status is OK for a batch and its answer's
@@ -1161,7 +1182,10 @@ mod tests {
                 ..Default::default()
             };
             assert!(
-                matches!(judged(&p, &w, &resp), Outcome::Error(k) if k == kind),
+                matches!(
+                    judged(&p, &w, &resp),
+                    Outcome::Error(k, Some(why)) if k == kind && why == "why"
+                ),
                 "{status:?}"
             );
         }
