@@ -290,9 +290,13 @@ fn write_json(path: &std::path::Path, r: &Report) -> Result<()> {
 }
 
 fn print(r: &Report, a: &RunArgs) {
+    let over = match r.endpoints {
+        0 => String::new(),
+        n => format!(" over {n} endpoints"),
+    };
     println!(
-        "target {:?}, {} terminals over {} endpoints on {} threads, {:?}",
-        r.target, r.terminals, r.endpoints, r.threads, r.profile
+        "target {}, {} terminals{over} on {} threads, {:?}",
+        r.target, r.terminals, r.threads, r.profile
     );
     println!(
         "sent {}  answered {}  throughput {:.0}/s  errors {:?}  mismatches {}",

@@ -116,6 +116,17 @@ pub enum Target {
     Redis(crate::redis_peer::RedisUrl),
 }
 
+impl std::fmt::Display for Target {
+    /// As given on the command line (a Redis password shown as `***`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Qualcache(addr) => write!(f, "qualcache://{addr}"),
+            Target::Echo(addr) => write!(f, "echo://{addr}"),
+            Target::Redis(url) => write!(f, "{url}"),
+        }
+    }
+}
+
 /// Everything a run needs.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
