@@ -32,6 +32,24 @@ pub enum ClientError {
     Decode,
 }
 
+/// An error and its causes, `: `-separated ("read error: connection
+/// lost: aborted by peer: ..."): quinn's stream errors name the cause only
+/// in their source.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        // Some errors already show their cause in their own text.
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// A connection to a daemon.
 #[derive(Debug)]
 pub struct Client {
@@ -67,9 +85,9 @@ impl Client {
         let connect_err = |reason: String| ClientError::Connect { addr, reason };
         let conn = endpoint
             .connect_with(config, addr, server_name)
-            .map_err(|e| connect_err(e.to_string()))?
+            .map_err(|e| connect_err(with_causes(&e)))?
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| connect_err(with_causes(&e)))?;
         Ok(Client { endpoint, conn })
     }
 
@@ -87,7 +105,7 @@ impl Client {
     /// Sends raw request bytes and returns the encoded `Response` as it
     /// came (the load generator decodes only the statuses it checks).
     pub async fn request_raw(&self, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
-        let stream = |e: &dyn std::fmt::Display| ClientError::Stream(e.to_string());
+        let stream = |e: &dyn std::error::Error| ClientError::Stream(with_causes(e));
         let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| stream(&e))?;
         match send.write_all(bytes).await {
             Ok(()) => send.finish().map_err(|e| stream(&e))?,
@@ -107,7 +125,7 @@ impl Client {
         self.conn
             .open_bi()
             .await
-            .map_err(|e| ClientError::Stream(e.to_string()))
+            .map_err(|e| ClientError::Stream(with_causes(&e)))
     }
 
     /// The connection's transport statistics (datagrams, frames, losses).
