@@ -178,7 +178,7 @@ fn card(ctx: &Context<'_>, snapshot: &Snapshot, c: &pb::CardLookup, as_of: Date)
         return invalid_answer("card: serial longer than 128 bytes".into());
     }
     answer(
-        &snapshot.lookup_card(&ctx.card_key.digest(&c.serial), as_of),
+        &snapshot.lookup_card(&ctx.card_key.digest(serial), as_of),
         snapshot,
     )
 }

@@ -389,15 +389,11 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
     // finds nothing to do (about 10 % of the daemon's CPU at 5,000
     // lookups/s, BENCHMARKS.md).
     let mut requests = FuturesUnordered::new();
-    let mut shutting_down = false;
     loop {
         tokio::select! {
             biased;
             Some(()) = requests.next(), if !requests.is_empty() => {}
-            () = &mut cancelled => {
-                shutting_down = true;
-                break;
-            }
+            () = &mut cancelled => break,
             stream = &mut accept => {
                 match stream {
                     Ok((send, recv)) => requests.push(request(send, recv, shared.clone())),
@@ -413,7 +409,7 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
     // Requests accepted before the end are still answered (the tracker
     // waits for this task at shutdown).
     while requests.next().await.is_some() {}
-    if shutting_down {
+    if stop.is_cancelled() {
         // Answers finished before shutdown began were not waited for, and
         // dropping the last handle of `conn` would close it at once: keep
         // it open a moment so they are delivered (or resent), unless the

@@ -213,11 +213,16 @@ fn parse_count(s: &str) -> Result<usize, String> {
     }
 }
 
-fn parse_positive(s: &str) -> Result<f64, String> {
+/// A number for which `ok` holds, else `expected` as the error.
+fn number(s: &str, ok: impl Fn(f64) -> bool, expected: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
-        _ => Err("expected a number above 0".into()),
+        Ok(f) if ok(f) => Ok(f),
+        _ => Err(expected.into()),
     }
+}
+
+fn parse_positive(s: &str) -> Result<f64, String> {
+    number(s, |f| f.is_finite() && f > 0.0, "expected a number above 0")
 }
 
 /// The highest --rate, and where --find-max stops stepping.
@@ -227,38 +232,43 @@ const MAX_RATE: f64 = 10_000_000.0;
 const MAX_SECONDS: f64 = 86_400.0;
 
 fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(f) if f > 0.0 && f <= MAX_RATE => Ok(f),
-        _ => Err("expected requests per second above 0 and at most 10000000".into()),
-    }
+    number(
+        s,
+        |f| f > 0.0 && f <= MAX_RATE,
+        "expected requests per second above 0 and at most 10000000",
+    )
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(f) if f > 0.0 && f <= MAX_SECONDS => Ok(f),
-        _ => Err("expected seconds above 0 and at most 86400".into()),
-    }
-}
-
-fn parse_share(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
-        _ => Err("expected a share from 0 to 1, e.g. 0.05".into()),
-    }
+    number(
+        s,
+        |f| f > 0.0 && f <= MAX_SECONDS,
+        "expected seconds above 0 and at most 86400",
+    )
 }
 
 fn parse_duration(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(f) if (0.0..=MAX_SECONDS).contains(&f) => Ok(f),
-        _ => Err("expected seconds from 0 to 86400".into()),
-    }
+    number(
+        s,
+        |f| (0.0..=MAX_SECONDS).contains(&f),
+        "expected seconds from 0 to 86400",
+    )
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    number(
+        s,
+        |f| (0.0..=1.0).contains(&f),
+        "expected a share from 0 to 1, e.g. 0.05",
+    )
 }
 
 fn parse_step(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(f) if f > 1.0 && f <= 4.0 => Ok(f),
-        _ => Err("expected a factor above 1 and at most 4, e.g. 1.25".into()),
-    }
+    number(
+        s,
+        |f| f > 1.0 && f <= 4.0,
+        "expected a factor above 1 and at most 4, e.g. 1.25",
+    )
 }
 
 fn parse_target(s: &str) -> Result<Target> {

@@ -133,7 +133,7 @@ async fn clear(con: &mut redis::aio::MultiplexedConnection) -> Result<usize> {
 /// answer (as the snapshot gives it) first, then deletes every earlier
 /// `qc:` key and stores the answers under their keys; returns how many
 /// keys were set. A probe whose key does not parse is an error naming it
-/// (its line in the file), and leaves Redis as it was.
+/// (its position in the file), and leaves Redis as it was.
 pub async fn load(
     url: &RedisUrl,
     snapshot: &Path,

@@ -339,6 +339,19 @@ async fn the_redis_peer_answers_like_the_daemon() {
     .expect("bounded");
 }
 
+/// Runs `qualcache-loadtest run ARGS`; returns its exit code and stderr.
+fn loadtest_run(args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
+        .arg("run")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn bad_options_are_refused_with_the_option_named() {
     for (args, named) in [
@@ -359,25 +372,18 @@ fn bad_options_are_refused_with_the_option_named() {
         (&["--slo-p99-ms", "nan"][..], "--slo-p99-ms"),
         (&["--slo-error-rate=-1"][..], "--slo-error-rate"),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
-            .args(["run", "--certs", "certs", "--probes", "probes.jsonl"])
-            .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let mut all = vec!["--certs", "certs", "--probes", "probes.jsonl"];
+        all.extend_from_slice(args);
+        let (code, stderr) = loadtest_run(&all);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(
             stderr.contains("invalid value") && stderr.contains(named),
             "{args:?}: {stderr}"
         );
     }
     // Options that clash are refused by name too.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
-        .args(["run", "--find-max", "--profile", "peak"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = loadtest_run(&["--find-max", "--profile", "peak"]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("--find-max") && stderr.contains("--profile"),
         "{stderr}"
@@ -395,13 +401,8 @@ fn bad_options_are_refused_with_the_option_named() {
             "--ramp-up",
         ),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
-            .arg("run")
-            .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let (code, stderr) = loadtest_run(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(
             stderr.contains(named) && stderr.contains("qualcache-loadtest run"),
             "{args:?}: {stderr}"
@@ -409,19 +410,16 @@ fn bad_options_are_refused_with_the_option_named() {
     }
     // The constant profile is the one --find-max steps: naming it is no
     // clash (this run then fails on the missing certificates instead).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
-        .args([
-            "run",
-            "--certs",
-            "no-such-dir",
-            "--probes",
-            "no-such-dir/probes.jsonl",
-        ])
-        .args(["--find-max", "--profile", "constant"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = loadtest_run(&[
+        "--certs",
+        "no-such-dir",
+        "--probes",
+        "no-such-dir/probes.jsonl",
+        "--find-max",
+        "--profile",
+        "constant",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("no-such-dir"), "{stderr}");
 }
 
@@ -434,13 +432,16 @@ fn shares_that_add_up_to_more_than_one_are_refused() {
         "{\"case\":\"c\",\"kind\":\"card\",\"serial\":\"AB\",\"as_of\":\"20261101\",\"expect\":1}\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
-        .args(["run", "--certs", "certs", "--probes"])
-        .arg(&probes)
-        .args(["--miss-share", "0.7", "--lost-share", "0.4"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = loadtest_run(&[
+        "--certs",
+        "certs",
+        "--probes",
+        probes.to_str().unwrap(),
+        "--miss-share",
+        "0.7",
+        "--lost-share",
+        "0.4",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("more than 1"), "{stderr}");
 }
