@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::snapshot::{write_snapshot, BuildError, Builder, SnapshotError, SnapshotMeta};
+use crate::snapshot::{
+    write_snapshot, BuildError, Builder, SnapshotError, SnapshotMeta, WarningCount,
+};
 use crate::store::chunks::read_parallel;
 use crate::store::csv::{CsvError, RowError, RowUnit};
 use crate::store::postgres::{self, PgError, PgSource};
@@ -14,7 +16,8 @@ use crate::store::postgres::{self, PgError, PgSource};
 /// How to build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
-    /// Build without bad rows instead of failing (duplicates still fail).
+    /// Build without bad rows instead of failing (overlapping keys, shared
+    /// cards and scattered persons still fail).
     pub skip_invalid: bool,
     /// `CardKey::id` of the key the store's digests were made with.
     pub card_key_id: u64,
@@ -37,6 +40,8 @@ pub struct BuildSummary {
     pub bytes_per_record: f64,
     /// Rows left out (`--skip-invalid`).
     pub skipped_rows: u64,
+    /// Rows built that break a warning rule (`model::rules`), by rule.
+    pub warnings: Vec<WarningCount>,
     /// Wall-clock seconds, read to written.
     pub seconds: f64,
     /// Records per second.
@@ -223,6 +228,7 @@ fn finish(
         .into());
     }
     let read_seconds = started.elapsed().as_secs_f64();
+    let warnings = builder.warnings();
     let body = builder.finish()?;
     let index_seconds = started.elapsed().as_secs_f64() - read_seconds;
     let written = write_snapshot(out_dir, &body, meta)?;
@@ -236,6 +242,7 @@ fn finish(
         bytes: written.bytes,
         bytes_per_record: written.bytes as f64 / written.records.max(1) as f64,
         skipped_rows: if opts.skip_invalid { bad_count } else { 0 },
+        warnings,
         seconds,
         records_per_second: written.records as f64 / seconds.max(1e-9),
         read_seconds,

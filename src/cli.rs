@@ -17,8 +17,7 @@ use crate::snapshot::{BuildError, Snapshot};
 use crate::store::csv::RowError;
 use crate::store::postgres::{self, load::LoadError, PgSource};
 
-/// Environment variable holding the card key (64 hex digits).
-pub const CARD_KEY_ENV: &str = "QUALCACHE_CARD_KEY";
+pub use crate::model::card::CARD_KEY_ENV;
 
 /// qualcache: memory-mapped qualification-lookup cache.
 #[derive(Debug, Parser)]

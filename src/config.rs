@@ -477,7 +477,7 @@ impl Config {
                 false,
             ));
         }
-        match std::env::var(crate::cli::CARD_KEY_ENV) {
+        match std::env::var(crate::model::card::CARD_KEY_ENV) {
             Ok(v) => Ok((v.parse().context("$QUALCACHE_CARD_KEY")?, false)),
             Err(_) => Ok((CardKey::demo(), true)),
         }

@@ -267,6 +267,15 @@ impl Store {
             seconds = summary.seconds,
             "snapshot built"
         );
+        for w in &summary.warnings {
+            tracing::warn!(
+                generation = summary.generation,
+                rule = w.rule,
+                count = w.count,
+                first = %w.first,
+                "rows built despite a warning rule"
+            );
+        }
         Ok(summary.generation)
     }
 

@@ -19,8 +19,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::card::SerialError;
 use crate::model::text::KeyError;
-use crate::model::{CardKey, Date, InsuranceKey, Qualification, Status};
+use crate::model::{CardKey, CardSerial, Date, InsuranceKey, Qualification, Status};
 use crate::snapshot::{Answer, Snapshot};
 
 /// One probe.
@@ -83,17 +84,33 @@ pub fn key_id(q: &Qualification) -> String {
     )
 }
 
+/// Why a lookup could not be made: the words the daemon answers
+/// `INVALID_REQUEST` with and the command line reports (never the value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// The card serial is not 1 to 40 hexadecimal digits.
+    #[error("card: {0}")]
+    Serial(#[from] SerialError),
+    /// A part of the insurance key does not parse.
+    #[error("insurance: {0}")]
+    Key(#[from] KeyError),
+}
+
 impl ProbeLookup {
     /// Runs this lookup against a snapshot (card serials digested with
-    /// `key`). Fails only if the insurance key does not parse.
+    /// `key`). Fails only if the card serial or the insurance key does not
+    /// parse.
     pub fn run<'s>(
         &self,
         snapshot: &'s Snapshot,
         key: &CardKey,
         as_of: Date,
-    ) -> Result<Answer<'s>, KeyError> {
+    ) -> Result<Answer<'s>, LookupError> {
         Ok(match self {
-            ProbeLookup::Card { serial } => snapshot.lookup_card(&key.digest(serial), as_of),
+            ProbeLookup::Card { serial } => {
+                let serial: CardSerial = serial.parse()?;
+                snapshot.lookup_card(&key.digest(&serial), as_of)
+            }
             ProbeLookup::Insurance {
                 insurer,
                 symbol,

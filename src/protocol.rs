@@ -6,8 +6,8 @@
 
 use prost::Message;
 
-use crate::model::{CardKey, Date, InsuranceKey, Qualification, Status};
-use crate::probe::ProbeLookup;
+use crate::model::{CardKey, CardSerial, Date, InsuranceKey, Qualification, Status};
+use crate::probe::{LookupError, ProbeLookup};
 use crate::snapshot::{Answer, Snapshot};
 
 /// Generated protocol messages (`qualcache.v1`).
@@ -94,16 +94,8 @@ pub fn handle(ctx: &Context<'_>, req: pb::Request) -> pb::Response {
         ..pb::Response::default()
     };
     match kind {
-        Kind::Card(c) => {
-            let a = card(ctx, snapshot, &c, as_of);
-            resp.status = a.status;
-            resp.answer = Some(a);
-        }
-        Kind::Insurance(i) => {
-            let a = insurance(snapshot, &i, as_of);
-            resp.status = a.status;
-            resp.answer = Some(a);
-        }
+        Kind::Card(c) => single(&mut resp, card(ctx, snapshot, &c, as_of)),
+        Kind::Insurance(i) => single(&mut resp, insurance(snapshot, &i, as_of)),
         Kind::Batch(b) => {
             if b.items.len() > ctx.limits.max_batch {
                 return invalid(format!(
@@ -152,6 +144,25 @@ pub fn handle(ctx: &Context<'_>, req: pb::Request) -> pb::Response {
     resp
 }
 
+/// Fills a single lookup's response: its status is the answer's; a
+/// lookup status (1-8) comes with the answer in `answer`, any other
+/// (`INVALID_REQUEST`, `UNAVAILABLE`) with its reason in `Response.reason`
+/// and no `answer`, like every refusal of a whole request.
+fn single(resp: &mut pb::Response, a: pb::Answer) {
+    resp.status = a.status;
+    if is_lookup_status(a.status) {
+        resp.answer = Some(a);
+    } else {
+        resp.reason = a.reason;
+    }
+}
+
+/// Whether a wire status is a lookup's answer (1-8) rather than a
+/// protocol status.
+pub fn is_lookup_status(status: i32) -> bool {
+    (pb::Status::Valid as i32..=pb::Status::CardRestricted as i32).contains(&status)
+}
+
 /// The as-of day of a request: 0 for today, else YYYYMMDD.
 fn as_of(raw: u32, today: Date) -> Result<Date, String> {
     if raw == 0 {
@@ -169,16 +180,12 @@ fn date(raw: u32) -> Result<Date, crate::model::date::DateError> {
 }
 
 fn card(ctx: &Context<'_>, snapshot: &Snapshot, c: &pb::CardLookup, as_of: Date) -> pb::Answer {
-    // The digest is of the trimmed serial: so are the checks.
-    let serial = c.serial.trim();
-    if serial.is_empty() {
-        return invalid_answer("card: serial is empty".into());
-    }
-    if serial.len() > 128 {
-        return invalid_answer("card: serial longer than 128 bytes".into());
-    }
+    let serial: CardSerial = match c.serial.parse() {
+        Ok(s) => s,
+        Err(e) => return invalid_answer(LookupError::Serial(e).to_string()),
+    };
     answer(
-        &snapshot.lookup_card(&ctx.card_key.digest(serial), as_of),
+        &snapshot.lookup_card(&ctx.card_key.digest(&serial), as_of),
         snapshot,
     )
 }
@@ -186,7 +193,7 @@ fn card(ctx: &Context<'_>, snapshot: &Snapshot, c: &pb::CardLookup, as_of: Date)
 fn insurance(snapshot: &Snapshot, i: &pb::InsuranceLookup, as_of: Date) -> pb::Answer {
     let key = match InsuranceKey::parse(&i.insurer, Some(&i.symbol), &i.number, Some(&i.branch)) {
         Ok(k) => k,
-        Err(e) => return invalid_answer(format!("insurance: {e}")),
+        Err(e) => return invalid_answer(LookupError::Key(e).to_string()),
     };
     if i.birth == 0 {
         return invalid_answer("insurance: birth date is required".into());
@@ -301,7 +308,7 @@ pub fn day(d: Date) -> u32 {
 /// The wire form of a qualification.
 pub fn qualification(q: Qualification) -> pb::Qualification {
     pb::Qualification {
-        insurer_number: q.insurer_number.to_string(),
+        insurer_number: q.insurer_number.answer_form(),
         insurer_name: q.insurer_name,
         card_class: q.card_class.code().into(),
         symbol: q.symbol.map(|s| s.to_string()).unwrap_or_default(),

@@ -25,24 +25,24 @@ fn fixture(dir: &std::path::Path) -> Snapshot {
             // 1: valid, registered card.
             rec(
                 1,
-                card("S1", Registered),
+                card("5E01", Registered),
                 qual("100", Some(0), "19800101", "20100401"),
             ),
             // 2: job change: 200 lost on 2020-04-01, 201 from then on.
             rec(
                 2,
-                card("S2", Registered),
+                card("5E02", Registered),
                 lost(qual("200", Some(0), "19750101", "20050401"), "20200401"),
             ),
             rec(
                 2,
-                card("S2", Registered),
+                card("5E02", Registered),
                 qual("201", Some(0), "19750101", "20200401"),
             ),
             // 3: lost, nothing newer.
             rec(
                 3,
-                card("S3", Registered),
+                card("5E03", Registered),
                 lost(qual("300", Some(0), "19700101", "20000401"), "20250101"),
             ),
             // 4: a family; the twins share a birth date.
@@ -52,7 +52,7 @@ fn fixture(dir: &std::path::Path) -> Snapshot {
             // 5, 6: medical aid, ticket not registered / registered.
             rec(
                 5,
-                card("S5", Registered),
+                card("5E05", Registered),
                 medical_aid("5000001", "19900101", "20200101", false),
             ),
             rec(
@@ -63,12 +63,12 @@ fn fixture(dir: &std::path::Path) -> Snapshot {
             // 7: card withdrawn; 8: card use restricted.
             rec(
                 7,
-                card("S7", Withdrawn),
+                card("5E07", Withdrawn),
                 qual("700", Some(0), "19810101", "20100401"),
             ),
             rec(
                 8,
-                card("S8", Restricted),
+                card("5E08", Restricted),
                 qual("800", Some(0), "19820101", "20100401"),
             ),
             // 9: a 6-digit NHI insurer number.
@@ -78,7 +78,7 @@ fn fixture(dir: &std::path::Path) -> Snapshot {
 }
 
 fn by_card<'a>(s: &'a Snapshot, serial: &str, as_of: &str) -> Answer<'a> {
-    s.lookup_card(&CardKey::demo().digest(serial), date(as_of))
+    s.lookup_card(&digest(serial), date(as_of))
 }
 
 fn by_key<'a>(
@@ -108,16 +108,29 @@ fn every_status_by_card() {
     let s = fixture(dir.path());
     // (serial, as_of, expected status, expected number of the qualification)
     let cases: &[(&str, &str, Status, &str)] = &[
-        ("S1", AS_OF, Status::Valid, "01130012:1234:100:00"),
-        ("S2", AS_OF, Status::Valid, "01130012:1234:201:00"),
-        ("S2", "20200331", Status::Valid, "01130012:1234:200:00"),
-        ("S3", AS_OF, Status::Lost, "01130012:1234:300:00"),
-        ("S5", AS_OF, Status::ValidUnregistered, "12130019::5000001:"),
-        ("S1", "20100331", Status::NotFound, ""),
-        ("S7", AS_OF, Status::CardNotRegistered, ""),
-        ("S8", AS_OF, Status::CardRestricted, ""),
-        ("never-linked", AS_OF, Status::CardNotRegistered, ""),
-        (" S1 ", AS_OF, Status::Valid, "01130012:1234:100:00"),
+        ("5E01", AS_OF, Status::Valid, "01130012:1234:100:00"),
+        ("5E02", AS_OF, Status::Valid, "01130012:1234:201:00"),
+        ("5E02", "20200331", Status::Valid, "01130012:1234:200:00"),
+        ("5E03", AS_OF, Status::Lost, "01130012:1234:300:00"),
+        (
+            "5E05",
+            AS_OF,
+            Status::ValidUnregistered,
+            "12130019::5000001:",
+        ),
+        ("5E01", "20100331", Status::NotFound, ""),
+        ("5E07", AS_OF, Status::CardNotRegistered, ""),
+        ("5E08", AS_OF, Status::CardRestricted, ""),
+        ("FFFF0000", AS_OF, Status::CardNotRegistered, ""),
+        (" 5E01 ", AS_OF, Status::Valid, "01130012:1234:100:00"),
+        ("5e01", AS_OF, Status::Valid, "01130012:1234:100:00"),
+        (
+            "\u{3000}５Ｅ０１",
+            AS_OF,
+            Status::Valid,
+            "01130012:1234:100:00",
+        ),
+        ("５ｅ０１", AS_OF, Status::Valid, "01130012:1234:100:00"),
     ];
     for &(serial, as_of, status, key) in cases {
         let a = by_card(&s, serial, as_of);
@@ -440,7 +453,7 @@ fn a_restricted_card_never_returns_the_qualification() {
     let dir = tempdir();
     let s = fixture(dir.path());
     for as_of in ["20100401", AS_OF, "20300101"] {
-        assert!(matches!(by_card(&s, "S8", as_of), Answer::CardRestricted));
+        assert!(matches!(by_card(&s, "5E08", as_of), Answer::CardRestricted));
     }
 }
 
@@ -533,8 +546,8 @@ fn corrupt_snapshots_are_refused_with_a_clear_error() {
         ),
         (
             "wrong schema version",
-            open_damaged(|b| reheader(b, |h| h[12] = 7)),
-            "schema version 7",
+            open_damaged(|b| reheader(b, |h| h[12] = 99)),
+            "schema version 99",
         ),
         (
             "32-bit pointers",
@@ -594,7 +607,7 @@ mod csv_store {
         vec![
             rec(
                 1,
-                card("S1", CardStatus::Registered),
+                card("5E01", CardStatus::Registered),
                 qual("100", Some(0), "19800101", "20100401"),
             ),
             rec(
@@ -756,13 +769,13 @@ mod csv_store {
         let mut records = sample();
         let mut bad = rec(
             3,
-            card("S3", CardStatus::Registered),
+            card("5E03", CardStatus::Registered),
             qual("300", Some(0), "19700101", "20000401"),
         );
         bad.qualification.insurer_name = "別の保険者".into();
         let good = rec(
             3,
-            card("S3", CardStatus::Registered),
+            card("5E03", CardStatus::Registered),
             qual("301", Some(0), "19700101", "20000401"),
         );
         // Person 1, then person 3's bad row and a good one, then 2 and 5.
@@ -788,10 +801,10 @@ mod csv_store {
         assert_eq!((summary.records, summary.persons), (5, 4));
         let snap = Snapshot::open(&summary.path).unwrap();
         snap.verify().unwrap();
-        let a = by_card(&snap, "S3", AS_OF);
+        let a = by_card(&snap, "5E03", AS_OF);
         assert_eq!(a.status(), Status::Valid);
         assert_eq!(id(&a), "01130012:1234:301:00");
-        assert_eq!(by_card(&snap, "S1", AS_OF).status(), Status::Valid);
+        assert_eq!(by_card(&snap, "5E01", AS_OF).status(), Status::Valid);
         assert_eq!(
             by_key(
                 &snap,
@@ -821,7 +834,7 @@ mod csv_store {
     }
 
     #[test]
-    fn duplicate_keys_and_split_persons_are_errors() {
+    fn overlapping_keys_and_split_persons_are_errors() {
         let mut records = sample();
         let mut dup = records[0].clone();
         dup.person_id = 9;
@@ -831,22 +844,24 @@ mod csv_store {
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].line, 6);
         assert!(
-            errors[0].reason.contains("duplicate insurance key"),
+            errors[0].reason.contains("overlapping period"),
             "{}",
             errors[0]
         );
         assert!(errors[0].reason.contains("line 2"), "{}", errors[0]);
 
-        // Same key, another person with another birth date: still a duplicate.
+        // Same key, another person with another birth date: still an
+        // overlap, since both hold the key at once.
         let mut records = sample();
         let mut dup = records[0].clone();
         dup.person_id = 9;
         dup.card = None;
         dup.qualification.birth_date = date("19990909");
+        dup.qualification.acquired_date = date("20200101");
         records.push(dup);
         let errors = row_errors(build(&csv_of(&records), false).0);
         assert!(
-            errors[0].reason.contains("duplicate insurance key"),
+            errors[0].reason.contains("overlapping period"),
             "{}",
             errors[0]
         );
@@ -1174,7 +1189,7 @@ mod props {
                     // Person-level fields must agree across a person's rows.
                     let mut out: Vec<qualcache::model::EnrolleeRecord> = Vec::new();
                     for (person, mut q, status) in rows {
-                        let card = status.and_then(|s| card(&format!("serial-{person}"), s));
+                        let card = status.and_then(|s| card(&format!("{person:04X}"), s));
                         if let Some(prev) = out.last().filter(|r| r.person_id == person) {
                             let p = &prev.qualification;
                             q.name = p.name.clone();
@@ -1485,7 +1500,7 @@ mod cli {
             "--as-of",
             "20261301",
             "card",
-            "S1",
+            "5E01",
         ]);
         assert!(!ok && !err.contains("panicked"), "{err}");
 

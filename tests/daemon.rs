@@ -111,10 +111,16 @@ fn request(p: &Probe) -> pb::Request {
     }
 }
 
+/// The probes' key identity of a wire qualification: the insurer number
+/// as stored (answers pad a 6-digit one with two leading spaces).
 fn key_of(q: &pb::Qualification) -> String {
+    assert_eq!(q.insurer_number.len(), 8, "{:?}", q.insurer_number);
     format!(
         "{}:{}:{}:{}",
-        q.insurer_number, q.symbol, q.number, q.branch
+        q.insurer_number.trim_start(),
+        q.symbol,
+        q.number,
+        q.branch
     )
 }
 
@@ -297,7 +303,9 @@ async fn status_limits_and_malformed_requests() {
                 resp.reason
             );
         }
-        // A bad key is answered per item, naming the part but not the value.
+        // A bad single lookup is refused like a bad request: the status
+        // and the reason in the response, no answer. The reason names the
+        // part but not the value.
         let resp = client
             .request(&pb::Request {
                 as_of: 0,
@@ -310,16 +318,18 @@ async fn status_limits_and_malformed_requests() {
             })
             .await
             .unwrap();
-        let a = resp.answer.unwrap();
-        assert_eq!(a.status, pb::Status::InvalidRequest as i32);
+        assert_eq!(resp.status, pb::Status::InvalidRequest as i32);
+        assert!(resp.answer.is_none());
         assert!(
-            a.reason.contains("insurer number: check digit") && !a.reason.contains("06130487"),
+            resp.reason.contains("insurer number: check digit")
+                && !resp.reason.contains("06130487"),
             "{}",
-            a.reason
+            resp.reason
         );
 
-        // A card serial is judged trimmed, as it is digested: padding does
-        // not count against its 128 bytes, a longer serial is refused.
+        // A card serial is judged in its canonical form, as it is
+        // digested: padding does not count against its 40 digits, case
+        // does not matter, a longer serial is refused.
         let p = server
             .probes
             .iter()
@@ -339,10 +349,21 @@ async fn status_limits_and_malformed_requests() {
             resp.answer.as_ref().unwrap(),
             "serial padded with spaces",
         );
-        let resp = client.request(&card("A".repeat(129))).await.unwrap();
-        let a = resp.answer.unwrap();
-        assert_eq!(a.status, pb::Status::InvalidRequest as i32);
-        assert!(a.reason.contains("longer than 128 bytes"), "{}", a.reason);
+        let resp = client.request(&card(serial.to_lowercase())).await.unwrap();
+        check(p, resp.answer.as_ref().unwrap(), "serial in lower case");
+        for (serial, reason) in [
+            (
+                "A".repeat(41),
+                "card: serial is longer than 40 hexadecimal digits",
+            ),
+            (" ".into(), "card: serial is empty"),
+            ("XYZ".into(), "card: serial is not hexadecimal"),
+        ] {
+            let resp = client.request(&card(serial)).await.unwrap();
+            assert_eq!(resp.status, pb::Status::InvalidRequest as i32);
+            assert!(resp.answer.is_none());
+            assert!(resp.reason.starts_with(reason), "{}", resp.reason);
+        }
 
         // The connection still serves after all that.
         let p = &server.probes[0];

@@ -70,7 +70,10 @@ impl serde::Serialize for RedisUrl {
 /// parses.
 pub fn key(lookup: &ProbeLookup, as_of: u32, card_key: &CardKey) -> Option<String> {
     match lookup {
-        ProbeLookup::Card { serial } => Some(format!("qc:{as_of}:c:{}", card_key.digest(serial))),
+        ProbeLookup::Card { serial } => Some(format!(
+            "qc:{as_of}:c:{}",
+            card_key.digest(&serial.parse().ok()?)
+        )),
         ProbeLookup::Insurance {
             insurer,
             symbol,
@@ -147,7 +150,7 @@ pub async fn load(
         let as_of = protocol::day(p.as_of);
         let Some(k) = key(&p.lookup, as_of, card_key) else {
             anyhow::bail!(
-                "probe {} ({}): its insurance numbers do not parse, so it has no Redis key",
+                "probe {} ({}): its card serial or insurance numbers do not parse, so it has no Redis key",
                 i + 1,
                 p.case
             );

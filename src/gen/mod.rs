@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::model::{
-    Branch, CardClass, CardKey, CardLink, CardStatus, Certificate, Date, DiseaseKind,
+    Branch, CardClass, CardKey, CardLink, CardSerial, CardStatus, Certificate, Date, DiseaseKind,
     ElderlyCertificate, EnrolleeRecord, KeyText, LimitCategory, Loss, LossReason, PayerNumber,
     Percent, PublicExpense, Qualification, RecipientNumber, Relation, Sex, SpecificDisease, Status,
 };
@@ -406,6 +406,7 @@ impl<W: Write> Generator<W> {
         let name = format!("{fam}\u{3000}{given}");
         let kana = format!("{fam_k}\u{3000}{given_k}");
         let serial = format!("{:016X}", self.rng.next());
+        let canonical: CardSerial = serial.parse().expect("16 hexadecimal digits");
         let card_status = {
             let r = self.rng.below(1000);
             match r {
@@ -416,7 +417,7 @@ impl<W: Write> Generator<W> {
             }
         };
         let card = card_status.map(|status| CardLink {
-            digest: self.opts.card_key.digest(&serial),
+            digest: self.opts.card_key.digest(&canonical),
             status,
         });
 
@@ -543,7 +544,12 @@ impl<W: Write> Generator<W> {
         card: Option<CardLink>,
     ) -> Qualification {
         let as_of = self.opts.as_of;
-        let age = as_of.years_since(m.birth);
+        // The record describes the qualification on its last day (the
+        // day before its loss, or the reference day): ratios, limit
+        // categories and the elderly certificate follow the age then, so
+        // no row breaks a rule of `model::rules`.
+        let last_day = loss.map_or(as_of, |l| l.date.add_days(-1)).min(as_of);
+        let age = last_day.years_since(m.birth);
         let insurer = &self.insurers[ins];
         let medical_aid = kind == Kind::MedicalAid;
         let registered_card = card.is_some_and(|c| c.status == CardStatus::Registered);
@@ -567,7 +573,8 @@ impl<W: Write> Generator<W> {
                 LimitCategory::B05,
                 LimitCategory::B06,
             ]))
-        } else if !medical_aid && self.rng.chance(0.3) {
+        } else if !medical_aid && age < 69 && self.rng.chance(0.3) {
+            // Not at 69: built a year later, the person may be 70.
             Some(*self.rng.pick(&[
                 LimitCategory::A01,
                 LimitCategory::A02,
@@ -580,7 +587,7 @@ impl<W: Write> Generator<W> {
             None
         };
         let elderly = (70..=74).contains(&age).then(|| ElderlyCertificate {
-            valid_from: m.birth.add_years(70).add_days(31),
+            valid_from: elderly_start(m.birth),
             valid_until: m.birth.add_years(75).add_days(-1),
             percent: if copay == Percent::Thirty {
                 Percent::Thirty
@@ -657,15 +664,15 @@ impl<W: Write> Generator<W> {
     }
 }
 
-/// Full-width form of ASCII letters and digits (what some terminals send).
-pub fn to_full_width(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                char::from_u32(c as u32 - 0x21 + 0xFF01).unwrap_or(c)
-            } else {
-                c
-            }
-        })
-        .collect()
+/// When an elderly recipient certificate starts: the first day of the
+/// month after the 70th birthday, or the birthday itself when it falls on
+/// the first of a month.
+fn elderly_start(birth: Date) -> Date {
+    let seventy = birth.add_years(70);
+    let (y, m, d) = seventy.ymd();
+    if d == 1 {
+        return seventy;
+    }
+    let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    Date::from_ymd(y, m, 1).unwrap_or(seventy)
 }

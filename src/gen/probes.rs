@@ -3,7 +3,8 @@
 
 use std::io::{self, Write};
 
-use super::{to_full_width, Generator};
+use super::Generator;
+use crate::model::normalize::to_full_width;
 use crate::model::{Branch, CardStatus, Date, EnrolleeRecord, Qualification, Status};
 use crate::probe::{key_id, Probe, ProbeLookup};
 

@@ -149,6 +149,13 @@ code_table! {
     }
 }
 
+impl LimitCategory {
+    /// True for the categories of people 70 and over (B01-B10).
+    pub fn is_seventy_plus(self) -> bool {
+        self.to_byte() > LimitCategory::A05.to_byte()
+    }
+}
+
 code_table! {
     /// Specific-disease certificate (特定疾病療養受療証) kind.
     DiseaseKind, "specific disease" {

@@ -4,11 +4,14 @@
 pub mod card;
 pub mod codes;
 pub mod date;
+pub mod name;
+pub mod normalize;
 pub mod numbers;
 pub mod record;
+pub mod rules;
 pub mod text;
 
-pub use card::{CardDigest, CardKey};
+pub use card::{CardDigest, CardKey, CardSerial};
 pub use codes::{
     CardClass, CardStatus, DiseaseKind, LimitCategory, LossReason, Percent, Relation, Sex, Status,
 };

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::text::normalize_ascii;
+use super::normalize::normalize_ascii;
 
 /// Why a number was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,6 +18,13 @@ pub enum NumberError {
     /// The digits are fine but the last one is not the check digit.
     #[error("check digit does not match")]
     CheckDigit,
+    /// A medical institution code whose prefecture is not 01-47.
+    #[error("prefecture must be 01-47")]
+    Prefecture,
+    /// A medical institution code whose fee table is not 1 (medical),
+    /// 3 (dental) or 4 (pharmacy).
+    #[error("fee table must be 1 (medical), 3 (dental) or 4 (pharmacy)")]
+    FeeTable,
 }
 
 /// The Luhn-style check digit the domain uses: weights 2,1,2,1,... from the
@@ -167,6 +174,20 @@ impl FromStr for InsurerNumber {
     }
 }
 
+impl InsurerNumber {
+    /// The form answers carry, as OQS returns it: always 8 characters, a
+    /// 6-digit (municipal NHI) number preceded by two spaces (`"  138057"`).
+    /// [`Display`](fmt::Display) gives the canonical stored form instead
+    /// (6 or 8 digits), which stores, probes and key identities use.
+    pub fn answer_form(self) -> String {
+        if self.six {
+            format!("  {:06}", self.value)
+        } else {
+            format!("{:08}", self.value)
+        }
+    }
+}
+
 impl fmt::Display for InsurerNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.six {
@@ -177,12 +198,18 @@ impl fmt::Display for InsurerNumber {
     }
 }
 
-/// A medical institution code (医療機関コード): prefecture 2 + fee table 1 +
-/// district 2 + institution 4 + check 1.
+/// A medical institution code (医療機関コード): prefecture 2 (01-47) + fee
+/// table 1 (1 medical, 3 dental, 4 pharmacy) + district 2 + institution 4
+/// + check 1 (over the other 9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InstitutionCode(u64);
 
 impl InstitutionCode {
+    /// The prefecture, 1-47.
+    pub fn prefecture(self) -> u8 {
+        (self.0 / 100_000_000) as u8
+    }
+
     /// The fee table digit: 1 medical, 3 dental, 4 pharmacy.
     pub fn fee_table(self) -> u8 {
         ((self.0 / 10_000_000) % 10) as u8
@@ -194,6 +221,12 @@ impl FromStr for InstitutionCode {
 
     fn from_str(s: &str) -> Result<InstitutionCode, NumberError> {
         let d: [u8; 10] = parse_checked(s, "10 digits")?;
+        if !(1..=47).contains(&(d[0] * 10 + d[1])) {
+            return Err(NumberError::Prefecture);
+        }
+        if ![1, 3, 4].contains(&d[2]) {
+            return Err(NumberError::FeeTable);
+        }
         Ok(InstitutionCode(
             d.iter().fold(0u64, |acc, &x| acc * 10 + u64::from(x)),
         ))
@@ -329,6 +362,18 @@ mod tests {
         ok("  138057", "138057", true);
         ok("\u{3000}138057", "138057", true);
         assert_eq!(
+            "138057".parse::<InsurerNumber>().unwrap().answer_form(),
+            "  138057"
+        );
+        assert_eq!(
+            "00138057".parse::<InsurerNumber>().unwrap().answer_form(),
+            "  138057"
+        );
+        assert_eq!(
+            "06130488".parse::<InsurerNumber>().unwrap().answer_form(),
+            "06130488"
+        );
+        assert_eq!(
             "06130488".parse::<InsurerNumber>().unwrap().scheme(),
             Some(6)
         );
@@ -364,13 +409,40 @@ mod tests {
 
     #[test]
     fn institution_codes() {
-        let body: Vec<u8> = "131012345".bytes().map(|b| b - b'0').collect();
-        let good = format!("131012345{}", check_digit(&body));
-        assert_eq!(good.parse::<InstitutionCode>().unwrap().fee_table(), 1);
-        let bad = format!("131012345{}", (check_digit(&body) + 1) % 10);
-        assert!(good.parse::<InstitutionCode>().is_ok());
+        let with_check = |body: &str| {
+            let digits: Vec<u8> = body.bytes().map(|b| b - b'0').collect();
+            format!("{body}{}", check_digit(&digits))
+        };
+        let good = with_check("131012345");
+        let code = good.parse::<InstitutionCode>().unwrap();
+        assert_eq!((code.prefecture(), code.fee_table()), (13, 1));
+        assert_eq!(code.to_string(), good);
+        let last = good.as_bytes()[9] - b'0';
+        let bad = format!("131012345{}", (last + 1) % 10);
         assert_eq!(bad.parse::<InstitutionCode>(), Err(NumberError::CheckDigit));
         assert!("13101234".parse::<InstitutionCode>().is_err());
+        // (body, expected): prefecture 01-47, fee table 1, 3 or 4.
+        for (body, expected) in [
+            ("011012345", Ok(())),
+            ("473012345", Ok(())),
+            ("134012345", Ok(())),
+            ("001012345", Err(NumberError::Prefecture)),
+            ("481012345", Err(NumberError::Prefecture)),
+            ("991012345", Err(NumberError::Prefecture)),
+            ("130012345", Err(NumberError::FeeTable)),
+            ("132012345", Err(NumberError::FeeTable)),
+            ("135012345", Err(NumberError::FeeTable)),
+            ("139012345", Err(NumberError::FeeTable)),
+        ] {
+            let code = with_check(body);
+            assert_eq!(
+                code.parse::<InstitutionCode>().map(|_| ()),
+                expected,
+                "{body}"
+            );
+        }
+        let full = super::super::normalize::to_full_width(&good);
+        assert_eq!(full.parse::<InstitutionCode>(), Ok(code));
     }
 
     #[test]

@@ -37,7 +37,9 @@ pub struct CardLink {
 /// qualification".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Qualification {
-    /// 保険者番号.
+    /// 保険者番号. Serialised (in answers) in the form OQS answers with:
+    /// 8 characters, a 6-digit number after two spaces.
+    #[serde(serialize_with = "answer_form")]
     pub insurer_number: InsurerNumber,
     /// 保険者名称.
     pub insurer_name: String,
@@ -51,9 +53,10 @@ pub struct Qualification {
     pub branch: Option<Branch>,
     /// 本人 (1) or 家族 (2).
     pub relation: Relation,
-    /// Name, full-width, family and given name separated by U+3000.
+    /// Name, full-width, family and given name separated by U+3000 (see
+    /// [`super::name`]).
     pub name: String,
-    /// Name in kana.
+    /// Name in full-width katakana, split the same way.
     pub name_kana: String,
     /// 性別.
     pub sex: Sex,
@@ -139,25 +142,8 @@ impl Qualification {
     pub fn holds_on(&self, day: Date) -> bool {
         self.acquired_date <= day && self.loss.is_none_or(|l| l.date > day)
     }
+}
 
-    /// The first date that is out of order, as (CSV column, reason): the
-    /// checks every store's rows pass before they reach a snapshot.
-    pub fn date_order_error(&self) -> Option<(&'static str, &'static str)> {
-        if self.acquired_date < self.birth_date {
-            return Some(("acquired_date", "before birth_date"));
-        }
-        if self.loss.is_some_and(|l| l.date <= self.acquired_date) {
-            return Some(("lost_date", "not after acquired_date"));
-        }
-        if self
-            .certificate
-            .is_some_and(|c| c.valid_until < c.valid_from)
-        {
-            return Some(("cert_valid_until", "before cert_valid_from"));
-        }
-        if self.elderly.is_some_and(|e| e.valid_until < e.valid_from) {
-            return Some(("elderly_valid_until", "before elderly_valid_from"));
-        }
-        None
-    }
+fn answer_form<S: serde::Serializer>(n: &InsurerNumber, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&n.answer_form())
 }

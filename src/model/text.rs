@@ -1,15 +1,12 @@
-//! Normalisation of the text parts of an insurance key.
-//!
-//! Symbols (記号) and numbers (番号) may arrive with full-width letters and
-//! digits and with spaces around them. They are compared after
-//! normalisation: full-width ASCII letters and digits (U+FF10-U+FF19,
-//! U+FF21-U+FF3A, U+FF41-U+FF5A) become half-width, and spaces (U+0020 and
-//! U+3000) around the value are trimmed. Normalising never allocates: it
-//! writes into a caller's buffer, so the lookup path can use it.
+//! The text parts of an insurance key: symbol (記号), number (番号) and
+//! branch (枝番), held in their canonical form ([`super::normalize`]:
+//! full-width ASCII made half-width, spaces around trimmed), so that every
+//! spelling of one key compares equal.
 
 use std::fmt;
 use std::str::FromStr;
 
+use super::normalize::{normalize_ascii, normalize_into, trim};
 use super::numbers::InsurerNumber;
 
 /// The longest symbol or number, in bytes after normalisation.
@@ -30,41 +27,6 @@ pub enum TextError {
     /// A branch number that is not exactly two digits.
     #[error("expected 2 digits")]
     Branch,
-}
-
-fn is_space(c: char) -> bool {
-    c == ' ' || c == '\u{3000}'
-}
-
-/// Maps a full-width ASCII letter or digit to its half-width form.
-fn half_width(c: char) -> char {
-    match c {
-        '\u{FF10}'..='\u{FF19}' | '\u{FF21}'..='\u{FF3A}' | '\u{FF41}'..='\u{FF5A}' => {
-            char::from_u32(c as u32 - 0xFF01 + 0x21).unwrap_or(c)
-        }
-        _ => c,
-    }
-}
-
-/// Normalises `s` into `buf` and returns the normalised text, or `None` if
-/// it does not fit.
-pub fn normalize_into<'b>(s: &str, buf: &'b mut [u8]) -> Option<&'b str> {
-    let trimmed = s.trim_matches(is_space);
-    let mut len = 0;
-    for c in trimmed.chars() {
-        let c = half_width(c);
-        let n = c.len_utf8();
-        let dst = buf.get_mut(len..len + n)?;
-        c.encode_utf8(dst);
-        len += n;
-    }
-    // Only whole characters were written, so the prefix is valid UTF-8.
-    std::str::from_utf8(&buf[..len]).ok()
-}
-
-/// [`normalize_into`] returning bytes, for numeric fields.
-pub(crate) fn normalize_ascii<'b>(s: &str, buf: &'b mut [u8]) -> Option<&'b [u8]> {
-    normalize_into(s, buf).map(str::as_bytes)
 }
 
 /// Bytes of a [`KeyText`]'s buffer: the longest text rounded up to whole
@@ -199,7 +161,7 @@ impl InsuranceKey {
         branch: Option<&str>,
     ) -> Result<InsuranceKey, KeyError> {
         fn present(s: Option<&str>) -> Option<&str> {
-            s.filter(|s| !s.trim_matches(is_space).is_empty())
+            s.filter(|s| !trim(s).is_empty())
         }
         Ok(InsuranceKey {
             insurer: insurer.parse().map_err(KeyError::Insurer)?,
@@ -248,7 +210,8 @@ mod tests {
             ("\u{3000}１２\u{3000}", "12"),
             (" \u{3000} 記号１ ", "記号1"),
             ("東京　１", "東京　1"), // inner spaces are kept
-            ("－１", "－1"),         // only letters and digits change width
+            ("１２－３", "12-3"),    // punctuation too
+            ("（Ａ＿Ｂ）", "(A_B)"),
         ] {
             let t: KeyText = input.parse().unwrap();
             assert_eq!(t.as_str(), expected, "{input:?}");

@@ -18,7 +18,7 @@ use rkyv::{Archive, Serialize};
 use crate::model::text::{KeyText, KEY_TEXT_BUF};
 
 /// Version of the types in this file; bump on any change to them.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// Marks an absent row index, date or string.
 pub const NONE: u32 = u32::MAX;

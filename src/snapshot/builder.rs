@@ -3,8 +3,10 @@
 //! Rows are folded into compact fixed-size records as they arrive; nothing
 //! keeps the rows themselves. A person's rows must be adjacent (the CSV
 //! export and the database export both order by person). Person-level
-//! fields must agree across a person's rows. Duplicate insurance keys and
-//! duplicate card digests are found while the indexes are filled.
+//! fields must agree across a person's rows. An insurance key may repeat
+//! across qualifications whose periods do not overlap; overlapping ones,
+//! and one card linked to two persons, are found while the indexes are
+//! filled. Rows that break a warning rule of [`rules`] are counted.
 
 use std::collections::HashMap;
 
@@ -13,10 +15,11 @@ use super::body::{
     Body, ExtraRec, InsurerRec, PersonRec, QualRec, Slot, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL,
     INLINE_KEY, MEDICAL_AID_SCHEME, NONE, NO_BYTE, NO_DATE, TAG_ALL,
 };
-use crate::model::{CardLink, EnrolleeRecord, KeyText, Qualification};
+use crate::model::rules::{self, Warning};
+use crate::model::{CardLink, Date, EnrolleeRecord, KeyText, Qualification};
 use crate::store::csv::{RowError, RowUnit};
 
-/// The most duplicate errors collected before giving up on listing them.
+/// The most errors of one kind collected before giving up on listing them.
 const MAX_REPORTED: usize = 100;
 
 /// Why a build failed as a whole.
@@ -58,6 +61,27 @@ pub struct Builder {
     last_line: u64,
     /// What row positions ("lines") count.
     unit: RowUnit,
+    /// The last day of qualifications not lost, for the warning rules.
+    today: Date,
+    /// Per [`Warning`] (in `Warning::ALL` order): how many rows, and the
+    /// first one's position.
+    warnings: [(u64, u64); Warning::ALL.len()],
+}
+
+/// How many rows broke one warning rule ([`rules`]); they are in the
+/// snapshot as they were read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WarningCount {
+    /// The rule's stable name.
+    pub rule: &'static str,
+    /// What the rule says.
+    pub message: &'static str,
+    /// The column concerned.
+    pub column: &'static str,
+    /// Rows that broke it.
+    pub count: u64,
+    /// Where the first one is, e.g. "line 17".
+    pub first: String,
 }
 
 impl Default for Builder {
@@ -79,7 +103,33 @@ impl Builder {
             line_marks: Vec::new(),
             last_line: 0,
             unit: RowUnit::Line,
+            today: Date::today_jst(),
+            warnings: [(0, 0); Warning::ALL.len()],
         }
+    }
+
+    /// Sets the day the warning rules take as the last day of a
+    /// qualification not lost (today in Japan time by default).
+    pub fn judging_on(mut self, today: Date) -> Builder {
+        self.today = today;
+        self
+    }
+
+    /// The warning rules broken so far, with counts (rules nobody broke
+    /// are left out).
+    pub fn warnings(&self) -> Vec<WarningCount> {
+        Warning::ALL
+            .iter()
+            .zip(self.warnings)
+            .filter(|(_, (count, _))| *count > 0)
+            .map(|(w, (count, first))| WarningCount {
+                rule: w.name(),
+                message: w.message(),
+                column: w.column(),
+                count,
+                first: format!("{} {first}", self.unit),
+            })
+            .collect()
     }
 
     /// An empty builder with room reserved for the rows of a CSV export of
@@ -191,6 +241,14 @@ impl Builder {
             self.line_marks.push((quals as u32, line));
         }
         self.last_line = line;
+        if let Some(w) = rules::warning(q, self.today) {
+            let i = Warning::ALL.iter().position(|x| *x == w).unwrap_or(0);
+            let (count, first) = &mut self.warnings[i];
+            if *count == 0 {
+                *first = line;
+            }
+            *count += 1;
+        }
         if !same_person {
             self.current = Some((line, rec));
         }
@@ -373,12 +431,12 @@ impl Builder {
         if self.body.strings.len() > u32::MAX as usize {
             return Err(BuildError::Capacity("interned strings exceed 4 GiB".into()));
         }
-        // On two threads: the card index, and the duplicate-key check then
+        // On two threads: the card index, and the overlapping-key check then
         // the insurance index (the check's hashes are freed before the
         // index is allocated, which keeps the peak memory down).
         let ((card_slots, mut errors), (key_slots, key_errors)) = std::thread::scope(|s| {
             let card = s.spawn(|| self.card_index());
-            let key_errors = self.duplicate_keys();
+            let key_errors = self.overlapping_keys();
             let key_slots = if key_errors.count == 0 {
                 self.key_index()
             } else {
@@ -494,7 +552,7 @@ impl Builder {
         let mut slots = vec![Slot::EMPTY; table_len(body.quals.len())];
         for (row, q) in body.quals.iter().enumerate() {
             let hash = lookup_hash(self.key_hash_of(q), q.birth);
-            // Duplicates are found by `duplicate_keys`; nothing to compare.
+            // Overlaps are found by `overlapping_keys`; nothing to compare.
             insert(
                 &mut slots,
                 hash,
@@ -507,12 +565,18 @@ impl Builder {
         slots
     }
 
-    /// A row error for each qualification whose (insurer, symbol, number,
-    /// branch) an earlier one already has, whatever the birth dates.
+    /// A row error for each qualification whose insurance key (insurer,
+    /// symbol, number, branch) another qualification holds in an
+    /// overlapping period, whatever the birth dates. A key may repeat: a
+    /// person who left and rejoined an insurer under the same numbers, or
+    /// a number given again after its holder lost it, as long as the
+    /// periods `[acquired, lost)` do not overlap (the loss date is the
+    /// first day not covered, so one may end the day the next begins).
     ///
-    /// Sorts one 64-bit hash per qualification; only hashes that repeat are
-    /// then compared key by key, so the common case holds 8 bytes a record.
-    fn duplicate_keys(&self) -> Errors {
+    /// Sorts one 64-bit hash per qualification; only the qualifications
+    /// whose hash repeats are then grouped and compared key by key, so the
+    /// common case holds 8 bytes a record.
+    fn overlapping_keys(&self) -> Errors {
         let quals = &self.body.quals;
         let full = |q: &QualRec| fmix64(self.key_hash_of(q) ^ u64::from(q.branch));
         let mut hashes: Vec<u64> = quals.iter().map(full).collect();
@@ -527,31 +591,60 @@ impl Builder {
         if repeated.is_empty() {
             return errors;
         }
-        let mut seen: HashMap<u64, Vec<u32>> = HashMap::new();
+        // Ordered by hash, so the errors kept are the same on every build.
+        let mut groups: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
         for (row, q) in quals.iter().enumerate() {
             let h = full(q);
-            if !repeated.contains(&h) {
-                continue;
+            if repeated.contains(&h) {
+                groups.entry(h).or_default().push(row as u32);
             }
-            let earlier = seen.entry(h).or_default();
-            let same = earlier.iter().copied().find(|&o| {
-                let o_rec = &quals[o as usize];
-                o_rec.insurer == q.insurer
-                    && o_rec.branch == q.branch
-                    && self.key_of(o_rec) == self.key_of(q)
+        }
+        let end = |q: &QualRec| if q.lost == NO_DATE { i32::MAX } else { q.lost };
+        for rows in groups.values_mut() {
+            // Same key together (a hash may be shared by different keys),
+            // each key's periods by start.
+            rows.sort_by(|&a, &b| {
+                let (qa, qb) = (&quals[a as usize], &quals[b as usize]);
+                (qa.insurer, qa.branch, self.key_of(qa), qa.acquired, a).cmp(&(
+                    qb.insurer,
+                    qb.branch,
+                    self.key_of(qb),
+                    qb.acquired,
+                    b,
+                ))
             });
-            match same {
-                Some(other) => errors.push(RowError {
-                    line: self.line_of(row as u32),
-                    column: Some("number"),
-                    reason: format!(
-                        "duplicate insurance key (insurer, symbol, number, branch) of {} {}",
-                        self.unit,
-                        self.line_of(other)
-                    ),
-                    unit: self.unit,
-                }),
-                None => earlier.push(row as u32),
+            // The period reaching furthest so far among the key's rows.
+            let mut open: Option<u32> = None;
+            for &row in rows.iter() {
+                let q = &quals[row as usize];
+                let same_key = |o: &QualRec| {
+                    o.insurer == q.insurer
+                        && o.branch == q.branch
+                        && self.key_of(o) == self.key_of(q)
+                };
+                match open {
+                    Some(o) if same_key(&quals[o as usize]) => {
+                        let o_rec = &quals[o as usize];
+                        if q.acquired < end(o_rec) {
+                            let (a, b) = (self.line_of(o), self.line_of(row));
+                            errors.push(RowError {
+                                line: a.max(b),
+                                column: Some("number"),
+                                reason: format!(
+                                    "the same insurance key (insurer, symbol, number, branch) as \
+                                     {} {} in an overlapping period",
+                                    self.unit,
+                                    a.min(b)
+                                ),
+                                unit: self.unit,
+                            });
+                        }
+                        if end(q) > end(o_rec) {
+                            open = Some(row);
+                        }
+                    }
+                    _ => open = Some(row),
+                }
             }
         }
         errors

@@ -50,12 +50,15 @@ impl Answer<'_> {
     }
 }
 
-/// A qualification inside the archive.
+/// A qualification inside the archive, as seen on an as-of day.
 #[derive(Clone, Copy)]
 pub struct QualView<'a> {
     body: &'a ArchivedBody,
     index: u32,
     rec: &'a ArchivedQualRec,
+    /// The day number the answer is for: a loss after it has not happened
+    /// yet on that day and is not shown.
+    as_of: i32,
 }
 
 impl fmt::Debug for QualView<'_> {
@@ -92,6 +95,7 @@ impl<'a> Matches<'a> {
                     body,
                     index: row,
                     rec,
+                    as_of: as_of.day_number(),
                 })
         })
     }
@@ -123,6 +127,12 @@ pub fn by_card<'a>(body: &'a ArchivedBody, digest: &CardDigest, as_of: Date) -> 
 
 /// Looks an insurance key and birth date up as of a day. A wrong birth date
 /// answers exactly like an unknown key.
+///
+/// A key may belong to several qualifications whose periods do not overlap
+/// (a person who rejoined under the same numbers, a number given again):
+/// of those acquired by the as-of day, the one holding on it is answered,
+/// else the most recently acquired (lost) one. Without a branch, matches
+/// of two different persons (twins in one family) answer `Multiple`.
 pub fn by_insurance<'a>(
     body: &'a ArchivedBody,
     key: &InsuranceKey,
@@ -130,6 +140,7 @@ pub fn by_insurance<'a>(
     as_of: Date,
 ) -> Answer<'a> {
     let query = KeyQuery::new(key, birth, as_of);
+    let day = as_of.day_number();
     let mut best: Option<(u32, &ArchivedQualRec)> = None;
     for row in key_candidates(body, key, birth) {
         let Some(rec) = body.quals.get(row as usize) else {
@@ -138,13 +149,13 @@ pub fn by_insurance<'a>(
         if !query.matches(body, rec) {
             continue;
         }
-        if key.branch.is_some() {
-            // Keys with a branch are unique (the builder refuses
-            // duplicates): the first match is the only one.
+        if key.branch.is_some() && holds_on(rec, day) {
+            // The builder refuses overlapping periods for one key, so on
+            // any day at most one qualification of a full key holds.
             return evaluate(body, row, rec, as_of);
         }
         match best {
-            Some((_, b)) if b.person != rec.person => {
+            Some((_, b)) if key.branch.is_none() && b.person != rec.person => {
                 return Answer::Multiple(Matches {
                     body,
                     key: *key,
@@ -152,7 +163,7 @@ pub fn by_insurance<'a>(
                     as_of,
                 });
             }
-            Some((_, b)) if b.acquired >= rec.acquired => {}
+            Some((_, b)) if rank(b, day) >= rank(rec, day) => {}
             _ => best = Some((row, rec)),
         }
     }
@@ -160,6 +171,22 @@ pub fn by_insurance<'a>(
         Some((index, rec)) => evaluate(body, index, rec, as_of),
         None => Answer::NotFound,
     }
+}
+
+/// Whether a qualification holds on day number `day` (acquired by then is
+/// checked by the caller): not lost, or lost after it. The loss date is
+/// the first day not covered.
+#[inline]
+fn holds_on(q: &ArchivedQualRec, day: i32) -> bool {
+    let lost = q.lost.to_native();
+    lost == NO_DATE || lost > day
+}
+
+/// Which of a person's qualifications acquired by `day` an answer prefers:
+/// one holding on the day, then the most recently acquired.
+#[inline]
+fn rank(q: &ArchivedQualRec, day: i32) -> (bool, i32) {
+    (holds_on(q, day), q.acquired.to_native())
 }
 
 /// Rows of the insurance index whose tag matches the key and birth date.
@@ -271,15 +298,25 @@ fn key_texts<'a>(body: &'a ArchivedBody, rec: &'a ArchivedQualRec) -> (&'a [u8],
 
 /// The status of one qualification on `as_of`, with the newer one of the
 /// same person if it was lost.
+///
+/// A lost qualification answers `LostWithNewer` when the person has a
+/// qualification acquired after it and by the as-of day, even if that one
+/// is lost too; `newer` is then the one holding on the day if any, else the
+/// most recently acquired. Otherwise it answers `Lost`.
 fn evaluate<'a>(
     body: &'a ArchivedBody,
     index: u32,
     rec: &'a ArchivedQualRec,
     as_of: Date,
 ) -> Answer<'a> {
-    let qualification = QualView { body, index, rec };
-    let lost = rec.lost.to_native();
-    if lost == NO_DATE || lost > as_of.day_number() {
+    let day = as_of.day_number();
+    let qualification = QualView {
+        body,
+        index,
+        rec,
+        as_of: day,
+    };
+    if holds_on(rec, day) {
         return Answer::Found {
             status: holding_status(rec),
             qualification,
@@ -291,12 +328,15 @@ fn evaluate<'a>(
         .get(rec.person.to_native() as usize)
         .and_then(|p| {
             quals_of(body, p.first_qual.to_native(), p.qual_count.to_native())
-                .filter(|(_, q)| {
-                    q.acquired > rec.acquired && q.acquired.to_native() <= as_of.day_number()
-                })
-                .max_by_key(|(_, q)| q.acquired.to_native())
+                .filter(|(_, q)| q.acquired > rec.acquired && q.acquired.to_native() <= day)
+                .max_by_key(|(_, q)| rank(q, day))
         })
-        .map(|(index, rec)| QualView { body, index, rec });
+        .map(|(index, rec)| QualView {
+            body,
+            index,
+            rec,
+            as_of: day,
+        });
     Answer::Found {
         status: if newer.is_some() {
             Status::LostWithNewer
@@ -308,24 +348,18 @@ fn evaluate<'a>(
     }
 }
 
-/// The qualification a card resolves to: the newest one holding on `as_of`,
-/// else the newest one acquired by then (lost), else none.
+/// The qualification a card resolves to: of the person's qualifications
+/// acquired by `as_of`, the one holding on it (the most recently acquired
+/// if several hold; on equal dates, the first in store order), else the
+/// most recently acquired (lost) one, else none.
 fn current_of_person(body: &ArchivedBody, first: u32, count: u16, as_of: Date) -> Answer<'_> {
     let day = as_of.day_number();
-    let holds = |q: &ArchivedQualRec| {
-        let lost = q.lost.to_native();
-        lost == NO_DATE || lost > day
-    };
     let mut best: Option<(u32, &ArchivedQualRec)> = None;
     for (i, q) in quals_of(body, first, count) {
         if q.acquired.to_native() > day {
             continue;
         }
-        let better = match best {
-            None => true,
-            Some((_, b)) => (holds(q), q.acquired.to_native()) > (holds(b), b.acquired.to_native()),
-        };
-        if better {
+        if best.is_none_or(|(_, b)| rank(q, day) > rank(b, day)) {
             best = Some((i, q));
         }
     }
@@ -370,10 +404,16 @@ pub struct CorruptRecord {
 }
 
 impl<'a> QualView<'a> {
-    /// The qualification at row `index`, if there is one.
+    /// The qualification at row `index`, if there is one, with nothing
+    /// hidden (as seen after its loss, if it was lost).
     pub fn at(body: &'a ArchivedBody, index: u32) -> Option<QualView<'a>> {
         let rec = body.quals.get(index as usize)?;
-        Some(QualView { body, index, rec })
+        Some(QualView {
+            body,
+            index,
+            rec,
+            as_of: i32::MAX,
+        })
     }
 
     /// The qualification's row in the snapshot.
@@ -382,7 +422,9 @@ impl<'a> QualView<'a> {
     }
 
     /// Decodes every field into an owned [`Qualification`] (allocates; for
-    /// answers being sent or printed, not for the lookup itself).
+    /// answers being sent or printed, not for the lookup itself). A loss
+    /// after the as-of day is left out: on that day the qualification
+    /// holds, and its coming loss is not part of the answer.
     pub fn to_qualification(&self) -> Result<Qualification, CorruptRecord> {
         let body = self.body;
         let rec = self.rec;
@@ -414,7 +456,11 @@ impl<'a> QualView<'a> {
                 .ok_or(bad(field))
         };
         let extra = body.extras.get(rec.extra.to_native() as usize);
-        let loss = opt_date(rec.lost.to_native(), "lost")?
+        let lost = match rec.lost.to_native() {
+            future if future > self.as_of => NO_DATE,
+            lost => lost,
+        };
+        let loss = opt_date(lost, "lost")?
             .map(|date| {
                 LossReason::from_byte(rec.loss_reason)
                     .map(|reason| Loss { date, reason })

@@ -19,7 +19,7 @@ pub mod write;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-pub use builder::{BuildError, Builder};
+pub use builder::{BuildError, Builder, WarningCount};
 pub use header::Header;
 pub use lookup::{Answer, CorruptRecord, Matches, QualView};
 pub use verify::VerifyReport;

@@ -9,6 +9,9 @@ use std::io::{self, BufReader, BufWriter, Write};
 use std::path::Path;
 use std::str::FromStr;
 
+use crate::model::name::{parse_kana, parse_name, NameError};
+use crate::model::normalize::to_full_width;
+use crate::model::rules;
 use crate::model::{
     CardClass, CardDigest, CardLink, CardStatus, Certificate, Date, DiseaseKind,
     ElderlyCertificate, EnrolleeRecord, LimitCategory, Loss, LossReason, Percent, PublicExpense,
@@ -356,6 +359,15 @@ impl Row<'_> {
             .ok_or_else(|| self.err(column, "required"))
     }
 
+    /// A name column, checked by `check` ([`crate::model::name`]).
+    fn name(
+        &self,
+        column: Col,
+        check: fn(&str) -> Result<String, NameError>,
+    ) -> Result<String, RowError> {
+        check(self.raw(column)?).map_err(|e| self.err(column, e))
+    }
+
     fn text(&self, column: Col) -> Result<String, RowError> {
         let s = self.raw(column)?;
         if s.is_empty() {
@@ -469,8 +481,8 @@ impl Row<'_> {
             number: self.req(col!("number"))?,
             branch: self.opt(col!("branch"))?,
             relation: self.req::<Relation>(col!("relation"))?,
-            name: self.text(col!("name"))?,
-            name_kana: self.text(col!("name_kana"))?,
+            name: self.name(col!("name"), parse_name)?,
+            name_kana: self.name(col!("name_kana"), parse_kana)?,
             sex: self.req::<Sex>(col!("sex"))?,
             birth_date,
             acquired_date,
@@ -483,7 +495,7 @@ impl Row<'_> {
             specific_disease,
             public_expense,
         };
-        if let Some((column, reason)) = qualification.date_order_error() {
+        if let Some((column, reason)) = rules::row_error(&qualification) {
             return Err(RowError {
                 line: self.line,
                 column: Some(column),
@@ -550,7 +562,7 @@ impl<W: Write> CsvWriter<W> {
             q.insurer_name.clone(),
             q.card_class.to_string(),
             match q.symbol {
-                Some(sym) if full_width_symbol => crate::gen::to_full_width(sym.as_str()),
+                Some(sym) if full_width_symbol => to_full_width(sym.as_str()),
                 sym => s(sym),
             },
             q.number.to_string(),

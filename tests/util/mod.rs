@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use qualcache::model::{
-    Branch, CardClass, CardKey, CardLink, CardStatus, Date, EnrolleeRecord, InsurerNumber, KeyText,
-    Loss, LossReason, PayerNumber, Percent, PublicExpense, Qualification, RecipientNumber,
-    Relation, Sex,
+    Branch, CardClass, CardDigest, CardKey, CardLink, CardSerial, CardStatus, Date, EnrolleeRecord,
+    InsurerNumber, KeyText, Loss, LossReason, PayerNumber, Percent, PublicExpense, Qualification,
+    RecipientNumber, Relation, Sex,
 };
 use qualcache::snapshot::{write_snapshot, Builder, Snapshot, SnapshotMeta};
 
@@ -72,10 +72,15 @@ pub fn medical_aid(number: &str, birth: &str, acquired: &str, registered: bool) 
     q
 }
 
+/// The digest of a card serial (hexadecimal) under the demo key.
+pub fn digest(serial: &str) -> CardDigest {
+    CardKey::demo().digest(&serial.parse::<CardSerial>().expect("a hexadecimal serial"))
+}
+
 /// A card link under the demo key.
 pub fn card(serial: &str, status: CardStatus) -> Option<CardLink> {
     Some(CardLink {
-        digest: CardKey::demo().digest(serial),
+        digest: digest(serial),
         status,
     })
 }

@@ -29,6 +29,8 @@ use tokio_postgres::{Client, IsolationLevel};
 use super::copy::{CopyRows, RawRow};
 use super::types::date_from_pg;
 use super::{query_error, read_change_counter, PgError, PgSource};
+use crate::model::name::{parse_kana, parse_name, NameError};
+use crate::model::rules;
 use crate::model::{
     Branch, CardClass, CardDigest, CardLink, Certificate, Date, ElderlyCertificate, EnrolleeRecord,
     InsurerNumber, KeyText, LimitCategory, Loss, Percent, PublicExpense, Qualification, Relation,
@@ -489,7 +491,7 @@ impl Merge {
             specific_disease,
             public_expense,
         };
-        if let Some((column, reason)) = qualification.date_order_error() {
+        if let Some((column, reason)) = rules::row_error(&qualification) {
             return Ok(Err(err((column, reason.to_string()))));
         }
         Ok(Ok((
@@ -710,6 +712,16 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| (column.1, "required".to_string()))
     }
 
+    /// A name column, checked by `check` ([`crate::model::name`]).
+    fn name(
+        &self,
+        column: Col,
+        check: fn(&str) -> Result<String, NameError>,
+    ) -> Result<String, FieldError> {
+        let s = Self::required(column, self.opt_str(column)?)?;
+        check(s).map_err(|e| (column.1, e.to_string()))
+    }
+
     fn text(&self, column: Col) -> Result<String, FieldError> {
         let s = Self::required(column, self.opt_str(column)?)?;
         if s.is_empty() {
@@ -783,8 +795,8 @@ fn person_row(row: &RawRow) -> PersonRow {
         .unwrap_or(u64::MAX);
     let fields = (|| {
         Ok(PersonFields {
-            name: r.text((1, "name"))?,
-            name_kana: r.text((2, "name_kana"))?,
+            name: r.name((1, "name"), parse_name)?,
+            name_kana: r.name((2, "name_kana"), parse_kana)?,
             sex: r.parsed((3, "sex"))?,
             birth_date: r.date((4, "birth_date"))?,
         })

@@ -20,7 +20,7 @@ use tokio_postgres::types::ToSql;
 use super::types::PgDate;
 use super::{query_error, PgError, PgSource};
 use crate::model::EnrolleeRecord;
-use crate::snapshot::{BuildError, Builder};
+use crate::snapshot::{BuildError, Builder, WarningCount};
 use crate::store::chunks::{read_parallel, Batch};
 use crate::store::csv::RowError;
 use tokio_postgres::types::Type;
@@ -148,6 +148,8 @@ pub struct LoadSummary {
     pub records: u64,
     /// The change counter after the load.
     pub change_counter: u64,
+    /// Rows loaded that break a warning rule (`model::rules`), by rule.
+    pub warnings: Vec<WarningCount>,
     /// Wall-clock seconds.
     pub seconds: f64,
     /// Seconds of each step: reading, checking and copying the rows,
@@ -264,7 +266,8 @@ pub async fn load(source: &PgSource, csv: &Path, replace: bool) -> Result<LoadSu
     if bad_count > 0 {
         return Err(rows_error(bad, bad_count).into());
     }
-    // Duplicate keys, shared cards, scattered persons: all refused here.
+    // Overlapping keys, shared cards, scattered persons: all refused here.
+    let warnings = builder.warnings();
     drop(builder.finish()?);
     writer
         .as_mut()
@@ -303,6 +306,7 @@ pub async fn load(source: &PgSource, csv: &Path, replace: bool) -> Result<LoadSu
         target: source.describe(),
         records,
         change_counter,
+        warnings,
         seconds: started.elapsed().as_secs_f64(),
         steps,
     })

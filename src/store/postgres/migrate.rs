@@ -9,8 +9,14 @@ use tokio_postgres::Client;
 use super::{query_error, PgError, PgSource};
 
 /// The migrations this build knows: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "init", include_str!("migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (
+        2,
+        "repeated_keys",
+        include_str!("migrations/0002_repeated_keys.sql"),
+    ),
+];
 
 /// What a migrate run did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
