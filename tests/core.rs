@@ -689,6 +689,22 @@ mod csv_store {
             (3, "public_payer", "12130018", "check digit"),
             (3, "aid_registered", "yes", "expected 0 or 1"),
             (2, "name", "別人　花子", "differs from line 3"),
+            // Names: full-width, parts separated by one U+3000.
+            (0, "name", "山田 太郎", "exactly one U+3000"),
+            (0, "name", "山田　　太郎", "exactly one U+3000"),
+            (0, "name", "山田太郎", "separated by one U+3000"),
+            (0, "name", "Yamada　Taro", "must be full-width"),
+            (0, "name", "ﾔﾏﾀﾞ　ﾀﾛｳ", "must be full-width"),
+            (0, "name_kana", "やまだ　たろう", "full-width katakana"),
+            (0, "name_kana", "ﾔﾏﾀﾞ　ﾀﾛｳ", "full-width katakana"),
+            (0, "name_kana", "山田　太郎", "full-width katakana"),
+            (0, "name_kana", "", "required"),
+            // The card digest column speaks of itself, not of the key.
+            (0, "card_digest", "abc", "32 hexadecimal digits"),
+            (0, "card_digest", &"0".repeat(33), "32 hexadecimal digits"),
+            // Full-width punctuation counts against the 38 bytes after
+            // normalisation, like any other character.
+            (0, "symbol", &"－".repeat(39), "longer than 38 bytes"),
         ];
         for (row, column, value, reason) in cases {
             let (r, _) = build(&edit(&text, row, column, value), false);
@@ -701,6 +717,101 @@ mod csv_store {
             // Personal data is never echoed.
             assert!(!e.to_string().contains(value) || value.len() < 2, "{e}");
         }
+    }
+
+    /// Rules of domain.md a row breaks with well-formed fields: refused
+    /// (row errors) or built and counted (warnings).
+    #[test]
+    fn domain_rules_refuse_or_count_rows() {
+        let text = csv_of(&sample());
+        let elderly = util::history::elderly_insurer();
+        // (edits of row 0, born 1980-01-01: column and value; the column
+        // blamed, the reason)
+        let refused: &[(&[(&str, &str)], &str, &str)] = &[
+            (
+                &[
+                    ("elderly_valid_from", "20400101"),
+                    ("elderly_valid_until", "20441231"),
+                    ("elderly_percent", "20"),
+                ],
+                "elderly_valid_from",
+                "before the 70th birthday",
+            ),
+            (
+                &[
+                    ("elderly_valid_from", "20500201"),
+                    ("elderly_valid_until", "20550101"),
+                    ("elderly_percent", "20"),
+                ],
+                "elderly_valid_until",
+                "on or after the 75th birthday",
+            ),
+            (
+                &[("insurer_number", &elderly), ("branch", "")],
+                "symbol",
+                "scheme 39",
+            ),
+            (
+                &[("insurer_number", &elderly), ("symbol", "")],
+                "branch",
+                "scheme 39",
+            ),
+        ];
+        for (edits, column, reason) in refused {
+            let edited = edits
+                .iter()
+                .fold(text.clone(), |t, (c, v)| edit(&t, 0, c, v));
+            let errors = row_errors(build(&edited, false).0);
+            assert_eq!(errors.len(), 1, "{edits:?}: {errors:?}");
+            assert_eq!((errors[0].line, errors[0].column), (2, Some(*column)));
+            assert!(errors[0].reason.contains(reason), "{}", errors[0]);
+        }
+        // The elderly certificate of a person 70-74 is fine: 2050-02-01
+        // to the day before the 75th birthday.
+        let fine = [
+            ("elderly_valid_from", "20500201"),
+            ("elderly_valid_until", "20541231"),
+            ("elderly_percent", "20"),
+            ("limit_category", "B04"),
+        ]
+        .iter()
+        .fold(text.clone(), |t, (c, v)| edit(&t, 0, c, v));
+        assert_eq!(build(&fine, false).0.unwrap(), 4);
+
+        // Warnings: built as they are, counted by rule in the summary.
+        let dir = tempdir();
+        let csv = dir.path().join("w.csv");
+        let warned = edit(
+            &edit(&text, 0, "limit_category", "B01"),
+            2,
+            "limit_category",
+            "A01",
+        );
+        fs::write(&csv, edit(&warned, 3, "limit_category", "B02")).unwrap();
+        let (ok, out, err) = run(&[
+            "snapshot",
+            "build",
+            "--source",
+            csv.to_str().unwrap(),
+            "--out",
+            dir.path().join("s").to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(summary["records"], 4);
+        assert_eq!(
+            summary["warnings"],
+            serde_json::json!([{
+                "rule": "limit_category_70_plus_under_70",
+                "message": "limit_category B01-B10 (70 and over) on a person under 70 on the qualification's last day",
+                "column": "limit_category",
+                "count": 2,
+                "first": "line 2",
+            }]),
+            "{out}"
+        );
+        // A under 70 for the one lost at 45 (row 1, line 3) is fine; so is
+        // A01 on row 2 (45 today).
     }
 
     #[test]
@@ -1516,5 +1627,127 @@ mod cli {
         ]);
         assert!(!ok);
         assert!(err.contains("missing columns"), "{err}");
+    }
+}
+
+/// The hand-made history (`util::history`): every case through the
+/// library and through `qualcache lookup`, on a snapshot built from the
+/// export by `qualcache snapshot build`.
+mod history {
+    use super::*;
+    use qualcache::answer::AnswerJson;
+    use util::history::{cases, cli_args, csv, Seen};
+
+    #[test]
+    fn hand_made_history_answers_right_in_the_library_and_the_cli() {
+        let dir = tempdir();
+        let csv_path = dir.path().join("history.csv");
+        fs::write(&csv_path, csv()).unwrap();
+        let snap_dir = dir.path().join("snap");
+        let (ok, out, err) = run(&[
+            "snapshot",
+            "build",
+            "--source",
+            csv_path.to_str().unwrap(),
+            "--out",
+            snap_dir.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(summary["records"], 12, "{out}");
+        assert_eq!(summary["warnings"][0]["count"], 1, "{out}");
+        assert_eq!(summary["warnings"][0]["first"], "line 13", "{out}");
+
+        let snap = Snapshot::open(&snap_dir.join("1.qcs")).unwrap();
+        snap.verify().unwrap();
+        let key = CardKey::demo();
+        for c in cases() {
+            let answer = c.lookup.run(&snap, &key, date(c.as_of)).unwrap();
+            let json = serde_json::to_value(AnswerJson::new(&answer, 1).unwrap()).unwrap();
+            c.expect.check(&Seen::from_json(&json), c.what, "library");
+
+            let mut args = vec!["lookup", "--snapshot", snap_dir.to_str().unwrap()];
+            let rest = cli_args(&c);
+            args.extend(rest.iter().map(String::as_str));
+            let (ok, out, err) = run(&args);
+            assert!(ok, "cli: {}: {err}", c.what);
+            let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+            c.expect.check(&Seen::from_json(&json), c.what, "cli");
+        }
+    }
+
+    #[test]
+    fn overlapping_periods_of_one_key_name_both_lines() {
+        let text = csv();
+        // Person 20 rejoined on 2015-04-01 after losing the key on
+        // 2010-04-01 (line 2): moving the loss past the rejoining makes
+        // the periods overlap.
+        let overlapping = text.replacen(",20100401,03,", ",20150402,03,", 1);
+        assert_ne!(overlapping, text);
+        let dir = tempdir();
+        let path = dir.path().join("o.csv");
+        fs::write(&path, &overlapping).unwrap();
+        let (ok, _, err) = run(&[
+            "snapshot",
+            "build",
+            "--source",
+            path.to_str().unwrap(),
+            "--out",
+            dir.path().join("s").to_str().unwrap(),
+            "--skip-invalid",
+        ]);
+        assert!(!ok, "an overlap fails the build even with --skip-invalid");
+        assert!(
+            err.contains("line 3, column number: the same insurance key")
+                && err.contains("as line 2 in an overlapping period"),
+            "{err}"
+        );
+        // Ending the first period the day the second begins is no overlap.
+        let touching = text.replacen(",20100401,03,", ",20150401,03,", 1);
+        fs::write(&path, &touching).unwrap();
+        let (ok, _, err) = run(&[
+            "snapshot",
+            "build",
+            "--source",
+            path.to_str().unwrap(),
+            "--out",
+            dir.path().join("t").to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+    }
+
+    #[test]
+    fn full_width_and_half_width_spellings_are_one_key() {
+        // Person 25's symbol is `１２－３` in the export; a second row
+        // (another person) with `12-3` and an overlapping period is the
+        // same key.
+        let mut text = csv();
+        let line25 = text
+            .lines()
+            .find(|l| l.starts_with("25,"))
+            .unwrap()
+            .to_string();
+        let twin = line25
+            .replacen("25,", "29,", 1)
+            .replacen(",１２－３,", ",12-3,", 1)
+            .replacen(",19900909,", ",19911111,", 1);
+        text.push_str(&twin);
+        text.push('\n');
+        let dir = tempdir();
+        let path = dir.path().join("d.csv");
+        fs::write(&path, &text).unwrap();
+        let (ok, _, err) = run(&[
+            "snapshot",
+            "build",
+            "--source",
+            path.to_str().unwrap(),
+            "--out",
+            dir.path().join("s").to_str().unwrap(),
+        ]);
+        assert!(!ok);
+        assert!(
+            err.contains("line 14, column number") && err.contains("as line 10"),
+            "{err}"
+        );
     }
 }

@@ -252,6 +252,72 @@ async fn every_probe_over_the_wire_singly_and_in_batches() {
     .await;
 }
 
+/// The hand-made history (`util::history`) over the wire: every case
+/// singly, and the cases of each as-of day in one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_made_history_answers_right_over_the_wire() {
+    use util::history::{cases, csv, request, Seen};
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = certs::generate(&dir.path().join("certs"), 1).unwrap();
+        let csv_path = dir.path().join("history.csv");
+        std::fs::write(&csv_path, csv()).unwrap();
+        let opts = qualcache::build::BuildOptions {
+            skip_invalid: false,
+            card_key_id: CardKey::demo().id(),
+        };
+        let built =
+            qualcache::build::build_from_csv(&csv_path, &dir.path().join("snap"), &opts, |_| {})
+                .unwrap();
+        let shared = Arc::new(Shared::new(CardKey::demo(), Limits::default()));
+        shared.swap(Arc::new(Snapshot::open(&built.path).unwrap()));
+        let endpoint = server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            util::server_tls(&certs),
+            1 << 20,
+        )
+        .unwrap();
+        let (addr, tx, task) = spawn_server(vec![endpoint], shared, Duration::from_secs(5));
+        let t = &certs.terminals[0];
+        let config = qualcache::tls::client_config(&certs.ca, &t.cert, &t.key).unwrap();
+        let client = Client::connect(addr, "localhost", config).await.unwrap();
+        let cases = cases();
+        for c in &cases {
+            let resp = client.request(&request(c)).await.unwrap();
+            c.expect
+                .check(&Seen::from_response(&resp), c.what, "daemon");
+        }
+        let mut days: Vec<&str> = cases.iter().map(|c| c.as_of).collect();
+        days.sort_unstable();
+        days.dedup();
+        for day in days {
+            let of_day: Vec<_> = cases.iter().filter(|c| c.as_of == day).collect();
+            let resp = client
+                .request(&pb::Request {
+                    as_of: day.parse().unwrap(),
+                    kind: Some(pb::request::Kind::Batch(pb::BatchLookup {
+                        items: of_day
+                            .iter()
+                            .map(|c| qualcache::protocol::batch_item(&c.lookup))
+                            .collect(),
+                    })),
+                })
+                .await
+                .unwrap();
+            assert_eq!(resp.status, pb::Status::Ok as i32);
+            assert_eq!(resp.answers.len(), of_day.len());
+            for (c, a) in of_day.iter().zip(&resp.answers) {
+                c.expect
+                    .check(&Seen::from_answer(a), c.what, "daemon batch");
+            }
+        }
+        client.close().await;
+        let _ = tx.send(());
+        task.await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_limits_and_malformed_requests() {
     bounded(async {

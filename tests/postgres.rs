@@ -638,3 +638,95 @@ async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lo
     })
     .await;
 }
+
+/// The hand-made history (`util::history`, repeated keys included) loaded
+/// into PostgreSQL builds the same snapshot bytes as its CSV, answers
+/// every case, and a row the database takes but a snapshot must not hold
+/// (a half-width name, overlapping periods of one key) fails the build by
+/// qualification id and column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_made_history_builds_the_same_from_postgres() {
+    use util::history::{cases, csv, Seen};
+    bounded(async {
+        let Some(schema) = Schema::fresh().await else {
+            return;
+        };
+        let dir = util::tempdir();
+        let csv_path = dir.path().join("history.csv");
+        std::fs::write(&csv_path, csv()).unwrap();
+        let csv_path = csv_path.to_str().unwrap();
+        let url = url();
+        assert!(cli(&schema, &["db", "migrate", "--url", &url]).0);
+        let (ok, out, err) = cli(&schema, &["db", "load", "--url", &url, "--csv", csv_path]);
+        assert!(ok, "{err}");
+        let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(summary["warnings"][0]["count"], 1, "{out}");
+
+        let pg_dir = dir.path().join("pg");
+        let csv_dir = dir.path().join("csv");
+        let (ok, _, err) = build_from_db(&schema, &url, &pg_dir);
+        assert!(ok, "{err}");
+        let (ok, _, err) = util::run(&[
+            "snapshot",
+            "build",
+            "--source",
+            csv_path,
+            "--out",
+            csv_dir.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let body = |p: &Path| std::fs::read(p).unwrap()[512..].to_vec();
+        assert!(
+            body(&pg_dir.join("1.qcs")) == body(&csv_dir.join("1.qcs")),
+            "the PostgreSQL and CSV snapshots differ"
+        );
+        let snap = Snapshot::open(&pg_dir.join("1.qcs")).unwrap();
+        for c in cases() {
+            let answer = c
+                .lookup
+                .run(&snap, &CardKey::demo(), c.as_of.parse().unwrap())
+                .unwrap();
+            let msg = qualcache::protocol::answer(&answer, &snap);
+            c.expect.check(&Seen::from_answer(&msg), c.what, "postgres");
+        }
+
+        let c = schema.client().await;
+        let out = dir.path().join("bad");
+        let out = out.to_str().unwrap();
+        // Person 22's name with an ASCII space (qualification 5, line 5).
+        c.batch_execute("UPDATE persons SET name = replace(name, '　', ' ') WHERE person_id = 22")
+            .await
+            .unwrap();
+        let (ok, _, err) = cli(
+            &schema,
+            &["snapshot", "build", "--source", &url, "--out", out],
+        );
+        assert!(!ok);
+        assert!(
+            err.contains(
+                "qualification_id 5, column name: parts must be separated by exactly one U+3000"
+            ),
+            "{err}"
+        );
+        c.batch_execute("UPDATE persons SET name = replace(name, ' ', '　') WHERE person_id = 22")
+            .await
+            .unwrap();
+        // Person 20's first period made to overlap the second.
+        c.batch_execute(
+            "UPDATE qualifications SET lost_date = '2015-04-02' WHERE qualification_id = 2",
+        )
+        .await
+        .unwrap();
+        let (ok, _, err) = cli(
+            &schema,
+            &["snapshot", "build", "--source", &url, "--out", out],
+        );
+        assert!(!ok);
+        assert!(
+            err.contains("qualification_id 3, column number: the same insurance key")
+                && err.contains("as qualification_id 2 in an overlapping period"),
+            "{err}"
+        );
+    })
+    .await;
+}
