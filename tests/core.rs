@@ -727,7 +727,8 @@ mod csv_store {
         let elderly = util::history::elderly_insurer();
         // (edits of row 0, born 1980-01-01: column and value; the column
         // blamed, the reason)
-        let refused: &[(&[(&str, &str)], &str, &str)] = &[
+        type Edits<'a> = &'a [(&'a str, &'a str)];
+        let refused: &[(Edits, &str, &str)] = &[
             (
                 &[
                     ("elderly_valid_from", "20400101"),
