@@ -112,11 +112,22 @@ impl DevCa {
         not_before: i64,
         not_after: i64,
     ) -> Result<(String, String)> {
+        self.terminal_named(&code.to_string(), not_before, not_after)
+    }
+
+    /// A terminal certificate whose subject common name is `common_name`,
+    /// valid or not as an institution code (tests of refusals use it).
+    pub fn terminal_named(
+        &self,
+        common_name: &str,
+        not_before: i64,
+        not_after: i64,
+    ) -> Result<(String, String)> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params
             .distinguished_name
-            .push(DnType::CommonName, code.to_string());
+            .push(DnType::CommonName, common_name);
         params
             .distinguished_name
             .push(DnType::OrganizationName, "qualcache terminal");

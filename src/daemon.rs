@@ -180,9 +180,10 @@ impl Store {
 
     /// The snapshot to start with: the target generation, else the newest
     /// older one that opens and carries this store's card key, else a
-    /// fresh build from the source. First removes the temporary files of
-    /// builds that were killed before they finished.
-    pub fn initial(&self) -> Result<Arc<Snapshot>> {
+    /// fresh build from the source (counted in `metrics.builds`, or in
+    /// `build_failures` when it fails). First removes the temporary files
+    /// of builds that were killed before they finished.
+    pub fn initial(&self, metrics: &crate::server::Metrics) -> Result<Arc<Snapshot>> {
         let removed = crate::snapshot::write::remove_stale_builds(&self.dir)?;
         if removed > 0 {
             tracing::info!(dir = %self.dir.display(), removed, "removed temporary files of abandoned builds");
@@ -200,7 +201,10 @@ impl Store {
             }
         }
         tracing::info!(dir = %self.dir.display(), "no usable snapshot: building one from the source");
-        let generation = self.build()?;
+        let generation = self.build().inspect_err(|_| {
+            metrics.build_failures.fetch_add(1, Relaxed);
+        })?;
+        metrics.builds.fetch_add(1, Relaxed);
         Ok(Arc::new(self.open_servable(generation)?))
     }
 
@@ -498,7 +502,8 @@ pub async fn run(config: Config) -> Result<()> {
     );
     let first = {
         let store = store.clone();
-        let mut initial = tokio::task::spawn_blocking(move || store.initial());
+        let shared = shared.clone();
+        let mut initial = tokio::task::spawn_blocking(move || store.initial(shared.metrics()));
         loop {
             tokio::select! {
                 r = &mut initial => break r.context("the initial snapshot task failed")??,

@@ -71,6 +71,15 @@ pub fn invalid(reason: impl Into<String>) -> pb::Response {
     }
 }
 
+/// Answers one encoded request: decodes it, then [`handle`]. Bytes that
+/// are not a `Request` are answered `INVALID_REQUEST`.
+pub fn handle_bytes(ctx: &Context<'_>, bytes: &[u8]) -> pb::Response {
+    match decode_request(bytes) {
+        Some(req) => handle(ctx, req),
+        None => invalid("not a qualcache request (protobuf decoding failed)"),
+    }
+}
+
 /// Answers one decoded request. Pure: the same inputs give the same output.
 pub fn handle(ctx: &Context<'_>, req: pb::Request) -> pb::Response {
     use pb::request::Kind;
@@ -380,6 +389,57 @@ mod tests {
         let bytes = req.encode_to_vec();
         assert_eq!(decode_request(&bytes), Some(req));
         assert_eq!(decode_request(&[0xff, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn two_kinds_decode_to_the_last_and_an_empty_batch_is_ok() {
+        let card = pb::Request {
+            as_of: 20261101,
+            kind: Some(pb::request::Kind::Card(pb::CardLookup {
+                serial: "ABC".into(),
+            })),
+        };
+        let status = pb::Request {
+            as_of: 0,
+            kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+        };
+        // Both kinds on the wire, status last: protobuf keeps the last.
+        let mut both = card.encode_to_vec();
+        both.extend(status.encode_to_vec());
+        let decoded = decode_request(&both).unwrap();
+        assert_eq!(decoded.kind, status.kind);
+        assert_eq!(decoded.as_of, 20261101, "as_of 0 is not on the wire");
+
+        // An empty batch, against a real snapshot: OK, no answers.
+        let dir = tempfile::tempdir().unwrap();
+        let g = crate::gen::generate(&crate::gen::GenOptions {
+            records: 10,
+            seed: 1,
+            out: dir.path().join("data"),
+            probes: 10,
+            as_of: "20261101".parse().unwrap(),
+            card_key: CardKey::demo(),
+        })
+        .unwrap();
+        let opts = crate::build::BuildOptions {
+            skip_invalid: false,
+            card_key_id: CardKey::demo().id(),
+        };
+        let built =
+            crate::build::build_from_csv(&g.csv, &dir.path().join("snap"), &opts, |_| {}).unwrap();
+        let snapshot = Snapshot::open(&built.path).unwrap();
+        let mut c = ctx("20261101");
+        c.snapshot = Some(&snapshot);
+        let resp = handle(
+            &c,
+            pb::Request {
+                as_of: 0,
+                kind: Some(pb::request::Kind::Batch(pb::BatchLookup { items: vec![] })),
+            },
+        );
+        assert_eq!(resp.status, pb::Status::Ok as i32);
+        assert!(resp.answers.is_empty() && resp.reason.is_empty());
+        assert_eq!(resp.generation, 1);
     }
 
     #[test]

@@ -157,9 +157,6 @@ impl Shared {
 
     /// Answers one encoded request.
     fn answer(&self, bytes: &[u8]) -> protocol::pb::Response {
-        let Some(req) = protocol::decode_request(bytes) else {
-            return protocol::invalid("not a qualcache request (protobuf decoding failed)");
-        };
         let snapshot = self.snapshot.load();
         let ctx = Context {
             snapshot: snapshot.as_deref(),
@@ -170,7 +167,7 @@ impl Shared {
             connections: self.connections.load(Ordering::Relaxed),
             metrics: &self.metrics,
         };
-        protocol::handle(&ctx, req)
+        protocol::handle_bytes(&ctx, bytes)
     }
 }
 

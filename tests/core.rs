@@ -1675,6 +1675,25 @@ mod history {
             let json: serde_json::Value = serde_json::from_str(&out).unwrap();
             c.expect.check(&Seen::from_json(&json), c.what, "cli");
         }
+
+        // Card serials the daemon refuses, the CLI refuses with the same
+        // words (tests/daemon.rs checks the daemon's).
+        let snap = snap_dir.to_str().unwrap();
+        for (serial, reason) in [
+            ("", "card: serial is empty"),
+            ("\u{3000} ", "card: serial is empty"),
+            (
+                &"A".repeat(41),
+                "card: serial is longer than 40 hexadecimal digits",
+            ),
+            ("2A2O", "card: serial is not hexadecimal (0-9, A-F)"),
+            ("2A:20", "card: serial is not hexadecimal (0-9, A-F)"),
+        ] {
+            let (ok, _, err) = run(&["lookup", "--snapshot", snap, "card", "--", serial]);
+            assert!(!ok, "{serial:?}");
+            assert!(err.contains(reason), "{serial:?}: {err}");
+            assert!(serial.trim().len() < 2 || !err.contains(serial), "{err}");
+        }
     }
 
     #[test]

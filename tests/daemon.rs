@@ -520,6 +520,24 @@ async fn handshakes_without_a_valid_terminal_certificate_are_refused() {
         let endpoint = server::bind("127.0.0.1:0".parse().unwrap(), config, 1 << 20).unwrap();
         let shared = Arc::new(Shared::new(CardKey::demo(), Limits::default()));
         let (addr, tx, task) = spawn_server(vec![endpoint], shared.clone(), Duration::from_secs(1));
+        // Common names that are not valid institution codes: the
+        // handshake completes, then the connection is closed with
+        // application error 1.
+        for (name, cn) in [
+            ("bad check digit", "1310123450".to_string()),
+            ("prefecture 48", util::history::with_check("481012345")),
+            ("prefecture 00", util::history::with_check("001012345")),
+            ("fee table 2", util::history::with_check("132012345")),
+            ("not a code", "terminal-7".to_string()),
+        ] {
+            let (c, k) = write_pair(
+                dir.path(),
+                "named",
+                ca.terminal_named(&cn, now - 60, now + 86_400).unwrap(),
+            );
+            let config = qualcache::tls::client_config(&ca_path, &c, &k).unwrap();
+            refused(addr, config, name, &["certificate has no institution code"]).await;
+        }
         let (c, k) = write_pair(
             dir.path(),
             "expired",
@@ -871,9 +889,14 @@ async fn qualcached_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
                 })
                 .await
                 .unwrap();
-            r.server.unwrap().generation
+            r.server.unwrap()
         };
-        assert_eq!(status().await, 1);
+        // The build made at start is counted.
+        let first = status().await;
+        assert_eq!(
+            (first.generation, first.builds, first.build_failures),
+            (1, 1, 0)
+        );
         // A new generation, then SIGHUP.
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache"))
             .args(["snapshot", "build", "--source"])
@@ -894,7 +917,7 @@ async fn qualcached_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
             .success());
         let mut generation = 1;
         for _ in 0..100 {
-            generation = status().await;
+            generation = status().await.generation;
             if generation == 2 {
                 break;
             }
@@ -1046,6 +1069,43 @@ async fn one_terminal_cannot_hold_more_connections_than_its_limit() {
     .await;
 }
 
+/// The server grants no unidirectional streams: a client cannot open one
+/// (it waits for credit that never comes), and the connection keeps
+/// serving bidirectional requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unidirectional_streams_are_not_granted() {
+    bounded(async {
+        let server = Running::start().await;
+        let t = &server.certs.terminals[0];
+        let config = qualcache::tls::client_config(&server.certs.ca, &t.cert, &t.key).unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint
+            .connect_with(config, server.addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let opened = tokio::time::timeout(Duration::from_millis(500), conn.open_uni()).await;
+        assert!(opened.is_err(), "a unidirectional stream was granted");
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let p = &server.probes[0];
+        send.write_all(&prost::Message::encode_to_vec(&request(p)))
+            .await
+            .unwrap();
+        send.finish().unwrap();
+        let bytes = recv.read_to_end(1 << 20).await.unwrap();
+        let resp: pb::Response = prost::Message::decode(&bytes[..]).unwrap();
+        check(
+            p,
+            resp.answer.as_ref().unwrap(),
+            "after a unidirectional try",
+        );
+        conn.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+        server.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_endpoints_share_one_port_and_all_serve() {
     bounded(async {
@@ -1184,7 +1244,7 @@ mod store {
         let csv = export(&data, 1_000, &CardKey::demo()).csv;
         let store = Store::with(snap.clone(), 5, Source::Csv(csv), CardKey::demo());
         let shared = shared();
-        shared.swap(store.initial().unwrap());
+        shared.swap(store.initial(&server::Metrics::new()).unwrap());
         assert_eq!(serving(&shared), 1);
         // New data: generation 2.
         export(&data, 1_100, &CardKey::demo());
@@ -1234,7 +1294,7 @@ mod store {
         let csv = export(&data, 1_000, &CardKey::demo()).csv;
         let store = Store::with(snap.clone(), 5, Source::Csv(csv.clone()), CardKey::demo());
         let shared = shared();
-        shared.swap(store.initial().unwrap());
+        shared.swap(store.initial(&server::Metrics::new()).unwrap());
         let failures = |shared: &Shared| shared.metrics().build_failures.load(Relaxed);
 
         break_first_row(&csv);
@@ -1278,7 +1338,7 @@ mod store {
         };
         qualcache::build::build_from_csv(&g.csv, &snap, &demo, |_| {}).unwrap();
         let store = Store::with(snap.clone(), 5, Source::Csv(g.csv.clone()), other_key());
-        let first = store.initial().unwrap();
+        let first = store.initial(&server::Metrics::new()).unwrap();
         assert_eq!(
             first.header().generation,
             2,
@@ -1301,7 +1361,7 @@ mod store {
             seed: 5,
         };
         let store = Store::with(snap.clone(), 5, source, other_key());
-        let first = store.initial().unwrap();
+        let first = store.initial(&server::Metrics::new()).unwrap();
         assert_eq!(first.header().card_key_id, other_key().id());
         let probes = read_probes(&snap.join(".synthetic/probes.jsonl")).unwrap();
         let mut card_hits = 0;
@@ -1331,7 +1391,7 @@ mod store {
             seed: 5,
         };
         let store = Store::with(snap.clone(), 5, source, CardKey::demo());
-        let first = store.initial().unwrap();
+        let first = store.initial(&server::Metrics::new()).unwrap();
         assert_eq!(first.header().records, 2_000);
         first.verify().unwrap();
         let names: Vec<String> = std::fs::read_dir(snap.join(".synthetic"))
@@ -1361,7 +1421,7 @@ mod store {
             std::fs::write(f, b"partial").unwrap();
         }
         let store = Store::with(snap.clone(), 5, Source::Csv(csv), CardKey::demo());
-        store.initial().unwrap();
+        store.initial(&server::Metrics::new()).unwrap();
         assert!(
             !dead.exists() && !own.exists(),
             "abandoned build files left"

@@ -1,158 +1,111 @@
-//! PROTOCOL.md's hex dumps are real: each decodes as the message it is
-//! labelled with and encodes back to the same bytes. `print_examples`
-//! (ignored) regenerates them.
+//! PROTOCOL.md's hex dumps are real: each is what this build's request
+//! handler answers to its request, over one small data set (the
+//! hand-made history of `util::history`), so the examples agree with each
+//! other and with the server. Each decodes as the message it is labelled
+//! with and encodes back to the same bytes. `print_examples` (ignored)
+//! regenerates them.
+
+mod util;
 
 use prost::Message;
-use qualcache::protocol::pb;
+use qualcache::model::CardKey;
+use qualcache::protocol::{self, pb, Context, Limits};
 
+/// The examples: (title, message type, bytes). Requests are encoded by
+/// hand; responses come from `protocol::handle_bytes` over the data set,
+/// as of 2020-01-01 (`as_of` 20200101).
 fn examples() -> Vec<(&'static str, &'static str, Vec<u8>)> {
-    let q = pb::Qualification {
-        insurer_number: "01130012".into(),
-        insurer_name: "全国健康保険協会　東京支部".into(),
-        card_class: "01".into(),
-        symbol: "1234".into(),
-        number: "567".into(),
-        branch: "00".into(),
-        relation: 1,
-        name: "山田　太郎".into(),
-        name_kana: "ヤマダ　タロウ".into(),
-        sex: 1,
-        birth_date: 19800101,
-        acquired_date: 20100401,
-        copay_percent: 30,
-        ..Default::default()
+    let dir = util::tempdir();
+    let snapshot = util::snapshot(dir.path(), util::history::records());
+    let metrics = qualcache::server::Metrics::new();
+    metrics
+        .builds
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let key = CardKey::demo();
+    let ctx = Context {
+        snapshot: Some(&snapshot),
+        card_key: &key,
+        today: "20200101".parse().unwrap(),
+        limits: Limits::default(),
+        uptime_seconds: 3_600,
+        connections: 1_000,
+        metrics: &metrics,
     };
-    let card = pb::CardLookup {
-        serial: "0BFDED574DBACD9F".into(),
-    };
-    let ins = pb::InsuranceLookup {
-        insurer: "01130012".into(),
-        symbol: "1234".into(),
-        number: "567".into(),
-        branch: "00".into(),
-        birth: 19800101,
-    };
-    let req = |kind| {
+    let request = |kind| {
         pb::Request {
-            as_of: 20261101,
+            as_of: 20200101,
             kind: Some(kind),
         }
         .encode_to_vec()
     };
-    let found = pb::Answer {
-        status: pb::Status::Valid as i32,
-        qualification: Some(q),
-        ..Default::default()
+    // Person 20: card 2A20, key 01130012 / 1234 / 2000 / 00, born 1970-01-01.
+    let card = pb::CardLookup {
+        serial: "2A20".into(),
     };
-    vec![
+    let insurance = pb::InsuranceLookup {
+        insurer: "01130012".into(),
+        symbol: "1234".into(),
+        number: "2000".into(),
+        branch: "00".into(),
+        birth: 19700101,
+    };
+    let wrong_birth = pb::InsuranceLookup {
+        birth: 19700102,
+        ..insurance.clone()
+    };
+    let bad_serial = pb::CardLookup {
+        serial: "2A2O".into(),
+    };
+    let requests: Vec<(&str, Vec<u8>)> = vec![
+        ("card", request(pb::request::Kind::Card(card.clone()))),
         (
-            "card request",
-            "Request",
-            req(pb::request::Kind::Card(card.clone())),
+            "insurance",
+            request(pb::request::Kind::Insurance(insurance.clone())),
         ),
         (
-            "card response",
-            "Response",
-            pb::Response {
-                status: 1,
-                generation: 7,
-                answer: Some(found.clone()),
-                ..Default::default()
-            }
-            .encode_to_vec(),
+            "insurance, wrong birth date",
+            request(pb::request::Kind::Insurance(wrong_birth.clone())),
         ),
         (
-            "insurance request",
-            "Request",
-            req(pb::request::Kind::Insurance(ins.clone())),
-        ),
-        (
-            "insurance response (not found)",
-            "Response",
-            pb::Response {
-                status: pb::Status::NotFound as i32,
-                generation: 7,
-                answer: Some(pb::Answer {
-                    status: pb::Status::NotFound as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }
-            .encode_to_vec(),
-        ),
-        (
-            "batch request",
-            "Request",
-            req(pb::request::Kind::Batch(pb::BatchLookup {
+            "batch",
+            request(pb::request::Kind::Batch(pb::BatchLookup {
                 items: vec![
                     pb::BatchItem {
                         kind: Some(pb::batch_item::Kind::Card(card)),
                     },
                     pb::BatchItem {
-                        kind: Some(pb::batch_item::Kind::Insurance(ins)),
+                        kind: Some(pb::batch_item::Kind::Insurance(wrong_birth)),
                     },
                 ],
             })),
         ),
         (
-            "batch response",
-            "Response",
-            pb::Response {
-                status: pb::Status::Ok as i32,
-                generation: 7,
-                answers: vec![
-                    pb::Answer {
-                        status: pb::Status::CardRestricted as i32,
-                        ..Default::default()
-                    },
-                    pb::Answer {
-                        status: pb::Status::NotFound as i32,
-                        ..Default::default()
-                    },
-                ],
-                ..Default::default()
-            }
-            .encode_to_vec(),
+            "card, serial not hexadecimal",
+            request(pb::request::Kind::Card(bad_serial)),
         ),
         (
-            "status request",
-            "Request",
+            "status",
             pb::Request {
                 as_of: 0,
                 kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
             }
             .encode_to_vec(),
         ),
-        (
-            "status response",
-            "Response",
-            pb::Response {
-                status: pb::Status::Ok as i32,
-                generation: 7,
-                server: Some(pb::ServerStatus {
-                    generation: 7,
-                    records: 1_000_000,
-                    snapshot_created_at_unix: 1_795_600_000,
-                    uptime_seconds: 3_600,
-                    connections: 1_000,
-                    version: "0.1.0".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }
-            .encode_to_vec(),
-        ),
-        (
-            "invalid request response",
-            "Response",
-            pb::Response {
-                status: pb::Status::InvalidRequest as i32,
-                reason: "not a qualcache request (protobuf decoding failed)".into(),
-                ..Default::default()
-            }
-            .encode_to_vec(),
-        ),
-    ]
+        ("not protobuf", vec![0xff, 0xff, 0xff]),
+    ];
+    let mut out = Vec::new();
+    for (what, bytes) in requests {
+        let mut response = protocol::handle_bytes(&ctx, &bytes);
+        if let Some(s) = response.server.as_mut() {
+            // The one value that changes from build to build.
+            s.snapshot_created_at_unix = 1_795_600_000;
+        }
+        if what != "not protobuf" {
+            out.push((what, "Request", bytes));
+        }
+        out.push((what, "Response", response.encode_to_vec()));
+    }
+    out
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -172,8 +125,9 @@ fn hex(bytes: &[u8]) -> String {
 #[ignore]
 fn print_examples() {
     for (title, ty, bytes) in examples() {
+        let kind = ty.to_lowercase();
         println!(
-            "#### {title} (`{ty}`, {} bytes)\n\n```hex\n{}\n```\n",
+            "#### {title}: {kind} (`{ty}`, {} bytes)\n\n```hex\n{}\n```\n",
             bytes.len(),
             hex(&bytes)
         );
