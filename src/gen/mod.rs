@@ -586,14 +586,16 @@ impl<W: Write> Generator<W> {
         } else {
             None
         };
-        let elderly = (70..=74).contains(&age).then(|| ElderlyCertificate {
-            valid_from: elderly_start(m.birth),
-            valid_until: m.birth.add_years(75).add_days(-1),
-            percent: if copay == Percent::Thirty {
-                Percent::Thirty
-            } else {
-                Percent::Twenty
-            },
+        let elderly = ((70..=74).contains(&age) && elderly_start(m.birth) <= last_day).then(|| {
+            ElderlyCertificate {
+                valid_from: elderly_start(m.birth),
+                valid_until: m.birth.add_years(75).add_days(-1),
+                percent: if copay == Percent::Thirty {
+                    Percent::Thirty
+                } else {
+                    Percent::Twenty
+                },
+            }
         });
         let certificate = (!registered_card && !medical_aid).then(|| {
             let issued = as_of.add_days(-(self.rng.below(700) as i32)).max(acquired);

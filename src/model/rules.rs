@@ -9,7 +9,7 @@
 //! | rule | kind | why |
 //! |---|---|---|
 //! | dates in order: acquired on or after birth, lost after acquired, certificate periods not reversed | error | the answer would be self-contradictory |
-//! | an elderly recipient certificate (高齢受給者証) valid only from the 70th birthday and ending before the 75th | error | the certificate exists for ages 70-74 only (75+ is late-stage elderly); a desk would charge the wrong ratio |
+//! | an elderly recipient certificate (高齢受給者証) valid only from the 70th birthday, ending before the 75th, and starting before the qualification's loss | error | the certificate exists for ages 70-74 only (75+ is late-stage elderly), and only with a qualification; a desk would charge the wrong ratio |
 //! | a late-stage elderly (scheme 39) qualification has no symbol and no branch | error | its card carries neither: a desk would never find the key |
 //! | a 70+ limit category (B01-B10) on a person under 70 on the qualification's last day | warning | the category comes from the insurer and may lag a birthday; it is answered as stored |
 //! | an under-70 limit category (A01-A05) on a person 70 or over on the qualification's last day | warning | likewise |
@@ -88,6 +88,12 @@ pub fn row_error(q: &Qualification) -> Option<(&'static str, &'static str)> {
             return Some((
                 "elderly_valid_from",
                 "before the 70th birthday (an elderly recipient certificate is for ages 70-74)",
+            ));
+        }
+        if q.loss.is_some_and(|l| e.valid_from >= l.date) {
+            return Some((
+                "elderly_valid_from",
+                "on or after lost_date (the certificate would start after the qualification ended)",
             ));
         }
         if e.valid_until >= q.birth_date.add_years(75) {
