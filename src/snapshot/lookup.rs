@@ -323,6 +323,23 @@ fn evaluate<'a>(
             newer: None,
         };
     }
+    lost_answer(qualification)
+}
+
+/// The answer for a qualification lost on its view's as-of day: with the
+/// newer one of the same person, if any. Out of line: most lookups find a
+/// holding qualification, and keeping this off their path keeps the hot
+/// loop small enough for consecutive lookups to overlap their misses
+/// (measured: 1.4x the insurance-hit time when it was inline).
+#[cold]
+#[inline(never)]
+fn lost_answer(qualification: QualView<'_>) -> Answer<'_> {
+    let QualView {
+        body,
+        rec,
+        as_of: day,
+        ..
+    } = qualification;
     let newer = body
         .persons
         .get(rec.person.to_native() as usize)
