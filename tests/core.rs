@@ -1654,20 +1654,25 @@ mod history {
     use qualcache::answer::AnswerJson;
     use util::history::{cases, cli_args, csv, Seen};
 
+    /// `qualcache snapshot build --source CSV --out DIR EXTRA...`.
+    fn build_snapshot(
+        csv: &std::path::Path,
+        out: &std::path::Path,
+        extra: &[&str],
+    ) -> (bool, String, String) {
+        let (csv, out) = (csv.to_str().unwrap(), out.to_str().unwrap());
+        let mut args = vec!["snapshot", "build", "--source", csv, "--out", out];
+        args.extend(extra);
+        run(&args)
+    }
+
     #[test]
     fn hand_made_history_answers_right_in_the_library_and_the_cli() {
         let dir = tempdir();
         let csv_path = dir.path().join("history.csv");
         fs::write(&csv_path, csv()).unwrap();
         let snap_dir = dir.path().join("snap");
-        let (ok, out, err) = run(&[
-            "snapshot",
-            "build",
-            "--source",
-            csv_path.to_str().unwrap(),
-            "--out",
-            snap_dir.to_str().unwrap(),
-        ]);
+        let (ok, out, err) = build_snapshot(&csv_path, &snap_dir, &[]);
         assert!(ok, "{err}");
         let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(summary["records"], 12, "{out}");
@@ -1722,15 +1727,7 @@ mod history {
         let dir = tempdir();
         let path = dir.path().join("o.csv");
         fs::write(&path, &overlapping).unwrap();
-        let (ok, _, err) = run(&[
-            "snapshot",
-            "build",
-            "--source",
-            path.to_str().unwrap(),
-            "--out",
-            dir.path().join("s").to_str().unwrap(),
-            "--skip-invalid",
-        ]);
+        let (ok, _, err) = build_snapshot(&path, &dir.path().join("s"), &["--skip-invalid"]);
         assert!(!ok, "an overlap fails the build even with --skip-invalid");
         assert!(
             err.contains("line 3, column number: the same insurance key")
@@ -1740,14 +1737,7 @@ mod history {
         // Ending the first period the day the second begins is no overlap.
         let touching = text.replacen(",20100401,03,", ",20150401,03,", 1);
         fs::write(&path, &touching).unwrap();
-        let (ok, _, err) = run(&[
-            "snapshot",
-            "build",
-            "--source",
-            path.to_str().unwrap(),
-            "--out",
-            dir.path().join("t").to_str().unwrap(),
-        ]);
+        let (ok, _, err) = build_snapshot(&path, &dir.path().join("t"), &[]);
         assert!(ok, "{err}");
     }
 
@@ -1771,14 +1761,7 @@ mod history {
         let dir = tempdir();
         let path = dir.path().join("d.csv");
         fs::write(&path, &text).unwrap();
-        let (ok, _, err) = run(&[
-            "snapshot",
-            "build",
-            "--source",
-            path.to_str().unwrap(),
-            "--out",
-            dir.path().join("s").to_str().unwrap(),
-        ]);
+        let (ok, _, err) = build_snapshot(&path, &dir.path().join("s"), &[]);
         assert!(!ok);
         assert!(
             err.contains("line 14, column number") && err.contains("as line 10"),
