@@ -155,6 +155,24 @@ fn build_from_db(schema: &Schema, url: &str, out: &Path) -> (bool, String, Strin
     )
 }
 
+/// Builds generation 1 from the schema into `dir/pg` and from `csv` into
+/// `dir/csv`, and checks that the two hold the same bytes past their
+/// headers; returns the two folders.
+fn build_both(schema: &Schema, csv: &str, dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (pg_dir, csv_dir) = (dir.join("pg"), dir.join("csv"));
+    let (ok, _, err) = build_from_db(schema, &url(), &pg_dir);
+    assert!(ok, "{err}");
+    let csv_out = csv_dir.to_str().unwrap();
+    let (ok, _, err) = util::run(&["snapshot", "build", "--source", csv, "--out", csv_out]);
+    assert!(ok, "{err}");
+    let body = |p: &Path| std::fs::read(p).unwrap()[512..].to_vec();
+    assert!(
+        body(&pg_dir.join("1.qcs")) == body(&csv_dir.join("1.qcs")),
+        "the PostgreSQL and CSV snapshots differ"
+    );
+    (pg_dir, csv_dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_then_build_answers_every_probe_as_the_csv_path_does() {
     bounded(async {
@@ -173,19 +191,7 @@ async fn load_then_build_answers_every_probe_as_the_csv_path_does() {
         assert!(ok, "{err}");
         assert!(out.contains("\"records\": 20000"), "{out}");
 
-        let pg_dir = dir.path().join("pg");
-        let csv_dir = dir.path().join("csv");
-        let (ok, _, err) = build_from_db(&schema, &url, &pg_dir);
-        assert!(ok, "{err}");
-        let (ok, _, err) = util::run(&[
-            "snapshot",
-            "build",
-            "--source",
-            csv,
-            "--out",
-            csv_dir.to_str().unwrap(),
-        ]);
-        assert!(ok, "{err}");
+        let (pg_dir, csv_dir) = build_both(&schema, csv, dir.path());
 
         let from_pg = Snapshot::open(&pg_dir.join("1.qcs")).unwrap();
         let from_csv = Snapshot::open(&csv_dir.join("1.qcs")).unwrap();
@@ -202,12 +208,8 @@ async fn load_then_build_answers_every_probe_as_the_csv_path_does() {
                 }
             }
         }
-        // ...because the snapshots hold the same bytes past their headers.
-        let body = |p: &Path| std::fs::read(p).unwrap()[512..].to_vec();
-        assert!(
-            body(&pg_dir.join("1.qcs")) == body(&csv_dir.join("1.qcs")),
-            "the PostgreSQL and CSV snapshots differ"
-        );
+        // ...because the snapshots hold the same bytes past their headers
+        // (`build_both` checks it).
     })
     .await;
 }
@@ -662,24 +664,7 @@ async fn hand_made_history_builds_the_same_from_postgres() {
         let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(summary["warnings"][0]["count"], 1, "{out}");
 
-        let pg_dir = dir.path().join("pg");
-        let csv_dir = dir.path().join("csv");
-        let (ok, _, err) = build_from_db(&schema, &url, &pg_dir);
-        assert!(ok, "{err}");
-        let (ok, _, err) = util::run(&[
-            "snapshot",
-            "build",
-            "--source",
-            csv_path,
-            "--out",
-            csv_dir.to_str().unwrap(),
-        ]);
-        assert!(ok, "{err}");
-        let body = |p: &Path| std::fs::read(p).unwrap()[512..].to_vec();
-        assert!(
-            body(&pg_dir.join("1.qcs")) == body(&csv_dir.join("1.qcs")),
-            "the PostgreSQL and CSV snapshots differ"
-        );
+        let (pg_dir, _) = build_both(&schema, csv_path, dir.path());
         let snap = Snapshot::open(&pg_dir.join("1.qcs")).unwrap();
         for c in cases() {
             let answer = c
