@@ -118,7 +118,7 @@ pub fn build_from_csv(
     mut on_skip: impl FnMut(&RowError),
 ) -> Result<BuildSummary, BuildFailure> {
     let started = Instant::now();
-    let fingerprint = crate::daemon::file_fingerprint(source);
+    let fingerprint = crate::store::csv::file_fingerprint(source);
     let mut builder = Builder::with_capacity_for(std::fs::metadata(source).map_or(0, |m| m.len()));
     let mut rows = Rows::default();
     // Parsing is most of the work: two parsing threads feed this one, which
@@ -133,7 +133,7 @@ pub fn build_from_csv(
         }
         std::ops::ControlFlow::Continue(())
     })?;
-    if crate::daemon::file_fingerprint(source) != fingerprint {
+    if crate::store::csv::file_fingerprint(source) != fingerprint {
         return Err(BuildFailure::SourceChanged {
             path: source.to_path_buf(),
         });

@@ -26,13 +26,15 @@
 //! - [`protocol`]: the wire messages (`proto/qualcache.proto`) and the pure
 //!   request handler.
 //! - [`server`]: the QUIC driver: endpoints bound with `SO_REUSEPORT`, one
-//!   request per stream, the shared snapshot and metrics, graceful drain.
+//!   request per stream, the shared snapshot, graceful drain.
+//! - [`metrics`]: what the daemon counts about itself (builds, reloads).
 //! - [`tls`]: rustls configurations with client certificates required, and
 //!   the institution code of a peer certificate.
 //! - [`certs`]: development certificates (a CA, the server's, terminals').
 //! - [`config`]: `qualcached`'s TOML configuration, raw and validated.
-//! - [`daemon`]: `qualcached`: the snapshot store (initial snapshot,
-//!   builds, reloads, pruning, rollback pin), the reload loop and signals.
+//! - [`daemon`]: `qualcached`: the snapshot directory (`generations`:
+//!   initial snapshot, builds, reloads, pruning, rollback pin), the reload
+//!   loop (`reload`), the signals (`signals`) and `run`.
 //! - [`client`]: the QUIC client used by `qualcache query` and the load
 //!   generator.
 //!
@@ -47,6 +49,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod gen;
+pub mod metrics;
 pub mod model;
 pub mod probe;
 pub mod protocol;

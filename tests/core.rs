@@ -880,7 +880,7 @@ mod csv_store {
         let header = qualcache::snapshot::Header::read(&summary.path).unwrap();
         assert_eq!(
             header.source_version,
-            qualcache::daemon::file_fingerprint(&path)
+            qualcache::store::csv::file_fingerprint(&path)
         );
     }
 

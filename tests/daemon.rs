@@ -369,6 +369,17 @@ async fn status_limits_and_malformed_requests() {
                 resp.reason
             );
         }
+        // An empty batch is served: OK, no answers.
+        let resp = client
+            .request(&pb::Request {
+                as_of: 0,
+                kind: Some(pb::request::Kind::Batch(pb::BatchLookup { items: vec![] })),
+            })
+            .await
+            .unwrap();
+        assert_eq!(resp.status, pb::Status::Ok as i32);
+        assert!(resp.answers.is_empty() && resp.reason.is_empty());
+        assert_eq!(resp.generation, 1);
         // A bad single lookup is refused like a bad request: the status
         // and the reason in the response, no answer. The reason names the
         // part but not the value.
@@ -1244,7 +1255,7 @@ mod store {
         let csv = export(&data, 1_000, &CardKey::demo()).csv;
         let store = Store::with(snap.clone(), 5, Source::Csv(csv), CardKey::demo());
         let shared = shared();
-        shared.swap(store.initial(&server::Metrics::new()).unwrap());
+        shared.swap(store.initial(&qualcache::metrics::Metrics::new()).unwrap());
         assert_eq!(serving(&shared), 1);
         // New data: generation 2.
         export(&data, 1_100, &CardKey::demo());
@@ -1294,7 +1305,7 @@ mod store {
         let csv = export(&data, 1_000, &CardKey::demo()).csv;
         let store = Store::with(snap.clone(), 5, Source::Csv(csv.clone()), CardKey::demo());
         let shared = shared();
-        shared.swap(store.initial(&server::Metrics::new()).unwrap());
+        shared.swap(store.initial(&qualcache::metrics::Metrics::new()).unwrap());
         let failures = |shared: &Shared| shared.metrics().build_failures.load(Relaxed);
 
         break_first_row(&csv);
@@ -1338,7 +1349,7 @@ mod store {
         };
         qualcache::build::build_from_csv(&g.csv, &snap, &demo, |_| {}).unwrap();
         let store = Store::with(snap.clone(), 5, Source::Csv(g.csv.clone()), other_key());
-        let first = store.initial(&server::Metrics::new()).unwrap();
+        let first = store.initial(&qualcache::metrics::Metrics::new()).unwrap();
         assert_eq!(
             first.header().generation,
             2,
@@ -1361,7 +1372,7 @@ mod store {
             seed: 5,
         };
         let store = Store::with(snap.clone(), 5, source, other_key());
-        let first = store.initial(&server::Metrics::new()).unwrap();
+        let first = store.initial(&qualcache::metrics::Metrics::new()).unwrap();
         assert_eq!(first.header().card_key_id, other_key().id());
         let probes = read_probes(&snap.join(".synthetic/probes.jsonl")).unwrap();
         let mut card_hits = 0;
@@ -1391,7 +1402,7 @@ mod store {
             seed: 5,
         };
         let store = Store::with(snap.clone(), 5, source, CardKey::demo());
-        let first = store.initial(&server::Metrics::new()).unwrap();
+        let first = store.initial(&qualcache::metrics::Metrics::new()).unwrap();
         assert_eq!(first.header().records, 2_000);
         first.verify().unwrap();
         let names: Vec<String> = std::fs::read_dir(snap.join(".synthetic"))
@@ -1421,7 +1432,7 @@ mod store {
             std::fs::write(f, b"partial").unwrap();
         }
         let store = Store::with(snap.clone(), 5, Source::Csv(csv), CardKey::demo());
-        store.initial(&server::Metrics::new()).unwrap();
+        store.initial(&qualcache::metrics::Metrics::new()).unwrap();
         assert!(
             !dead.exists() && !own.exists(),
             "abandoned build files left"

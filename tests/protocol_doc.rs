@@ -17,7 +17,7 @@ use qualcache::protocol::{self, pb, Context, Limits};
 fn examples() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let dir = util::tempdir();
     let snapshot = util::snapshot(dir.path(), util::history::records());
-    let metrics = qualcache::server::Metrics::new();
+    let metrics = qualcache::metrics::Metrics::new();
     metrics
         .builds
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

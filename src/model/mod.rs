@@ -8,6 +8,7 @@ pub mod name;
 pub mod normalize;
 pub mod numbers;
 pub mod record;
+pub mod row;
 pub mod rules;
 pub mod text;
 

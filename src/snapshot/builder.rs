@@ -15,9 +15,9 @@ use super::body::{
     Body, ExtraRec, InsurerRec, PersonRec, QualRec, Slot, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL,
     INLINE_KEY, MEDICAL_AID_SCHEME, NONE, NO_BYTE, NO_DATE, TAG_ALL,
 };
+use crate::model::row::{RowError, RowUnit};
 use crate::model::rules::{self, Warning};
 use crate::model::{CardLink, Date, EnrolleeRecord, KeyText, Qualification};
-use crate::store::csv::{RowError, RowUnit};
 
 /// The most errors of one kind collected before giving up on listing them.
 const MAX_REPORTED: usize = 100;

@@ -9,6 +9,8 @@ use std::io::{self, BufReader, BufWriter, Write};
 use std::path::Path;
 use std::str::FromStr;
 
+pub use crate::model::row::{RowError, RowUnit};
+
 use crate::model::name::{parse_kana, parse_name, NameError};
 use crate::model::normalize::to_full_width;
 use crate::model::rules;
@@ -17,6 +19,19 @@ use crate::model::{
     ElderlyCertificate, EnrolleeRecord, LimitCategory, Loss, LossReason, Percent, PublicExpense,
     Qualification, Relation, Sex, SpecificDisease,
 };
+
+/// A fingerprint of a source file's state (size and modification time),
+/// recorded in snapshot headers to tell whether the source changed.
+pub fn file_fingerprint(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| {
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64);
+        crate::snapshot::body::fmix64(mtime ^ m.len().rotate_left(32)).max(1)
+    })
+}
 
 /// The columns, in the order [`CsvWriter`] writes them. A reader accepts
 /// them in any order but requires every one, exactly once.
@@ -91,41 +106,6 @@ const fn const_eq(a: &[u8], b: &[u8]) -> bool {
         i += 1;
     }
     true
-}
-
-/// A row that could not be read: where and why. The reason never repeats
-/// the field's value (it may be personal data).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{unit} {line}{}: {reason}", column.map(|c| format!(", column {c}")).unwrap_or_default())]
-pub struct RowError {
-    /// Where the row is: the 1-based line of the CSV file where it starts,
-    /// or its qualification id in the database (see `unit`).
-    pub line: u64,
-    /// The column at fault, when one is.
-    pub column: Option<&'static str>,
-    /// Why.
-    pub reason: String,
-    /// What `line` counts.
-    pub unit: RowUnit,
-}
-
-/// What a [`RowError`]'s position counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum RowUnit {
-    /// Lines of a CSV file.
-    #[default]
-    Line,
-    /// Qualification ids of the database.
-    Qualification,
-}
-
-impl std::fmt::Display for RowUnit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            RowUnit::Line => "line",
-            RowUnit::Qualification => "qualification_id",
-        })
-    }
 }
 
 /// A CSV file that cannot be read at all.

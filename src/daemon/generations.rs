@@ -1,38 +1,20 @@
-//! `qualcached`: the daemon around [`server::serve`]. It finds or builds
-//! the snapshot to serve, reloads on SIGHUP and on a timer (the new
-//! generation must pass [`Snapshot::open`]'s checks and carry this
-//! daemon's card key before it is swapped in; on any failure the old
-//! snapshot keeps serving), keeps the last few generations for rollback,
-//! and shuts down gracefully on SIGTERM or SIGINT.
-//!
-//! The snapshot directory may hold a `CURRENT` file naming the generation
-//! to serve (written by `qualcache snapshot rollback`); without it the
-//! newest generation is served. Whether the source changed is decided
-//! against the newest generation (the last one built), not the pinned
-//! one, so a rollback stays until the source changes again; then the new
-//! build removes `CURRENT`.
-//!
-//! A rebuild that fails because of the source's content (bad rows,
-//! duplicates, a bad header) is not tried again for the same source
-//! version (CSV fingerprint, database change counter): the daemon logs
-//! once that it waits for the source to change and keeps serving. A
-//! SIGHUP forgets the failure and tries once more. Failures that are not
-//! about the content (I/O, the database being down, a CSV rewritten while
-//! it was read) are retried with backoff as before.
+//! The snapshot directory as the daemon manages it: which generation to
+//! serve (the `CURRENT` pin, else the newest), building a new one from the
+//! source, opening and swapping one in, and pruning old ones.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
 
 use crate::build::{build_from_csv, build_from_postgres, BuildFailure, BuildOptions};
 use crate::config::{Config, Source};
 use crate::model::CardKey;
-use crate::server::{self, Shared};
+use crate::server::Shared;
 use crate::snapshot::{list_generations, write::snapshot_path, Header, Snapshot};
+use crate::store::csv::file_fingerprint;
 
 /// Name of the pin file in a snapshot directory.
 pub const CURRENT: &str = "CURRENT";
@@ -91,19 +73,6 @@ pub fn rollback(dir: &Path) -> Result<(u64, u64)> {
         .with_context(|| format!("no generation older than {from} in {}", dir.display()))?;
     pin(dir, to)?;
     Ok((from, to))
-}
-
-/// A fingerprint of a source file's state (size and modification time),
-/// recorded in snapshot headers to tell whether the source changed.
-pub fn file_fingerprint(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| {
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as u64);
-        crate::snapshot::body::fmix64(mtime ^ m.len().rotate_left(32)).max(1)
-    })
 }
 
 /// The snapshot directory and its source, as the daemon manages them.
@@ -183,7 +152,7 @@ impl Store {
     /// fresh build from the source (counted in `metrics.builds`, or in
     /// `build_failures` when it fails). First removes the temporary files
     /// of builds that were killed before they finished.
-    pub fn initial(&self, metrics: &crate::server::Metrics) -> Result<Arc<Snapshot>> {
+    pub fn initial(&self, metrics: &crate::metrics::Metrics) -> Result<Arc<Snapshot>> {
         let removed = crate::snapshot::write::remove_stale_builds(&self.dir)?;
         if removed > 0 {
             tracing::info!(dir = %self.dir.display(), removed, "removed temporary files of abandoned builds");
@@ -464,260 +433,3 @@ fn release(old: Arc<Snapshot>) {
 
 /// How long [`release`] waits for the readers of a swapped-out snapshot.
 const RELEASE_WAIT: Duration = Duration::from_secs(1);
-
-/// What the signal handlers ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    /// SIGHUP: reload now.
-    Reload,
-    /// SIGTERM or SIGINT: stop accepting, drain, exit 0.
-    Shutdown,
-}
-
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<()> {
-    // First of all: until the handlers are installed, SIGHUP (like SIGTERM)
-    // kills the process, and the first build can take minutes.
-    let mut handlers = Signals::install()?;
-    let (card_key, demo_key) = config.card_key()?;
-    if demo_key {
-        tracing::warn!("using the public demo card key: set [card_key] file or $QUALCACHE_CARD_KEY in production");
-    }
-    if config.dev_certs && !config.cert.exists() {
-        let dir = config.cert.parent().unwrap_or(Path::new("."));
-        crate::certs::generate(dir, crate::certs::DEV_TERMINALS)?;
-        tracing::info!(dir = %dir.display(), "development certificates created");
-    }
-    let tls = crate::tls::server_config(
-        &config.cert,
-        &config.key,
-        &config.client_ca,
-        config.transport,
-    )?;
-    let store = Store::new(&config, card_key.clone());
-    let shared = Arc::new(
-        Shared::new(card_key, config.limits)
-            .with_max_in_flight(config.max_in_flight)
-            .with_max_connections_per_terminal(config.max_connections_per_terminal),
-    );
-    let first = {
-        let store = store.clone();
-        let shared = shared.clone();
-        let mut initial = tokio::task::spawn_blocking(move || store.initial(shared.metrics()));
-        loop {
-            tokio::select! {
-                r = &mut initial => break r.context("the initial snapshot task failed")??,
-                s = handlers.next() => match s {
-                    Signal::Reload => tracing::info!("SIGHUP before the first snapshot is ready: ignored"),
-                    Signal::Shutdown => {
-                        // The build is abandoned (its temporary file is
-                        // never linked in; the next start removes it).
-                        tracing::info!("shutting down before the first snapshot was ready");
-                        return Ok(());
-                    }
-                },
-            }
-        }
-    };
-    let (generation, records) = (first.header().generation, first.header().records);
-    shared.swap(first);
-    let endpoints = server::bind_many(
-        config.listen,
-        tls,
-        config.udp_buffer_bytes,
-        config.endpoints,
-    )
-    .with_context(|| format!("binding {}", config.listen))?;
-    let listen = endpoints[0].local_addr().unwrap_or(config.listen);
-    tracing::info!(%listen, endpoints = endpoints.len(), generation, records, "serving");
-
-    let (signal_tx, signals) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(forward_signals(handlers, signal_tx));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let reloader = tokio::spawn(reload_loop(
-        store,
-        shared.clone(),
-        signals,
-        stop_tx,
-        config.reload_interval,
-        match &config.source {
-            Source::Postgres {
-                rebuild_interval, ..
-            } => Some(*rebuild_interval),
-            _ => None,
-        },
-    ));
-    server::serve_many(
-        endpoints,
-        shared,
-        async {
-            let _ = stop_rx.await;
-        },
-        config.shutdown_grace,
-    )
-    .await;
-    reloader.abort();
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// First wait after a failed reload or build; doubled after each further
-/// failure, up to the regular interval.
-const RETRY_MIN: Duration = Duration::from_secs(1);
-
-/// Reloads on SIGHUP, every `reload_interval` (a newer generation on disk,
-/// a changed CSV) and, for a database source, checks the change counter
-/// every `rebuild_interval`. After a failure it retries with exponential
-/// backoff; a retry of a build that failed on the source's content waits
-/// for the source to change ([`Store::reload`]), but a SIGHUP builds
-/// again. On SIGTERM / SIGINT it fires `stop`, abandoning a build in
-/// progress.
-async fn reload_loop(
-    store: Store,
-    shared: Arc<Shared>,
-    mut signals: tokio::sync::mpsc::Receiver<Signal>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    reload_interval: Duration,
-    rebuild_interval: Option<Duration>,
-) {
-    let first_tick = |period| {
-        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    };
-    let mut reload_tick = first_tick(reload_interval);
-    let mut rebuild_tick = first_tick(rebuild_interval.unwrap_or(Duration::from_secs(86_400)));
-    let cap = rebuild_interval.map_or(reload_interval, |r| r.min(reload_interval));
-    // After a failure: when to retry, and the wait that led there.
-    let mut retry: Option<(tokio::time::Instant, Duration)> = None;
-    let mut failures_in_a_row = 0u32;
-    // A SIGHUP that came during a reload: it may have announced a file
-    // that reload had already looked past, so another reload follows.
-    let mut hup_pending = false;
-    loop {
-        let retry_at = retry.map(|(at, _)| at);
-        let (why, check_source) = if std::mem::take(&mut hup_pending) {
-            store.forget_failed_build();
-            ("SIGHUP", true)
-        } else {
-            tokio::select! {
-            _ = reload_tick.tick() => ("timer", !store.source_is_database()),
-            _ = rebuild_tick.tick(), if rebuild_interval.is_some() => ("rebuild timer", true),
-            _ = sleep_until_some(retry_at), if retry_at.is_some() => ("retry", true),
-            s = signals.recv() => match s {
-                Some(Signal::Reload) => {
-                    // An operator's SIGHUP retries a build that failed
-                    // even if the source did not change.
-                    store.forget_failed_build();
-                    ("SIGHUP", true)
-                }
-                Some(Signal::Shutdown) | None => {
-                    let _ = stop.send(());
-                    return;
-                }
-            },
-            }
-        };
-        let (s, sh) = (store.clone(), shared.clone());
-        let mut work = tokio::task::spawn_blocking(move || s.reload(&sh, check_source));
-        // A shutdown does not wait for a build to finish; a SIGHUP during a
-        // reload runs another one after it.
-        let outcome = loop {
-            tokio::select! {
-                r = &mut work => break r,
-                s = signals.recv() => match s {
-                    Some(Signal::Reload) => hup_pending = true,
-                    Some(Signal::Shutdown) | None => {
-                        tracing::info!("shutting down during a reload; it is abandoned");
-                        let _ = stop.send(());
-                        return;
-                    }
-                },
-            }
-        };
-        let failed = match outcome {
-            Ok(Ok(Reloaded::Swapped(g))) => {
-                tracing::info!(generation = g, trigger = why, "reloaded");
-                None
-            }
-            Ok(Ok(Reloaded::Unchanged)) => {
-                tracing::debug!(trigger = why, "nothing to reload");
-                None
-            }
-            Ok(Err(e)) => Some(format!("{e:#}")),
-            Err(e) => Some(format!("reload task failed: {e}")),
-        };
-        match failed {
-            None => {
-                retry = None;
-                failures_in_a_row = 0;
-            }
-            Some(error) => {
-                failures_in_a_row += 1;
-                let wait = retry.map_or(RETRY_MIN, |(_, w)| (w * 2).min(cap));
-                retry = Some((tokio::time::Instant::now() + wait, wait));
-                let m = shared.metrics();
-                tracing::error!(
-                    trigger = why,
-                    error,
-                    failures_in_a_row,
-                    build_failures = m.build_failures.load(Relaxed),
-                    reload_failures = m.reload_failures.load(Relaxed),
-                    retry_in_secs = wait.as_secs_f64(),
-                    "reload failed; still serving the current snapshot"
-                );
-            }
-        }
-    }
-}
-
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The daemon's SIGHUP, SIGTERM and SIGINT handlers.
-struct Signals {
-    hup: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    /// Installs the handlers (from then on the signals are queued for
-    /// [`next`](Self::next) instead of killing the process); failing to is
-    /// an error.
-    fn install() -> Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let install = |kind: SignalKind, name: &str| {
-            signal(kind).with_context(|| format!("cannot install the {name} handler"))
-        };
-        Ok(Signals {
-            hup: install(SignalKind::hangup(), "SIGHUP")?,
-            term: install(SignalKind::terminate(), "SIGTERM")?,
-            int: install(SignalKind::interrupt(), "SIGINT")?,
-        })
-    }
-
-    /// The next signal.
-    async fn next(&mut self) -> Signal {
-        tokio::select! {
-            _ = self.hup.recv() => Signal::Reload,
-            _ = self.term.recv() => Signal::Shutdown,
-            _ = self.int.recv() => Signal::Shutdown,
-        }
-    }
-}
-
-/// Turns SIGHUP into [`Signal::Reload`] and SIGTERM / SIGINT into
-/// [`Signal::Shutdown`].
-async fn forward_signals(mut signals: Signals, tx: tokio::sync::mpsc::Sender<Signal>) {
-    loop {
-        let s = signals.next().await;
-        if tx.send(s).await.is_err() || s == Signal::Shutdown {
-            return;
-        }
-    }
-}

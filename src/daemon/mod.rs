@@ -1,0 +1,130 @@
+//! `qualcached`: the daemon around [`server::serve`]. It finds or builds
+//! the snapshot to serve, reloads on SIGHUP and on a timer (the new
+//! generation must pass [`Snapshot::open`]'s checks and carry this
+//! daemon's card key before it is swapped in; on any failure the old
+//! snapshot keeps serving), keeps the last few generations for rollback,
+//! and shuts down gracefully on SIGTERM or SIGINT.
+//!
+//! The snapshot directory may hold a `CURRENT` file naming the generation
+//! to serve (written by `qualcache snapshot rollback`); without it the
+//! newest generation is served. Whether the source changed is decided
+//! against the newest generation (the last one built), not the pinned
+//! one, so a rollback stays until the source changes again; then the new
+//! build removes `CURRENT`.
+//!
+//! A rebuild that fails because of the source's content (bad rows,
+//! duplicates, a bad header) is not tried again for the same source
+//! version (CSV fingerprint, database change counter): the daemon logs
+//! once that it waits for the source to change and keeps serving. A
+//! SIGHUP forgets the failure and tries once more. Failures that are not
+//! about the content (I/O, the database being down, a CSV rewritten while
+//! it was read) are retried with backoff as before.
+
+//! Layout: `generations` (the snapshot directory: which generation to
+//! serve, building, reloading, pruning, the `CURRENT` pin), `reload` (the
+//! loop that reloads on signals and timers, with backoff), `signals` (the
+//! handlers, turned into [`Signal`]s), and [`run`] here.
+
+mod generations;
+mod reload;
+mod signals;
+
+pub use generations::{pin, rollback, target_generation, unpin, Reloaded, Store, CURRENT};
+pub use signals::Signal;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::config::{Config, Source};
+use crate::server::{self, Shared};
+use reload::reload_loop;
+use signals::{forward_signals, Signals};
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    // First of all: until the handlers are installed, SIGHUP (like SIGTERM)
+    // kills the process, and the first build can take minutes.
+    let mut handlers = Signals::install()?;
+    let (card_key, demo_key) = config.card_key()?;
+    if demo_key {
+        tracing::warn!("using the public demo card key: set [card_key] file or $QUALCACHE_CARD_KEY in production");
+    }
+    if config.dev_certs && !config.cert.exists() {
+        let dir = config.cert.parent().unwrap_or(Path::new("."));
+        crate::certs::generate(dir, crate::certs::DEV_TERMINALS)?;
+        tracing::info!(dir = %dir.display(), "development certificates created");
+    }
+    let tls = crate::tls::server_config(
+        &config.cert,
+        &config.key,
+        &config.client_ca,
+        config.transport,
+    )?;
+    let store = Store::new(&config, card_key.clone());
+    let shared = Arc::new(
+        Shared::new(card_key, config.limits)
+            .with_max_in_flight(config.max_in_flight)
+            .with_max_connections_per_terminal(config.max_connections_per_terminal),
+    );
+    let first = {
+        let store = store.clone();
+        let shared = shared.clone();
+        let mut initial = tokio::task::spawn_blocking(move || store.initial(shared.metrics()));
+        loop {
+            tokio::select! {
+                r = &mut initial => break r.context("the initial snapshot task failed")??,
+                s = handlers.next() => match s {
+                    Signal::Reload => tracing::info!("SIGHUP before the first snapshot is ready: ignored"),
+                    Signal::Shutdown => {
+                        // The build is abandoned (its temporary file is
+                        // never linked in; the next start removes it).
+                        tracing::info!("shutting down before the first snapshot was ready");
+                        return Ok(());
+                    }
+                },
+            }
+        }
+    };
+    let (generation, records) = (first.header().generation, first.header().records);
+    shared.swap(first);
+    let endpoints = server::bind_many(
+        config.listen,
+        tls,
+        config.udp_buffer_bytes,
+        config.endpoints,
+    )
+    .with_context(|| format!("binding {}", config.listen))?;
+    let listen = endpoints[0].local_addr().unwrap_or(config.listen);
+    tracing::info!(%listen, endpoints = endpoints.len(), generation, records, "serving");
+
+    let (signal_tx, signals) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(forward_signals(handlers, signal_tx));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let reloader = tokio::spawn(reload_loop(
+        store,
+        shared.clone(),
+        signals,
+        stop_tx,
+        config.reload_interval,
+        match &config.source {
+            Source::Postgres {
+                rebuild_interval, ..
+            } => Some(*rebuild_interval),
+            _ => None,
+        },
+    ));
+    server::serve_many(
+        endpoints,
+        shared,
+        async {
+            let _ = stop_rx.await;
+        },
+        config.shutdown_grace,
+    )
+    .await;
+    reloader.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
