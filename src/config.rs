@@ -58,7 +58,28 @@ pub struct RawConfig {
     pub source: RawSource,
     /// `[card_key]`.
     pub card_key: RawCardKey,
+    /// `[admin]`.
+    pub admin: RawAdmin,
 }
+
+/// `[admin]`: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// TCP address; empty disables the listener (and request metrics).
+    pub listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> RawAdmin {
+        RawAdmin {
+            listen: DEFAULT_ADMIN_LISTEN.into(),
+        }
+    }
+}
+
+/// Where the admin listener listens unless configured otherwise.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 
 /// `[server]`.
 #[derive(Debug, Deserialize)]
@@ -295,6 +316,9 @@ pub struct Config {
     pub source: Source,
     /// Card key file, if configured.
     pub card_key_file: Option<PathBuf>,
+    /// The admin HTTP listener's address; `None` when disabled (then
+    /// requests are not counted either: nobody could read the counts).
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -371,6 +395,15 @@ impl Config {
                 "must be at least 65536".into(),
             ));
         }
+        let admin_listen = match raw.admin.listen.trim() {
+            "" => None,
+            a => Some(a.parse().map_err(|e| {
+                invalid(
+                    "admin.listen",
+                    format!("not a socket address (empty disables the listener): {e}"),
+                )
+            })?),
+        };
         let src = &raw.source;
         let kinds = ["csv", "synthetic", "postgres"];
         if let Some((key, _, kind)) = src
@@ -461,6 +494,7 @@ impl Config {
             reload_interval,
             source,
             card_key_file: raw.card_key.file,
+            admin_listen,
         })
     }
 
@@ -536,6 +570,8 @@ mod tests {
         assert_eq!(c.limits.max_batch, 1_000);
         assert_eq!(c.keep, 3);
         assert_eq!(c.source, Source::Csv("data/enrollees.csv".into()));
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(parse("[admin]\nlisten = \"\"").unwrap().admin_listen, None);
     }
 
     #[test]
@@ -605,6 +641,11 @@ mod tests {
             ),
             ("[snapshots]\nkeep = 0", "snapshots.keep"),
             ("[server]\nendpoints = 65", "server.endpoints"),
+            (
+                "[admin]\nlisten = \"9464\"",
+                "admin.listen: not a socket address (empty disables the listener)",
+            ),
+            ("[admin]\nport = 1", "unknown field `port`"),
             (
                 "[snapshots]\nreload_interval_secs = 18446744073709551615",
                 "snapshots.reload_interval_secs: must be between 1 and 604800",

@@ -27,7 +27,9 @@
 //!   request handler.
 //! - [`server`]: the QUIC driver: endpoints bound with `SO_REUSEPORT`, one
 //!   request per stream, the shared snapshot, graceful drain.
-//! - [`metrics`]: what the daemon counts about itself (builds, reloads).
+//! - [`metrics`]: what the daemon counts about itself (builds, reloads,
+//!   refused handshakes, requests by kind and status with their latency).
+//! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`tls`]: rustls configurations with client certificates required, and
 //!   the institution code of a peer certificate.
 //! - [`certs`]: development certificates (a CA, the server's, terminals').
@@ -41,6 +43,7 @@
 //! Start reading at [`snapshot::Snapshot`]; ARCHITECTURE.md has the map and
 //! the invariants.
 
+pub mod admin;
 pub mod answer;
 pub mod build;
 pub mod certs;

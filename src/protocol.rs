@@ -6,6 +6,7 @@
 
 use prost::Message;
 
+use crate::metrics::{Metrics, RequestKind};
 use crate::model::{CardKey, CardSerial, Date, InsuranceKey, Qualification, Status};
 use crate::probe::{LookupError, ProbeLookup};
 use crate::snapshot::{Answer, Snapshot};
@@ -53,7 +54,7 @@ pub struct Context<'a> {
     /// Filled into status responses.
     pub connections: u64,
     /// Filled into status responses.
-    pub metrics: &'a crate::metrics::Metrics,
+    pub metrics: &'a Metrics,
 }
 
 /// Decodes a request; `None` if the bytes are not a `Request` message.
@@ -72,11 +73,27 @@ pub fn invalid(reason: impl Into<String>) -> pb::Response {
 }
 
 /// Answers one encoded request: decodes it, then [`handle`]. Bytes that
-/// are not a `Request` are answered `INVALID_REQUEST`.
-pub fn handle_bytes(ctx: &Context<'_>, bytes: &[u8]) -> pb::Response {
+/// are not a `Request` are answered `INVALID_REQUEST`. Also says what kind
+/// of request it was, for the metrics.
+pub fn handle_bytes(ctx: &Context<'_>, bytes: &[u8]) -> (RequestKind, pb::Response) {
     match decode_request(bytes) {
-        Some(req) => handle(ctx, req),
-        None => invalid("not a qualcache request (protobuf decoding failed)"),
+        Some(req) => (kind_of(&req), handle(ctx, req)),
+        None => (
+            RequestKind::Malformed,
+            invalid("not a qualcache request (protobuf decoding failed)"),
+        ),
+    }
+}
+
+/// What a decoded request asks for.
+pub fn kind_of(req: &pb::Request) -> RequestKind {
+    use pb::request::Kind;
+    match req.kind {
+        Some(Kind::Card(_)) => RequestKind::Card,
+        Some(Kind::Insurance(_)) => RequestKind::Insurance,
+        Some(Kind::Batch(_)) => RequestKind::Batch,
+        Some(Kind::Status(_)) => RequestKind::Status,
+        None => RequestKind::Malformed,
     }
 }
 
@@ -366,7 +383,7 @@ mod tests {
 
     fn ctx(today: &str) -> Context<'static> {
         static KEY: std::sync::OnceLock<CardKey> = std::sync::OnceLock::new();
-        static METRICS: crate::metrics::Metrics = crate::metrics::Metrics::new();
+        static METRICS: Metrics = Metrics::new();
         Context {
             snapshot: None,
             card_key: KEY.get_or_init(CardKey::demo),

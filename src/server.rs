@@ -19,7 +19,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::Metrics;
+use crate::metrics::{HandshakeFailure, Metrics, RequestKind, RequestMetrics};
 use crate::model::{CardKey, Date, InstitutionCode};
 use crate::protocol::{self, Context, Limits};
 use crate::snapshot::Snapshot;
@@ -52,8 +52,11 @@ pub struct Shared {
     per_terminal: DashMap<InstitutionCode, u32>,
     /// The most connections one terminal may hold.
     max_connections_per_terminal: u32,
-    /// Build and reload counters.
+    /// Build, reload and handshake counters.
     metrics: Metrics,
+    /// Requests by kind and status, with latency; `None` when nothing
+    /// reads them (no admin listener), so the request path records nothing.
+    requests: Option<RequestMetrics>,
 }
 
 impl Shared {
@@ -72,7 +75,40 @@ impl Shared {
             per_terminal: DashMap::new(),
             max_connections_per_terminal: DEFAULT_MAX_CONNECTIONS_PER_TERMINAL,
             metrics: Metrics::new(),
+            requests: None,
         }
+    }
+
+    /// The same, recording every request's kind, status and latency
+    /// (read by [`requests`](Self::requests)).
+    pub fn with_request_metrics(mut self) -> Shared {
+        self.requests = Some(RequestMetrics::new());
+        self
+    }
+
+    /// The request counters, if they are recorded.
+    pub fn requests(&self) -> Option<&RequestMetrics> {
+        self.requests.as_ref()
+    }
+
+    /// Open terminal connections.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests being answered now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// When this state was made (the daemon's start).
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// The same, allowing `max` connections per terminal.
@@ -132,8 +168,8 @@ impl Shared {
         &self.card_key
     }
 
-    /// Answers one encoded request.
-    fn answer(&self, bytes: &[u8]) -> protocol::pb::Response {
+    /// Answers one encoded request; says what kind it was.
+    fn answer(&self, bytes: &[u8]) -> (RequestKind, protocol::pb::Response) {
         let snapshot = self.snapshot.load();
         let ctx = Context {
             snapshot: snapshot.as_deref(),
@@ -333,17 +369,24 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
+            shared.metrics.handshake_failed(handshake_failure(&e));
             tracing::info!(%remote, error = %e, "handshake failed");
             return;
         }
     };
     let institution = crate::tls::institution_code(&conn);
     let Some(institution) = institution else {
+        shared
+            .metrics
+            .handshake_failed(HandshakeFailure::NoInstitutionCode);
         tracing::warn!(%remote, "client certificate has no valid institution code; closing");
         conn.close(1u32.into(), b"certificate has no institution code");
         return;
     };
     if !shared.admit(institution) {
+        shared
+            .metrics
+            .handshake_failed(HandshakeFailure::TooManyConnections);
         tracing::warn!(%remote, %institution, "too many connections from one terminal; closing");
         conn.close(2u32.into(), b"too many connections for this terminal");
         return;
@@ -400,17 +443,38 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
 /// [`Shared::with_request_timeout`].
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a connection's handshake failed, for the metrics.
+fn handshake_failure(e: &quinn::ConnectionError) -> HandshakeFailure {
+    match e {
+        quinn::ConnectionError::TransportError(t) => {
+            let code = u64::from(t.code);
+            match code.checked_sub(0x100) {
+                Some(alert @ 0..=0xff) => HandshakeFailure::of_tls_alert(alert as u8),
+                _ => HandshakeFailure::Other,
+            }
+        }
+        quinn::ConnectionError::TimedOut => HandshakeFailure::Timeout,
+        _ => HandshakeFailure::Other,
+    }
+}
+
 async fn request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: Arc<Shared>) {
+    // The request's first bytes are here (its stream was opened by them);
+    // its latency runs from now to its answer written.
+    let started = shared.requests.as_ref().map(|_| Instant::now());
     let limit = shared.limits.max_request_bytes;
     let in_flight = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
     let _guard = InFlight(&shared.in_flight);
-    let response = if in_flight > shared.max_in_flight {
+    let (kind, response) = if in_flight > shared.max_in_flight {
         let _ = recv.stop(0u32.into());
-        protocol::pb::Response {
-            status: protocol::pb::Status::Overloaded as i32,
-            reason: "server overloaded; retry later".into(),
-            ..Default::default()
-        }
+        (
+            RequestKind::Unread,
+            protocol::pb::Response {
+                status: protocol::pb::Status::Overloaded as i32,
+                reason: "server overloaded; retry later".into(),
+                ..Default::default()
+            },
+        )
     } else {
         // A request arrives whole in a packet or a few, so the read is
         // normally done on its first poll: the timeout then costs a clock
@@ -419,7 +483,10 @@ async fn request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, share
             Ok(Ok(bytes)) => shared.answer(&bytes),
             Ok(Err(quinn::ReadToEndError::TooLong)) => {
                 let _ = recv.stop(0u32.into());
-                protocol::invalid(format!("request larger than {limit} bytes"))
+                (
+                    RequestKind::Unread,
+                    protocol::invalid(format!("request larger than {limit} bytes")),
+                )
             }
             // The client reset the stream or the connection is gone:
             // nobody to answer.
@@ -428,15 +495,21 @@ async fn request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, share
             // the connection's life.
             Err(_elapsed) => {
                 let _ = recv.stop(0u32.into());
-                protocol::invalid(format!(
-                    "request not finished within {} ms",
-                    shared.request_timeout.as_millis()
-                ))
+                (
+                    RequestKind::Unread,
+                    protocol::invalid(format!(
+                        "request not finished within {} ms",
+                        shared.request_timeout.as_millis()
+                    )),
+                )
             }
         }
     };
     if send.write_all(&response.encode_to_vec()).await.is_ok() {
         let _ = send.finish();
+        if let (Some(m), Some(started)) = (&shared.requests, started) {
+            m.record(kind, response.status, started.elapsed());
+        }
         // The connection delivers the finished answer (and resends it if
         // lost) without this task. Once shutdown has begun, the task waits
         // for the acknowledgement, so the drain covers the answer; before

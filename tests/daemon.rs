@@ -166,7 +166,7 @@ fn spawn_qualcached(d: &std::path::Path, snapshots: &str, source: &str) -> std::
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\n{snapshots}[source]\n{source}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\n{snapshots}[source]\n{source}",
             d.display()
         ),
     )
@@ -314,6 +314,181 @@ async fn hand_made_history_answers_right_over_the_wire() {
         client.close().await;
         let _ = tx.send(());
         task.await.unwrap();
+    })
+    .await;
+}
+
+/// The admin listener over a server: `/readyz` 503 before the first
+/// snapshot and while draining, 200 between; `/metrics` counts exactly the
+/// requests sent, by kind and status, and the refused handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_reports_readiness_and_exact_counts() {
+    use qualcache::admin::{self, Admin};
+    use util::{http_get, sample};
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = certs::generate(&dir.path().join("certs"), 2).unwrap();
+        let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
+            records: 2_000,
+            seed: 5,
+            out: dir.path().join("data"),
+            probes: 200,
+            as_of: "20261101".parse().unwrap(),
+            card_key: CardKey::demo(),
+        })
+        .unwrap();
+        let opts = qualcache::build::BuildOptions {
+            skip_invalid: false,
+            card_key_id: CardKey::demo().id(),
+        };
+        let built =
+            qualcache::build::build_from_csv(&g.csv, &dir.path().join("snap"), &opts, |_| {})
+                .unwrap();
+        let shared =
+            Arc::new(Shared::new(CardKey::demo(), Limits::default()).with_request_metrics());
+        let admin = Arc::new(Admin::new(shared.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = listener.local_addr().unwrap();
+        let admin_stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(admin::serve(listener, admin.clone(), admin_stop.clone()));
+
+        // Before the first snapshot: alive, not ready.
+        assert_eq!(http_get(admin_addr, "/healthz").await, (200, "ok\n".into()));
+        let (code, body) = http_get(admin_addr, "/readyz").await;
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("no snapshot yet"), "{body}");
+        assert_eq!(http_get(admin_addr, "/nothing").await.0, 404);
+
+        shared.swap(Arc::new(Snapshot::open(&built.path).unwrap()));
+        assert_eq!(
+            http_get(admin_addr, "/readyz").await,
+            (200, "ready\n".into())
+        );
+        let endpoint = server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            util::server_tls(&certs),
+            1 << 20,
+        )
+        .unwrap();
+        let (addr, tx, task) = spawn_server(vec![endpoint], shared.clone(), Duration::from_secs(5));
+
+        // A refused handshake: no client certificate.
+        let anonymous = qualcache::tls::client_config_anonymous(&certs.ca).unwrap();
+        refused(
+            addr,
+            anonymous,
+            "no certificate",
+            &["peer sent no certificates"],
+        )
+        .await;
+
+        // Known requests: every probe singly, one batch, one status, one garbage.
+        let t = &certs.terminals[0];
+        let config = qualcache::tls::client_config(&certs.ca, &t.cert, &t.key).unwrap();
+        let client = Client::connect(addr, "localhost", config).await.unwrap();
+        let probes = read_probes(&g.probes).unwrap();
+        let mut expected = std::collections::HashMap::new();
+        for p in &probes {
+            let resp = client.request(&request(p)).await.unwrap();
+            let kind = match p.lookup {
+                ProbeLookup::Card { .. } => "card",
+                ProbeLookup::Insurance { .. } => "insurance",
+            };
+            let status = pb::Status::try_from(resp.status).unwrap().as_str_name();
+            *expected.entry((kind, status)).or_insert(0u64) += 1;
+        }
+        let batch = pb::Request {
+            as_of: 20261101,
+            kind: Some(pb::request::Kind::Batch(pb::BatchLookup {
+                items: probes
+                    .iter()
+                    .take(5)
+                    .map(|p| qualcache::protocol::batch_item(&p.lookup))
+                    .collect(),
+            })),
+        };
+        assert_eq!(
+            client.request(&batch).await.unwrap().status,
+            pb::Status::Ok as i32
+        );
+        let status_req = pb::Request {
+            as_of: 0,
+            kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+        };
+        client.request(&status_req).await.unwrap();
+        client.request_bytes(&[0xff, 0xff]).await.unwrap();
+        expected.insert(("batch", "OK"), 1);
+        expected.insert(("status", "OK"), 1);
+        expected.insert(("malformed", "INVALID_REQUEST"), 1);
+
+        let (code, text) = http_get(admin_addr, "/metrics").await;
+        assert_eq!(code, 200);
+        for ((kind, status), n) in &expected {
+            let series = format!("qualcache_requests_total{{kind=\"{kind}\",status=\"{status}\"}}");
+            assert_eq!(sample(&text, &series), Some(*n as f64), "{series}");
+        }
+        let total: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("qualcache_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(total, expected.values().sum::<u64>() as f64);
+        let count = sample(
+            &text,
+            "qualcache_request_duration_seconds_count{kind=\"card\"}",
+        );
+        let cards: u64 = expected
+            .iter()
+            .filter(|((k, _), _)| *k == "card")
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(count, Some(cards as f64));
+        assert_eq!(
+            sample(
+                &text,
+                "qualcache_handshake_failures_total{reason=\"no_certificate\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(sample(&text, "qualcache_snapshot_generation"), Some(1.0));
+        assert_eq!(sample(&text, "qualcache_snapshot_records"), Some(2000.0));
+        assert_eq!(sample(&text, "qualcache_connections"), Some(1.0));
+        assert_eq!(sample(&text, "qualcache_overloaded_total"), Some(0.0));
+        assert!(
+            text.ends_with("# EOF\n"),
+            "OpenMetrics text ends with # EOF"
+        );
+        // No label carries an institution code or a key.
+        assert!(
+            !text.contains(&t.institution),
+            "institution code in the metrics"
+        );
+
+        // Draining: a request held open keeps the server in its drain,
+        // during which /readyz says so.
+        let (mut send, mut recv) = client.open_stream().await.unwrap();
+        send.write_all(&prost::Message::encode_to_vec(&status_req)[..1])
+            .await
+            .unwrap();
+        let _ = tx.send(());
+        let mut seen = String::new();
+        for _ in 0..200 {
+            let (code, body) = http_get(admin_addr, "/readyz").await;
+            if code == 503 {
+                seen = body;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(seen.contains("shutting down"), "{seen:?}");
+        assert_eq!(http_get(admin_addr, "/healthz").await.0, 200);
+        send.write_all(&prost::Message::encode_to_vec(&status_req)[1..])
+            .await
+            .unwrap();
+        send.finish().unwrap();
+        let _ = recv.read_to_end(1 << 20).await;
+        task.await.unwrap();
+        admin_stop.cancel();
     })
     .await;
 }
@@ -852,6 +1027,54 @@ fn check_config_loads_the_card_key_and_tls_files() {
     let (ok, _, err) = check_config(d, &config(&key));
     assert!(!ok, "a bad server key passed the check");
     assert!(err.contains("server.key"), "{err}");
+}
+
+/// The real binary's admin listener is up before its first snapshot:
+/// `/readyz` answers 503 while it is built, then 200, and `/metrics`
+/// counts the build made at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qualcached_is_not_ready_until_its_first_snapshot_serves() {
+    use std::io::BufRead;
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut child = spawn_qualcached(d, "", "kind = \"synthetic\"\nrecords = 400000\n");
+        let pid = child.id().to_string();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let admin: SocketAddr = loop {
+            let line = lines.next().expect("qualcached exited early").unwrap();
+            if let Some(a) = line.split("admin=").nth(1) {
+                break a.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        // Generating and building 400,000 records takes over a second.
+        let (code, body) = util::http_get(admin, "/readyz").await;
+        assert_eq!(code, 503, "{body}");
+        assert_eq!(util::http_get(admin, "/healthz").await.0, 200);
+        let serving = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("serving"));
+        assert!(serving, "qualcached never served");
+        std::thread::spawn(move || for _ in lines {});
+        assert_eq!(util::http_get(admin, "/readyz").await.0, 200);
+        let (_, text) = util::http_get(admin, "/metrics").await;
+        assert_eq!(
+            util::sample(&text, "qualcache_builds_total{result=\"ok\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            util::sample(&text, "qualcache_build_duration_seconds_count"),
+            Some(1.0)
+        );
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        assert!(child.wait().unwrap().success());
+    })
+    .await;
 }
 
 /// The real binary: starts on a config, answers, reloads on SIGHUP, and

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::build::{build_from_csv, build_from_postgres, BuildFailure, BuildOptions};
 use crate::config::{Config, Source};
+use crate::metrics::Metrics;
 use crate::model::CardKey;
 use crate::server::Shared;
 use crate::snapshot::{list_generations, write::snapshot_path, Header, Snapshot};
@@ -152,7 +153,7 @@ impl Store {
     /// fresh build from the source (counted in `metrics.builds`, or in
     /// `build_failures` when it fails). First removes the temporary files
     /// of builds that were killed before they finished.
-    pub fn initial(&self, metrics: &crate::metrics::Metrics) -> Result<Arc<Snapshot>> {
+    pub fn initial(&self, metrics: &Metrics) -> Result<Arc<Snapshot>> {
         let removed = crate::snapshot::write::remove_stale_builds(&self.dir)?;
         if removed > 0 {
             tracing::info!(dir = %self.dir.display(), removed, "removed temporary files of abandoned builds");
@@ -170,11 +171,21 @@ impl Store {
             }
         }
         tracing::info!(dir = %self.dir.display(), "no usable snapshot: building one from the source");
-        let generation = self.build().inspect_err(|_| {
-            metrics.build_failures.fetch_add(1, Relaxed);
-        })?;
-        metrics.builds.fetch_add(1, Relaxed);
+        let generation = self.build_counted(metrics)?;
         Ok(Arc::new(self.open_servable(generation)?))
+    }
+
+    /// [`build`](Self::build), counted and timed in `metrics` (`builds` or
+    /// `build_failures`, `build_time`).
+    fn build_counted(&self, metrics: &Metrics) -> Result<u64> {
+        let started = Instant::now();
+        let built = self.build();
+        metrics.build_time.record(started.elapsed());
+        match &built {
+            Ok(_) => metrics.builds.fetch_add(1, Relaxed),
+            Err(_) => metrics.build_failures.fetch_add(1, Relaxed),
+        };
+        built
     }
 
     /// Builds a new generation from the source; returns it.
@@ -359,20 +370,11 @@ impl Store {
                     return Ok(None);
                 }
                 tracing::info!("source changed: rebuilding");
-                let result = self.build();
+                let result = self.build_counted(shared.metrics());
                 self.record_build(version, &result);
                 result.map(Some)
             });
-            match built {
-                Ok(Some(_)) => {
-                    shared.metrics().builds.fetch_add(1, Relaxed);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    shared.metrics().build_failures.fetch_add(1, Relaxed);
-                    return Err(e);
-                }
-            }
+            built?;
         }
         let Some(target) = target_generation(&self.dir)? else {
             return Ok(Reloaded::Unchanged);
@@ -381,6 +383,7 @@ impl Store {
             self.prune(target);
             return Ok(Reloaded::Unchanged);
         }
+        let started = Instant::now();
         let snapshot = self
             .open_servable(target)
             .with_context(|| format!("refusing generation {target}; still serving the current one"))
@@ -390,6 +393,8 @@ impl Store {
         let records = snapshot.header().records;
         drop(current);
         let old = shared.swap(Arc::new(snapshot));
+        shared.metrics().reload_time.record(started.elapsed());
+        shared.metrics().reloads.fetch_add(1, Relaxed);
         tracing::info!(generation = target, records, "snapshot swapped in");
         if let Some(old) = old {
             release(old);

@@ -37,6 +37,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Admin;
 use crate::config::{Config, Source};
 use crate::server::{self, Shared};
 use reload::reload_loop;
@@ -63,11 +66,33 @@ pub async fn run(config: Config) -> Result<()> {
         config.transport,
     )?;
     let store = Store::new(&config, card_key.clone());
-    let shared = Arc::new(
-        Shared::new(card_key, config.limits)
-            .with_max_in_flight(config.max_in_flight)
-            .with_max_connections_per_terminal(config.max_connections_per_terminal),
-    );
+    let mut shared = Shared::new(card_key, config.limits)
+        .with_max_in_flight(config.max_in_flight)
+        .with_max_connections_per_terminal(config.max_connections_per_terminal);
+    if config.admin_listen.is_some() {
+        shared = shared.with_request_metrics();
+    }
+    let shared = Arc::new(shared);
+    // The admin listener comes up before the first snapshot, so a load
+    // balancer sees /readyz answer 503 while it is built.
+    let admin_stop = CancellationToken::new();
+    let admin = match config.admin_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the admin listener ([admin] listen) {addr}"))?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            let admin = Arc::new(Admin::new(shared.clone()));
+            tokio::spawn(crate::admin::serve(
+                listener,
+                admin.clone(),
+                admin_stop.clone(),
+            ));
+            tracing::info!(admin = %bound, "admin listener: /metrics /healthz /readyz");
+            Some(admin)
+        }
+        None => None,
+    };
     let first = {
         let store = store.clone();
         let shared = shared.clone();
@@ -115,6 +140,20 @@ pub async fn run(config: Config) -> Result<()> {
             _ => None,
         },
     ));
+    let reloader_abort = reloader.abort_handle();
+    if let Some(admin) = &admin {
+        admin.loop_started();
+        let admin = admin.clone();
+        // The loop returns only at shutdown; if it panics, /healthz says so.
+        tokio::spawn(async move {
+            if let Err(e) = reloader.await {
+                if e.is_panic() {
+                    tracing::error!("the reload loop panicked; snapshots are no longer reloaded");
+                    admin.loop_ended();
+                }
+            }
+        });
+    }
     server::serve_many(
         endpoints,
         shared,
@@ -124,7 +163,8 @@ pub async fn run(config: Config) -> Result<()> {
         config.shutdown_grace,
     )
     .await;
-    reloader.abort();
+    reloader_abort.abort();
+    admin_stop.cancel();
     tracing::info!("stopped");
     Ok(())
 }

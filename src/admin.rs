@@ -1,0 +1,380 @@
+//! The admin listener: plain HTTP/1.1 on its own small TCP listener beside
+//! the QUIC data plane, for operators and load balancers.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus / OpenMetrics text (`prometheus-client`, one registry, no globals) |
+//! | `GET /healthz` | 200 `ok` while the process and its reload loop run, else 503 with the reason |
+//! | `GET /readyz` | 200 `ready` while a snapshot is serving and the daemon is not draining, else 503 with the reason |
+//!
+//! Every metric is read at scrape time from the daemon's own state
+//! ([`Shared`], its [`crate::metrics`] counters), so serving a scrape
+//! touches the request path not at all. No label carries personal data
+//! or an institution code.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{RequestKind, Timing, LATENCY_BOUNDS, STATUS_CODES};
+use crate::protocol::pb;
+use crate::server::Shared;
+
+/// What the admin listener answers from: the daemon's shared state and
+/// the registry built over it.
+#[derive(Debug)]
+pub struct Admin {
+    shared: Arc<Shared>,
+    /// The one registry: a collector reads `shared` at each scrape.
+    registry: Registry,
+    /// The reload loop's state, for `/healthz`: [`LOOP_STARTING`],
+    /// [`LOOP_RUNNING`] or [`LOOP_ENDED`].
+    reload_loop: AtomicU8,
+}
+
+const LOOP_STARTING: u8 = 0;
+const LOOP_RUNNING: u8 = 1;
+const LOOP_ENDED: u8 = 2;
+
+/// The OpenMetrics text content type.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+impl Admin {
+    /// The admin state over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Admin {
+        let mut registry = Registry::with_prefix("qualcache");
+        let start_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+            - shared.uptime().as_secs_f64();
+        registry.register_collector(Box::new(DaemonCollector {
+            shared: shared.clone(),
+            start_unix,
+        }));
+        Admin {
+            shared,
+            registry,
+            reload_loop: AtomicU8::new(LOOP_STARTING),
+        }
+    }
+
+    /// The reload loop has started (`/healthz` checks it from then on).
+    pub fn loop_started(&self) {
+        self.reload_loop.store(LOOP_RUNNING, Ordering::SeqCst);
+    }
+
+    /// The reload loop has ended: `/healthz` answers 503 unless the
+    /// daemon is shutting down.
+    pub fn loop_ended(&self) {
+        self.reload_loop.store(LOOP_ENDED, Ordering::SeqCst);
+    }
+
+    /// The metrics as OpenMetrics text.
+    pub fn metrics_text(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail, and the collector's own
+        // encoding returns errors only from the writer.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// `/healthz`: the process answers and its reload loop runs.
+    pub fn health(&self) -> Result<&'static str, &'static str> {
+        match self.reload_loop.load(Ordering::SeqCst) {
+            LOOP_ENDED if !self.shared.is_draining() => Err("the reload loop has stopped"),
+            _ => Ok("ok"),
+        }
+    }
+
+    /// `/readyz`: a snapshot serves and the daemon is not draining.
+    pub fn readiness(&self) -> Result<&'static str, &'static str> {
+        if self.shared.is_draining() {
+            return Err("shutting down");
+        }
+        if self.shared.current().is_none() {
+            return Err("no snapshot yet: the first one is being opened or built");
+        }
+        Ok("ready")
+    }
+
+    /// The answer to one HTTP request.
+    pub fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        let text = |status: StatusCode, body: String| {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            r
+        };
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+        }
+        let probe = |result: Result<&str, &str>| match result {
+            Ok(s) => text(StatusCode::OK, format!("{s}\n")),
+            Err(s) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{s}\n")),
+        };
+        match req.uri().path() {
+            "/metrics" => {
+                let mut r = text(StatusCode::OK, self.metrics_text());
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(METRICS_CONTENT_TYPE),
+                );
+                r
+            }
+            "/healthz" => probe(self.health()),
+            "/readyz" => probe(self.readiness()),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: /metrics, /healthz, /readyz\n".into(),
+            ),
+        }
+    }
+}
+
+/// Serves `admin` on `listener` until `stop` is cancelled. Each connection
+/// is its own task; an error on one is logged at debug level and ends it.
+pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
+    loop {
+        let (stream, remote) = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: try again soon.
+                    tracing::warn!(error = %e, "admin listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let admin = admin.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = admin.respond(&req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!(%remote, error = %e, "admin connection failed");
+                },
+                () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
+/// Encodes the daemon's state at each scrape.
+#[derive(Debug)]
+struct DaemonCollector {
+    shared: Arc<Shared>,
+    /// The process start, Unix seconds.
+    start_unix: f64,
+}
+
+impl Collector for DaemonCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let shared = &self.shared;
+        let m = shared.metrics();
+        if let Some(requests) = shared.requests() {
+            let t = requests.totals();
+            let mut family = e.encode_descriptor(
+                "requests",
+                "Requests answered, by kind and by the status of the response",
+                None,
+                MetricType::Counter,
+            )?;
+            for kind in RequestKind::ALL {
+                for (s, &code) in STATUS_CODES.iter().enumerate() {
+                    let n = t.requests[kind as usize][s];
+                    let labels = [("kind", kind.name()), ("status", status_name(code))];
+                    family
+                        .encode_family(&labels)?
+                        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                            &n, None,
+                        )?;
+                }
+            }
+            let overloaded: u64 = t.requests.iter().map(|k| k[10]).sum();
+            counter(
+                &mut e,
+                "overloaded",
+                "Requests answered OVERLOADED (shed above max_in_flight)",
+                overloaded,
+            )?;
+            let mut family = e.encode_descriptor(
+                "request_duration",
+                "Server time of a request, from its stream's first bytes to its answer written",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for kind in RequestKind::ALL {
+                let k = kind as usize;
+                let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+                    .iter()
+                    .copied()
+                    .chain([f64::INFINITY])
+                    .zip(t.latency[k])
+                    .collect();
+                let count = t.latency[k].iter().sum();
+                family
+                    .encode_family(&[("kind", kind.name())])?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    t.latency_sum[k],
+                    count,
+                    &buckets,
+                    None,
+                )?;
+            }
+        }
+        gauge(
+            &mut e,
+            "requests_in_flight",
+            "Requests being answered now",
+            shared.in_flight() as f64,
+        )?;
+        gauge(
+            &mut e,
+            "connections",
+            "Open terminal connections",
+            shared.connections() as f64,
+        )?;
+        let mut family = e.encode_descriptor(
+            "handshake_failures",
+            "Connections refused before their first request, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (why, n) in m.handshake_failures() {
+            family
+                .encode_family(&[("reason", why.name())])?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
+        }
+        if let Some(snapshot) = shared.current() {
+            let h = snapshot.header();
+            gauge(
+                &mut e,
+                "snapshot_generation",
+                "Generation of the snapshot serving",
+                h.generation as f64,
+            )?;
+            gauge(
+                &mut e,
+                "snapshot_records",
+                "Qualification records in the snapshot serving",
+                h.records as f64,
+            )?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut age = e.encode_descriptor(
+                "snapshot_age",
+                "Seconds since the snapshot serving was built",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?;
+            age.encode_gauge(&(now.saturating_sub(h.created_at_unix) as f64))?;
+        }
+        let ok_failed = |ok: &std::sync::atomic::AtomicU64,
+                         failed: &std::sync::atomic::AtomicU64,
+                         names: [&'static str; 2]| {
+            [
+                (names[0], ok.load(Ordering::Relaxed)),
+                (names[1], failed.load(Ordering::Relaxed)),
+            ]
+        };
+        let mut family = e.encode_descriptor(
+            "builds",
+            "Snapshot builds from the source since start (the one at start included), by result",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, n) in ok_failed(&m.builds, &m.build_failures, ["ok", "failed"]) {
+            family
+                .encode_family(&[("result", result)])?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
+        }
+        let mut family = e.encode_descriptor(
+            "reloads",
+            "Reloads since start that swapped a snapshot in, or refused one, by result",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, n) in ok_failed(&m.reloads, &m.reload_failures, ["swapped", "refused"]) {
+            family
+                .encode_family(&[("result", result)])?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
+        }
+        histogram(
+            &mut e,
+            "build_duration",
+            "Duration of snapshot builds",
+            &m.build_time,
+        )?;
+        histogram(
+            &mut e,
+            "reload_duration",
+            "Duration of reloads that swapped a snapshot in (open, checks, swap)",
+            &m.reload_time,
+        )?;
+        let mut start = e.encode_descriptor(
+            "process_start_time",
+            "When the daemon started, Unix time",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        start.encode_gauge(&self.start_unix)?;
+        Ok(())
+    }
+}
+
+fn counter(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = prometheus_client::metrics::counter::ConstCounter::new(value);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    e.encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&value)
+}
+
+fn histogram(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    timing: &Timing,
+) -> Result<(), std::fmt::Error> {
+    let (sum, count, buckets) = timing.read();
+    e.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?
+        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+}
+
+/// The label of a wire status: its name in `proto/qualcache.proto`.
+fn status_name(code: i32) -> &'static str {
+    pb::Status::try_from(code).map_or("UNKNOWN", |s| s.as_str_name())
+}
