@@ -103,6 +103,9 @@ pub struct RawServer {
     pub max_in_flight: u64,
     /// Connections one terminal (institution code) may hold at once.
     pub max_connections_per_terminal: u32,
+    /// Requests in flight one terminal may have across its connections;
+    /// past it its own new requests are answered OVERLOADED.
+    pub max_in_flight_per_terminal: u64,
     /// UDP sockets (QUIC endpoints) sharing `listen` with SO_REUSEPORT;
     /// 0 means one per CPU core.
     pub endpoints: usize,
@@ -121,6 +124,7 @@ impl Default for RawServer {
             udp_buffer_bytes: 8 << 20,
             max_in_flight: crate::server::DEFAULT_MAX_IN_FLIGHT,
             max_connections_per_terminal: crate::server::DEFAULT_MAX_CONNECTIONS_PER_TERMINAL,
+            max_in_flight_per_terminal: crate::server::DEFAULT_MAX_IN_FLIGHT_PER_TERMINAL,
             endpoints: 0,
         }
     }
@@ -296,6 +300,8 @@ pub struct Config {
     pub max_in_flight: u64,
     /// Connections per terminal.
     pub max_connections_per_terminal: u32,
+    /// Requests in flight per terminal.
+    pub max_in_flight_per_terminal: u64,
     /// QUIC endpoints on the listen address.
     pub endpoints: usize,
     /// Server certificate.
@@ -364,6 +370,10 @@ impl Config {
         positive(
             "server.max_connections_per_terminal",
             u64::from(s.max_connections_per_terminal),
+        )?;
+        positive(
+            "server.max_in_flight_per_terminal",
+            s.max_in_flight_per_terminal,
         )?;
         positive("snapshots.keep", raw.snapshots.keep as u64)?;
         // Durations are bounded so that adding them to a clock cannot
@@ -481,6 +491,7 @@ impl Config {
             udp_buffer_bytes: s.udp_buffer_bytes,
             max_in_flight: s.max_in_flight,
             max_connections_per_terminal: s.max_connections_per_terminal,
+            max_in_flight_per_terminal: s.max_in_flight_per_terminal,
             endpoints: match s.endpoints {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
@@ -641,6 +652,10 @@ mod tests {
             ),
             ("[snapshots]\nkeep = 0", "snapshots.keep"),
             ("[server]\nendpoints = 65", "server.endpoints"),
+            (
+                "[server]\nmax_in_flight_per_terminal = 0",
+                "server.max_in_flight_per_terminal: must be at least 1",
+            ),
             (
                 "[admin]\nlisten = \"9464\"",
                 "admin.listen: not a socket address (empty disables the listener)",

@@ -49,9 +49,14 @@ pub struct Shared {
     request_timeout: Duration,
     /// Open connections per terminal (institution code): one terminal
     /// cannot take the server's connections from the others.
-    per_terminal: DashMap<InstitutionCode, u32>,
+    per_terminal: DashMap<InstitutionCode, Arc<Terminal>>,
     /// The most connections one terminal may hold.
     max_connections_per_terminal: u32,
+    /// The most requests in flight one terminal may have across its
+    /// connections: past it, its own new requests are answered
+    /// OVERLOADED, so it cannot take the others' share of
+    /// `max_in_flight` by holding streams open.
+    max_in_flight_per_terminal: u64,
     /// Build, reload and handshake counters.
     metrics: Metrics,
     /// Requests by kind and status, with latency; `None` when nothing
@@ -74,6 +79,7 @@ impl Shared {
             request_timeout: REQUEST_READ_TIMEOUT,
             per_terminal: DashMap::new(),
             max_connections_per_terminal: DEFAULT_MAX_CONNECTIONS_PER_TERMINAL,
+            max_in_flight_per_terminal: DEFAULT_MAX_IN_FLIGHT_PER_TERMINAL,
             metrics: Metrics::new(),
             requests: None,
         }
@@ -117,21 +123,30 @@ impl Shared {
         self
     }
 
-    /// Counts a new connection of `terminal`; false if it has too many.
-    fn admit(&self, terminal: InstitutionCode) -> bool {
-        let mut n = self.per_terminal.entry(terminal).or_insert(0);
-        if *n >= self.max_connections_per_terminal {
-            return false;
+    /// The same, allowing one terminal `max` requests in flight across
+    /// its connections.
+    pub fn with_max_in_flight_per_terminal(mut self, max: u64) -> Shared {
+        self.max_in_flight_per_terminal = max;
+        self
+    }
+
+    /// Counts a new connection of `terminal`; `None` if it has too many.
+    fn admit(&self, terminal: InstitutionCode) -> Option<Arc<Terminal>> {
+        // The entry holds the map shard's lock: the check and the count
+        // are one step against other connects and closes of `terminal`.
+        let entry = self.per_terminal.entry(terminal).or_default();
+        if entry.connections.load(Ordering::Relaxed) >= self.max_connections_per_terminal {
+            return None;
         }
-        *n += 1;
-        true
+        entry.connections.fetch_add(1, Ordering::Relaxed);
+        Some(entry.value().clone())
     }
 
     /// Counts a connection of `terminal` as closed.
     fn release(&self, terminal: InstitutionCode) {
-        self.per_terminal.remove_if_mut(&terminal, |_, n| {
-            *n = n.saturating_sub(1);
-            *n == 0
+        // Under the shard's lock, like `admit`.
+        self.per_terminal.remove_if(&terminal, |_, t| {
+            t.connections.fetch_sub(1, Ordering::Relaxed) <= 1
         });
     }
 
@@ -183,6 +198,22 @@ impl Shared {
         protocol::handle_bytes(&ctx, bytes)
     }
 }
+
+/// What the server keeps per terminal (institution code), shared by its
+/// connections.
+#[derive(Debug, Default)]
+struct Terminal {
+    /// Its open connections; changed only at connect and close, under the
+    /// map shard's lock.
+    connections: std::sync::atomic::AtomicU32,
+    /// Its requests in flight, across its connections (only its own
+    /// connections touch this line).
+    in_flight: AtomicU64,
+}
+
+/// Default of [`Shared::with_max_in_flight_per_terminal`]: two
+/// connections' worth of streams.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_TERMINAL: u64 = 128;
 
 /// Default of [`Shared::with_max_connections_per_terminal`].
 pub const DEFAULT_MAX_CONNECTIONS_PER_TERMINAL: u32 = 8;
@@ -383,14 +414,14 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
         conn.close(1u32.into(), b"certificate has no institution code");
         return;
     };
-    if !shared.admit(institution) {
+    let Some(terminal) = shared.admit(institution) else {
         shared
             .metrics
             .handshake_failed(HandshakeFailure::TooManyConnections);
         tracing::warn!(%remote, %institution, "too many connections from one terminal; closing");
         conn.close(2u32.into(), b"too many connections for this terminal");
         return;
-    }
+    };
     tracing::debug!(%remote, %institution, "terminal connected");
     shared.connections.fetch_add(1, Ordering::Relaxed);
     // One cancellation future and one accept future for the connection's
@@ -413,7 +444,9 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
             () = &mut cancelled => break,
             stream = &mut accept => {
                 match stream {
-                    Ok((send, recv)) => requests.push(request(send, recv, shared.clone())),
+                    Ok((send, recv)) => {
+                        requests.push(request(send, recv, shared.clone(), &terminal));
+                    }
                     Err(e) => {
                         tracing::debug!(%institution, reason = %e, "connection ended");
                         break;
@@ -458,20 +491,34 @@ fn handshake_failure(e: &quinn::ConnectionError) -> HandshakeFailure {
     }
 }
 
-async fn request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: Arc<Shared>) {
+async fn request(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shared: Arc<Shared>,
+    terminal: &Terminal,
+) {
     // The request's first bytes are here (its stream was opened by them);
     // its latency runs from now to its answer written.
     let started = shared.requests.as_ref().map(|_| Instant::now());
     let limit = shared.limits.max_request_bytes;
     let in_flight = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
     let _guard = InFlight(&shared.in_flight);
-    let (kind, response) = if in_flight > shared.max_in_flight {
+    let mine = terminal.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+    let _mine = InFlight(&terminal.in_flight);
+    let shed = if mine > shared.max_in_flight_per_terminal {
+        Some("this terminal has too many requests in flight; retry later")
+    } else if in_flight > shared.max_in_flight {
+        Some("server overloaded; retry later")
+    } else {
+        None
+    };
+    let (kind, response) = if let Some(reason) = shed {
         let _ = recv.stop(0u32.into());
         (
             RequestKind::Unread,
             protocol::pb::Response {
                 status: protocol::pb::Status::Overloaded as i32,
-                reason: "server overloaded; retry later".into(),
+                reason: reason.into(),
                 ..Default::default()
             },
         )

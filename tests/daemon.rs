@@ -1201,6 +1201,101 @@ async fn requests_beyond_the_in_flight_limit_are_answered_overloaded() {
     .await;
 }
 
+/// One terminal holding its share of requests in flight (streams opened
+/// and never finished) is answered OVERLOADED for its own new requests;
+/// another terminal's answers do not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_over_its_share_does_not_starve_the_others() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = certs::generate(dir.path(), 2).unwrap();
+        let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
+            records: 1_000,
+            seed: 3,
+            out: dir.path().join("data"),
+            probes: 100,
+            as_of: "20261101".parse().unwrap(),
+            card_key: CardKey::demo(),
+        })
+        .unwrap();
+        let opts = qualcache::build::BuildOptions {
+            skip_invalid: false,
+            card_key_id: CardKey::demo().id(),
+        };
+        let built =
+            qualcache::build::build_from_csv(&g.csv, &dir.path().join("snap"), &opts, |_| {})
+                .unwrap();
+        // Global room for many more than one terminal's share.
+        let shared = Arc::new(
+            Shared::new(CardKey::demo(), Limits::default())
+                .with_max_in_flight(1_000)
+                .with_max_in_flight_per_terminal(4)
+                .with_request_timeout(Duration::from_secs(30)),
+        );
+        shared.swap(Arc::new(Snapshot::open(&built.path).unwrap()));
+        let endpoint = server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            util::server_tls(&certs),
+            1 << 20,
+        )
+        .unwrap();
+        let (addr, tx, task) = spawn_server(vec![endpoint], shared, Duration::from_secs(1));
+        let connect = |i: usize| {
+            let t = &certs.terminals[i];
+            let config = qualcache::tls::client_config(&certs.ca, &t.cert, &t.key).unwrap();
+            Client::connect(addr, "localhost", config)
+        };
+        // Terminal 0 on two connections: four requests started, never finished.
+        let (a1, a2) = (connect(0).await.unwrap(), connect(0).await.unwrap());
+        let mut held = Vec::new();
+        for c in [&a1, &a2, &a1, &a2] {
+            let (mut send, recv) = c.open_stream().await.unwrap();
+            send.write_all(&[0x0a]).await.unwrap();
+            held.push((send, recv));
+        }
+        let probes = read_probes(&g.probes).unwrap();
+        let p = &probes[0];
+        // Its fifth, on either connection, is shed: it is over its share.
+        let mut shed = None;
+        for _ in 0..100 {
+            let resp = a1.request(&request(p)).await.unwrap();
+            if resp.status == pb::Status::Overloaded as i32 {
+                shed = Some(resp.reason);
+                break;
+            }
+            // The held streams may not have reached the server yet.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let reason = shed.expect("terminal 0 was never shed");
+        assert!(
+            reason.contains("this terminal has too many requests in flight"),
+            "{reason}"
+        );
+        // Terminal 1 is answered as usual, every probe.
+        let b = connect(1).await.unwrap();
+        for p in &probes {
+            let resp = b.request(&request(p)).await.unwrap();
+            check(p, resp.answer.as_ref().unwrap(), "the other terminal");
+        }
+        // Once terminal 0's streams end, it is served again.
+        for (mut send, _) in held.drain(..) {
+            send.reset(0u32.into()).unwrap();
+        }
+        let mut served = false;
+        for _ in 0..100 {
+            if a2.request(&request(p)).await.unwrap().status == p.expect.code() as i32 {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(served, "terminal 0 was not served again");
+        let _ = tx.send(());
+        task.await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_never_finished_is_answered_invalid_and_frees_its_place() {
     bounded(async {

@@ -68,7 +68,8 @@ pub async fn run(config: Config) -> Result<()> {
     let store = Store::new(&config, card_key.clone());
     let mut shared = Shared::new(card_key, config.limits)
         .with_max_in_flight(config.max_in_flight)
-        .with_max_connections_per_terminal(config.max_connections_per_terminal);
+        .with_max_connections_per_terminal(config.max_connections_per_terminal)
+        .with_max_in_flight_per_terminal(config.max_in_flight_per_terminal);
     if config.admin_listen.is_some() {
         shared = shared.with_request_metrics();
     }
