@@ -162,6 +162,16 @@ fn check(p: &Probe, a: &pb::Answer, what: &str) {
 /// snapshots under `d`, the demo card key, stderr piped: `snapshots` and
 /// `source` are the bodies of those config sections.
 fn spawn_qualcached(d: &std::path::Path, snapshots: &str, source: &str) -> std::process::Child {
+    spawn_qualcached_with(d, snapshots, source, &[])
+}
+
+/// [`spawn_qualcached`] with extra environment variables.
+fn spawn_qualcached_with(
+    d: &std::path::Path,
+    snapshots: &str,
+    source: &str,
+    env: &[(&str, &std::path::Path)],
+) -> std::process::Child {
     let config = d.join("qualcached.toml");
     std::fs::write(
         &config,
@@ -174,6 +184,8 @@ fn spawn_qualcached(d: &std::path::Path, snapshots: &str, source: &str) -> std::
     std::process::Command::new(env!("CARGO_BIN_EXE_qualcached"))
         .args(["--config", config.to_str().unwrap()])
         .env_remove("QUALCACHE_CARD_KEY")
+        .env_remove("NOTIFY_SOCKET")
+        .envs(env.iter().copied())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap()
@@ -1075,6 +1087,54 @@ async fn qualcached_is_not_ready_until_its_first_snapshot_serves() {
         assert!(child.wait().unwrap().success());
     })
     .await;
+}
+
+/// Under systemd (`Type=notify`): READY=1 once serving, RELOADING=1 and
+/// READY=1 around a SIGHUP, STOPPING=1 at SIGTERM, on `$NOTIFY_SOCKET`.
+#[test]
+fn qualcached_notifies_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let socket_path = d.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut child = spawn_qualcached_with(
+        d,
+        "",
+        "kind = \"synthetic\"\nrecords = 2000\n",
+        &[("NOTIFY_SOCKET", &socket_path)],
+    );
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || std::io::copy(&mut { stderr }, &mut std::io::sink()));
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = socket
+            .recv(&mut buf)
+            .expect("no notification from qualcached");
+        // One state per line, each line ended by a newline.
+        String::from_utf8_lossy(&buf[..n]).trim_end().to_string()
+    };
+    assert_eq!(next(), "READY=1");
+    let pid = child.id().to_string();
+    let kill = |signal: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    kill("-HUP");
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    assert_eq!(next(), "READY=1");
+    kill("-TERM");
+    assert_eq!(next(), "STOPPING=1");
+    assert!(child.wait().unwrap().success());
 }
 
 /// The real binary: starts on a config, answers, reloads on SIGHUP, and

@@ -45,6 +45,16 @@ use crate::server::{self, Shared};
 use reload::reload_loop;
 use signals::{forward_signals, Signals};
 
+/// Tells a service manager the daemon's state (systemd `Type=notify`:
+/// `READY=1` once serving, `RELOADING=1` / `READY=1` around a reload asked
+/// by SIGHUP, `STOPPING=1` at shutdown). Without `$NOTIFY_SOCKET` it does
+/// nothing; a failure to send is logged, never fatal.
+pub(crate) fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "could not notify the service manager");
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<()> {
     // First of all: until the handlers are installed, SIGHUP (like SIGTERM)
@@ -124,6 +134,7 @@ pub async fn run(config: Config) -> Result<()> {
     .with_context(|| format!("binding {}", config.listen))?;
     let listen = endpoints[0].local_addr().unwrap_or(config.listen);
     tracing::info!(%listen, endpoints = endpoints.len(), generation, records, "serving");
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
 
     let (signal_tx, signals) = tokio::sync::mpsc::channel(8);
     tokio::spawn(forward_signals(handlers, signal_tx));

@@ -5,7 +5,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sd_notify::NotifyState;
+
 use super::generations::{Reloaded, Store};
+use super::notify_systemd;
 use super::signals::Signal;
 use crate::server::Shared;
 
@@ -60,12 +63,21 @@ pub(super) async fn reload_loop(
                     ("SIGHUP", true)
                 }
                 Some(Signal::Shutdown) | None => {
+                    notify_systemd(&[NotifyState::Stopping]);
                     let _ = stop.send(());
                     return;
                 }
             },
             }
         };
+        // An operator's reload (systemd's ExecReload sends SIGHUP) is
+        // bracketed for the service manager; timer reloads are not.
+        let operator = why == "SIGHUP";
+        if operator {
+            let mut states = vec![NotifyState::Reloading];
+            states.extend(NotifyState::monotonic_usec_now().ok());
+            notify_systemd(&states);
+        }
         let (s, sh) = (store.clone(), shared.clone());
         let mut work = tokio::task::spawn_blocking(move || s.reload(&sh, check_source));
         // A shutdown does not wait for a build to finish; a SIGHUP during a
@@ -77,12 +89,16 @@ pub(super) async fn reload_loop(
                     Some(Signal::Reload) => hup_pending = true,
                     Some(Signal::Shutdown) | None => {
                         tracing::info!("shutting down during a reload; it is abandoned");
+                        notify_systemd(&[NotifyState::Stopping]);
                         let _ = stop.send(());
                         return;
                     }
                 },
             }
         };
+        if operator {
+            notify_systemd(&[NotifyState::Ready]);
+        }
         let failed = match outcome {
             Ok(Ok(Reloaded::Swapped(g))) => {
                 tracing::info!(generation = g, trigger = why, "reloaded");
