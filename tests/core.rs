@@ -419,6 +419,61 @@ fn multiple_hits_list_the_matches() {
     assert_eq!(keys, ["01130012:1234:400:01", "01130012:1234:400:02"]);
 }
 
+/// The persons an answer carries (the audit trail's "whom"), by their
+/// store ids: none when nothing is answered.
+#[test]
+fn answers_name_the_persons_they_carry() {
+    let dir = tempdir();
+    let s = fixture(dir.path());
+    let persons = |a: Answer<'_>| {
+        let mut p: Vec<u64> = a.persons().collect();
+        p.sort_unstable();
+        p
+    };
+    assert_eq!(persons(by_card(&s, "5E02", AS_OF)), [2]);
+    assert_eq!(persons(by_card(&s, "5E02", "20200331")), [2]);
+    assert_eq!(
+        persons(by_key(
+            &s,
+            "01130012",
+            Some("1234"),
+            "400",
+            None,
+            "20100505",
+            AS_OF
+        )),
+        [41, 42]
+    );
+    assert_eq!(
+        persons(by_key(
+            &s,
+            "01130012",
+            Some("1234"),
+            "200",
+            Some("00"),
+            "19750101",
+            AS_OF
+        )),
+        [2],
+        "lost with newer: one person"
+    );
+    assert!(persons(by_card(&s, "5E08", AS_OF)).is_empty(), "restricted");
+    assert!(
+        persons(by_card(&s, "FFFF0000", AS_OF)).is_empty(),
+        "unknown card"
+    );
+    assert!(persons(by_key(
+        &s,
+        "01130012",
+        Some("1234"),
+        "100",
+        Some("00"),
+        "19800102",
+        AS_OF
+    ))
+    .is_empty());
+}
+
 #[test]
 fn a_wrong_birth_date_answers_like_an_unknown_key() {
     let dir = tempdir();

@@ -18,7 +18,7 @@ use rkyv::{Archive, Serialize};
 use crate::model::text::{KeyText, KEY_TEXT_BUF};
 
 /// Version of the types in this file; bump on any change to them.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// Marks an absent row index, date or string.
 pub const NONE: u32 = u32::MAX;
@@ -49,6 +49,11 @@ pub struct Body {
     pub keytext: Vec<u8>,
     /// Persons, in input order.
     pub persons: Vec<PersonRec>,
+    /// The store's id (`person_id`) of each person, parallel to
+    /// `persons`: what the audit trail records as "whom", never part of an
+    /// answer. Apart from `PersonRec` so lookups do not carry it through
+    /// their cache lines.
+    pub person_ids: Vec<u64>,
     /// Qualifications, grouped by person.
     pub quals: Vec<QualRec>,
     /// Optional certificate and public-expense data.

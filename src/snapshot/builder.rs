@@ -51,7 +51,8 @@ pub struct Builder {
     /// Insurer number (raw) -> index in `body.insurers`.
     insurers: HashMap<u32, u16, IntHash>,
     /// The store's id of each person, in person order; checked for
-    /// non-adjacent repeats at `finish`.
+    /// non-adjacent repeats at `finish`, where it becomes the body's
+    /// `person_ids`.
     person_ids: Vec<u64>,
     /// The current person's first row, to check its other rows against.
     current: Option<(u64, EnrolleeRecord)>,
@@ -427,6 +428,7 @@ impl Builder {
 
     /// Checks person adjacency and builds both indexes.
     pub fn finish(mut self) -> Result<Body, BuildError> {
+        self.body.person_ids = std::mem::take(&mut self.person_ids);
         self.check_adjacent_persons()?;
         if self.body.strings.len() > u32::MAX as usize {
             return Err(BuildError::Capacity("interned strings exceed 4 GiB".into()));
@@ -460,14 +462,14 @@ impl Builder {
         Ok(self.body)
     }
 
-    fn check_adjacent_persons(&mut self) -> Result<(), BuildError> {
-        let ids = std::mem::take(&mut self.person_ids);
+    fn check_adjacent_persons(&self) -> Result<(), BuildError> {
+        let ids = &self.body.person_ids;
         // The usual export is ordered by person_id: nothing can repeat, and
         // no sorted copy (8 bytes a person) is needed.
         if ids.windows(2).all(|w| w[0] < w[1]) {
             return Ok(());
         }
-        let mut sorted = ids.clone();
+        let mut sorted = ids.to_vec();
         sorted.sort_unstable();
         let repeated: std::collections::HashSet<u64> = sorted
             .windows(2)

@@ -38,6 +38,27 @@ pub enum Answer<'a> {
 }
 
 impl Answer<'_> {
+    /// The store ids of the persons whose records the answer carries (the
+    /// audit trail's "whom"): the person of a found qualification, each
+    /// person of a multiple hit; none for the other answers. Allocation
+    /// free.
+    pub fn persons(&self) -> impl Iterator<Item = u64> + '_ {
+        let found = match self {
+            Answer::Found { qualification, .. } => Some(qualification.person_id()),
+            _ => None,
+        };
+        let matches = match self {
+            Answer::Multiple(m) => Some(m.iter().map(|v| v.person_id())),
+            _ => None,
+        };
+        let mut last = None;
+        found
+            .into_iter()
+            .chain(matches.into_iter().flatten())
+            // A person matching twice (one key held twice) counts once.
+            .filter(move |&id| last.replace(id) != Some(id))
+    }
+
     /// The status code of this answer.
     pub fn status(&self) -> Status {
         match self {
@@ -436,6 +457,15 @@ impl<'a> QualView<'a> {
     /// The qualification's row in the snapshot.
     pub fn index(&self) -> u32 {
         self.index
+    }
+
+    /// The store's id of the qualification's person (`u64::MAX` if the
+    /// archive's person link is broken, which `snapshot verify` reports).
+    pub fn person_id(&self) -> u64 {
+        self.body
+            .person_ids
+            .get(self.rec.person.to_native() as usize)
+            .map_or(u64::MAX, |id| id.to_native())
     }
 
     /// Decodes every field into an owned [`Qualification`] (allocates; for

@@ -142,6 +142,7 @@ impl Snapshot {
         let b = self.body();
         if b.quals.len() as u64 != self.header.records
             || b.persons.len() as u64 != self.header.persons
+            || b.person_ids.len() != b.persons.len()
         {
             return Err(SnapshotError::Invalid(
                 "record or person count differs from the header".into(),
