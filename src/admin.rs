@@ -25,8 +25,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{RequestKind, Timing, LATENCY_BOUNDS, STATUS_CODES};
-use crate::protocol::pb;
+use crate::metrics::{status_label, RequestKind, Timing, LATENCY_BOUNDS, STATUS_CODES};
 use crate::server::Shared;
 
 /// What the admin listener answers from: the daemon's shared state and
@@ -202,7 +201,7 @@ impl Collector for DaemonCollector {
             for kind in RequestKind::ALL {
                 for (s, &code) in STATUS_CODES.iter().enumerate() {
                     let n = t.requests[kind as usize][s];
-                    let labels = [("kind", kind.name()), ("status", status_name(code))];
+                    let labels = [("kind", kind.name()), ("status", status_label(code))];
                     family
                         .encode_family(&labels)?
                         .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
@@ -374,7 +373,17 @@ fn histogram(
         .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
 }
 
-/// The label of a wire status: its name in `proto/qualcache.proto`.
-fn status_name(code: i32) -> &'static str {
-    pb::Status::try_from(code).map_or("UNKNOWN", |s| s.as_str_name())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::pb;
+
+    #[test]
+    fn status_labels_are_the_proto_names() {
+        for code in STATUS_CODES {
+            let proto = pb::Status::try_from(code).unwrap().as_str_name();
+            assert_eq!(status_label(code), proto);
+        }
+        assert_eq!(status_label(0), "UNKNOWN");
+    }
 }

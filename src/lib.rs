@@ -30,6 +30,8 @@
 //! - [`metrics`]: what the daemon counts about itself (builds, reloads,
 //!   refused handshakes, requests by kind and status with their latency).
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+//! - [`audit`]: the audit trail of who looked up whom (hash-chained hourly
+//!   files, their writer thread, `verify` and `query`).
 //! - [`tls`]: rustls configurations with client certificates required, and
 //!   the institution code of a peer certificate.
 //! - [`certs`]: development certificates (a CA, the server's, terminals').
@@ -45,6 +47,7 @@
 
 pub mod admin;
 pub mod answer;
+pub mod audit;
 pub mod build;
 pub mod certs;
 pub mod cli;

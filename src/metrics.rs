@@ -218,6 +218,32 @@ impl RequestKind {
 /// in label order.
 pub const STATUS_CODES: [i32; 12] = [1, 2, 3, 4, 5, 6, 7, 8, 100, 101, 102, 103];
 
+/// The names of [`STATUS_CODES`], as `proto/qualcache.proto` spells them.
+pub const STATUS_NAMES: [&str; 12] = [
+    "VALID",
+    "LOST",
+    "LOST_WITH_NEWER",
+    "NOT_FOUND",
+    "MULTIPLE_HITS",
+    "VALID_UNREGISTERED",
+    "CARD_NOT_REGISTERED",
+    "CARD_RESTRICTED",
+    "OK",
+    "INVALID_REQUEST",
+    "OVERLOADED",
+    "UNAVAILABLE",
+];
+
+/// The label of a wire status (its name in the .proto); `UNKNOWN` for a
+/// code this server never sends.
+pub fn status_label(code: i32) -> &'static str {
+    if STATUS_CODES.contains(&code) {
+        STATUS_NAMES[status_index(code)]
+    } else {
+        "UNKNOWN"
+    }
+}
+
 /// Index of a wire status in [`STATUS_CODES`]; an unknown one counts as
 /// the last (never sent by this server).
 fn status_index(code: i32) -> usize {
