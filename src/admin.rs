@@ -25,6 +25,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::AuditMode;
 use crate::metrics::{status_label, RequestKind, Timing, LATENCY_BOUNDS, STATUS_CODES};
 use crate::server::Shared;
 
@@ -101,6 +102,13 @@ impl Admin {
         }
         if self.shared.current().is_none() {
             return Err("no snapshot yet: the first one is being opened or built");
+        }
+        if let Some(a) = self.shared.audit() {
+            if a.mode() == AuditMode::Required && a.failure().is_some() {
+                return Err(
+                    "audit trail unavailable: lookups are answered UNAVAILABLE until it can write",
+                );
+            }
         }
         Ok("ready")
     }
@@ -331,6 +339,47 @@ impl Collector for DaemonCollector {
             "Duration of reloads that swapped a snapshot in (open, checks, swap)",
             &m.reload_time,
         )?;
+        if let Some(a) = shared.audit() {
+            let st = a.stats();
+            let mut family = e.encode_descriptor(
+                "audit_records",
+                "Audit records written and sealed, or lost (best effort only), by result",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, n) in [
+                ("written", st.written.load(Ordering::Relaxed)),
+                ("lost", st.lost.load(Ordering::Relaxed)),
+            ] {
+                family
+                    .encode_family(&[("result", result)])?
+                    .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
+            }
+            counter(
+                &mut e,
+                "audit_refused_requests",
+                "Requests answered UNAVAILABLE because they could not be audited (required mode)",
+                st.refused.load(Ordering::Relaxed),
+            )?;
+            counter(
+                &mut e,
+                "audit_write_failures",
+                "Audit batches that failed to write",
+                st.write_failures.load(Ordering::Relaxed),
+            )?;
+            gauge(
+                &mut e,
+                "audit_queue",
+                "Audit records waiting for the writer",
+                a.queued() as f64,
+            )?;
+            gauge(
+                &mut e,
+                "audit_failing",
+                "1 while the audit writer cannot write",
+                if a.failure().is_some() { 1.0 } else { 0.0 },
+            )?;
+        }
         let mut start = e.encode_descriptor(
             "process_start_time",
             "When the daemon started, Unix time",

@@ -393,7 +393,7 @@ impl Writer {
             if records == 0 {
                 continue;
             }
-            match self.write_batch(&pending) {
+            match self.write_batch(&pending, SystemTime::now()) {
                 Ok(()) => {
                     stats.written.fetch_add(records as u64, Ordering::Relaxed);
                     queued.fetch_sub(records, Ordering::Relaxed);
@@ -437,8 +437,7 @@ impl Writer {
     /// Appends one batch and its chain line to the current hour's file
     /// (opened for each batch, so a directory that goes away or comes
     /// back is noticed), fsyncs, and advances the chain.
-    fn write_batch(&mut self, batch: &[Request]) -> std::io::Result<()> {
-        let now = SystemTime::now();
+    fn write_batch(&mut self, batch: &[Request], now: SystemTime) -> std::io::Result<()> {
         let path = self.dir.join(file_name(now));
         let mut file = OpenOptions::new()
             .append(true)
@@ -916,6 +915,85 @@ mod tests {
         assert!(verify(dir.path()).is_err());
         drop(Auditor::start(&config(dir.path(), AuditMode::Required)).unwrap());
         assert_eq!(verify(dir.path()).unwrap().records, 3);
+    }
+
+    /// Three hours of records, then each kind of tampering, each on a
+    /// fresh copy: a flipped byte, a removed line, a removed middle file.
+    #[test]
+    fn tampering_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        std::fs::create_dir(&good).unwrap();
+        let mut w = Writer {
+            dir: good.clone(),
+            chain: [0; 32],
+            retention: Duration::from_secs(u64::MAX / 4),
+            removed_before: String::new(),
+        };
+        let who = crate::certs::institution_code(9);
+        let start = UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        for hour in 0..3u64 {
+            for batch in 0..2u64 {
+                let r = Request {
+                    ns: 1,
+                    who,
+                    lookups: vec![
+                        lookup(1, Whom::One(hour * 10 + batch)),
+                        lookup(4, Whom::Nobody),
+                    ],
+                };
+                let t = start + Duration::from_secs(hour * 3_600 + batch);
+                w.write_batch(&[r], t).unwrap();
+            }
+        }
+        let all = files(&good).unwrap();
+        assert_eq!(all.len(), 3);
+        let report = verify(&good).unwrap();
+        assert_eq!((report.files, report.batches, report.records), (3, 6, 12));
+
+        let copy = |name: &str| {
+            let to = dir.path().join(name);
+            std::fs::create_dir(&to).unwrap();
+            for f in &all {
+                std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
+            }
+            (to.clone(), files(&to).unwrap())
+        };
+        let broken = |d: &Path| match verify(d) {
+            Err(VerifyError::Broken {
+                file,
+                offset,
+                reason,
+            }) => (file, offset, reason),
+            other => panic!("expected a broken chain, got {other:?}"),
+        };
+        // A flipped byte in a record of the second file.
+        let (d, f) = copy("flipped");
+        let mut bytes = std::fs::read(&f[1]).unwrap();
+        let at = bytes.iter().position(|&b| b == b'"').unwrap() + 200;
+        bytes[at] ^= 0x01;
+        std::fs::write(&f[1], &bytes).unwrap();
+        let (file, offset, _) = broken(&d);
+        assert_eq!((file, offset > 0), (f[1].clone(), true));
+        // A removed record line.
+        let (d, f) = copy("removed_line");
+        let text = std::fs::read_to_string(&f[2]).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.remove(2);
+        std::fs::write(&f[2], lines.join("\n") + "\n").unwrap();
+        let (file, _, reason) = broken(&d);
+        assert_eq!(file, f[2]);
+        assert!(reason.contains("does not match"), "{reason}");
+        // A removed file in the middle.
+        let (d, f) = copy("removed_file");
+        std::fs::remove_file(&f[1]).unwrap();
+        let (file, offset, reason) = broken(&d);
+        assert_eq!((file, offset), (f[2].clone(), 0));
+        assert!(reason.contains("does not continue"), "{reason}");
+        // The oldest file removed (retention) is fine.
+        let (d, f) = copy("expired");
+        std::fs::remove_file(&f[0]).unwrap();
+        assert_eq!(verify(&d).unwrap().files, 2);
     }
 
     #[test]

@@ -48,6 +48,41 @@ pub enum Command {
     /// Set up and fill the PostgreSQL store.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Check and search the audit trail of who looked up whom.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every file's hash chain; prints a JSON report, or names the first broken file and byte offset and exits 1.
+    Verify {
+        /// The audit directory ([audit] dir).
+        dir: PathBuf,
+    },
+    /// Print the records of one person or one facility as JSON lines (run `audit verify` to trust them).
+    #[command(group(clap::ArgGroup::new("whose").required(true).args(["person", "institution"])))]
+    Query {
+        /// The audit directory ([audit] dir).
+        dir: PathBuf,
+        /// Who looked this person up (the store's person_id).
+        #[arg(long)]
+        person: Option<u64>,
+        /// Whom this facility looked up (its 10-digit medical institution code).
+        #[arg(long, value_parser = clap::value_parser!(crate::model::InstitutionCode))]
+        institution: Option<crate::model::InstitutionCode>,
+        /// From this time: RFC 3339 (2026-12-04T09:00:00Z) or a day YYYYMMDD (from its start, Japan time).
+        #[arg(long, value_parser = time_arg)]
+        from: Option<u64>,
+        /// Up to this time (excluded), as --from.
+        #[arg(long, value_parser = time_arg)]
+        to: Option<u64>,
+    },
+}
+
+fn time_arg(s: &str) -> Result<u64, String> {
+    crate::audit::parse_time(s)
 }
 
 /// `db` subcommands.
@@ -401,6 +436,29 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo(a),
         Command::Certs(a) => print_json(&crate::certs::generate(&a.out, a.terminals)?),
         Command::Query(a) => query(a),
+        Command::Audit(AuditCommand::Verify { dir }) => {
+            let report = crate::audit::verify(&dir)?;
+            print_json(&report)
+        }
+        Command::Audit(AuditCommand::Query {
+            dir,
+            person,
+            institution,
+            from,
+            to,
+        }) => {
+            let filter = crate::audit::QueryFilter {
+                person,
+                institution: institution.map(|i| i.to_string()),
+                from_ns: from,
+                to_ns: to,
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            crate::audit::query(&dir, &filter, |v| writeln!(out, "{v}"))?;
+            out.flush()?;
+            Ok(())
+        }
         Command::Snapshot(SnapshotCommand::Rollback { dir }) => {
             let (from, to) = crate::daemon::rollback(&dir)?;
             print_json(&serde_json::json!({ "from": from, "to": to }))

@@ -60,6 +60,33 @@ pub struct RawConfig {
     pub card_key: RawCardKey,
     /// `[admin]`.
     pub admin: RawAdmin,
+    /// `[audit]`.
+    pub audit: RawAudit,
+}
+
+/// `[audit]`: the trail of who looked up whom.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAudit {
+    /// Directory of the hourly files.
+    pub dir: PathBuf,
+    /// `required`, `best_effort` or `off`.
+    pub mode: String,
+    /// Days a file is kept.
+    pub retention_days: u32,
+    /// Records that may wait for the writer.
+    pub queue: usize,
+}
+
+impl Default for RawAudit {
+    fn default() -> RawAudit {
+        RawAudit {
+            dir: "data/audit".into(),
+            mode: "required".into(),
+            retention_days: crate::audit::DEFAULT_RETENTION_DAYS,
+            queue: crate::audit::DEFAULT_QUEUE,
+        }
+    }
 }
 
 /// `[admin]`: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
@@ -325,6 +352,8 @@ pub struct Config {
     /// The admin HTTP listener's address; `None` when disabled (then
     /// requests are not counted either: nobody could read the counts).
     pub admin_listen: Option<SocketAddr>,
+    /// The audit trail; `None` with `mode = "off"`.
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 impl Config {
@@ -414,6 +443,32 @@ impl Config {
                 )
             })?),
         };
+        let a = &raw.audit;
+        let audit_mode = match a.mode.as_str() {
+            "required" => Some(crate::audit::AuditMode::Required),
+            "best_effort" => Some(crate::audit::AuditMode::BestEffort),
+            "off" => None,
+            other => {
+                return Err(invalid(
+                    "audit.mode",
+                    format!("{other:?} is not one of \"required\", \"best_effort\", \"off\""),
+                ))
+            }
+        };
+        positive("audit.retention_days", u64::from(a.retention_days))?;
+        positive("audit.queue", a.queue as u64)?;
+        if a.retention_days > 36_500 {
+            return Err(invalid(
+                "audit.retention_days",
+                "must be at most 36500".into(),
+            ));
+        }
+        let audit = audit_mode.map(|mode| crate::audit::AuditConfig {
+            dir: a.dir.clone(),
+            mode,
+            retention_days: a.retention_days,
+            queue: a.queue,
+        });
         let src = &raw.source;
         let kinds = ["csv", "synthetic", "postgres"];
         if let Some((key, _, kind)) = src
@@ -506,6 +561,7 @@ impl Config {
             source,
             card_key_file: raw.card_key.file,
             admin_listen,
+            audit,
         })
     }
 
@@ -583,6 +639,10 @@ mod tests {
         assert_eq!(c.source, Source::Csv("data/enrollees.csv".into()));
         assert_eq!(c.admin_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(parse("[admin]\nlisten = \"\"").unwrap().admin_listen, None);
+        let audit = c.audit.unwrap();
+        assert_eq!(audit.mode, crate::audit::AuditMode::Required);
+        assert_eq!(audit.retention_days, 1825);
+        assert!(parse("[audit]\nmode = \"off\"").unwrap().audit.is_none());
     }
 
     #[test]
@@ -661,6 +721,12 @@ mod tests {
                 "admin.listen: not a socket address (empty disables the listener)",
             ),
             ("[admin]\nport = 1", "unknown field `port`"),
+            (
+                "[audit]\nmode = \"sometimes\"",
+                "audit.mode: \"sometimes\" is not one of",
+            ),
+            ("[audit]\nretention_days = 0", "audit.retention_days"),
+            ("[audit]\nqueue = 0", "audit.queue"),
             (
                 "[snapshots]\nreload_interval_secs = 18446744073709551615",
                 "snapshots.reload_interval_secs: must be between 1 and 604800",

@@ -6,6 +6,7 @@
 
 use prost::Message;
 
+use crate::audit::{Lookup, Whom};
 use crate::metrics::{Metrics, RequestKind};
 use crate::model::{CardKey, CardSerial, Date, InsuranceKey, Qualification, Status};
 use crate::probe::{LookupError, ProbeLookup};
@@ -75,9 +76,16 @@ pub fn invalid(reason: impl Into<String>) -> pb::Response {
 /// Answers one encoded request: decodes it, then [`handle`]. Bytes that
 /// are not a `Request` are answered `INVALID_REQUEST`. Also says what kind
 /// of request it was, for the metrics.
-pub fn handle_bytes(ctx: &Context<'_>, bytes: &[u8]) -> (RequestKind, pb::Response) {
+///
+/// With `lookups`, each lookup answered (batch items too) is also pushed
+/// there, with the persons it answered, for the audit trail.
+pub fn handle_bytes(
+    ctx: &Context<'_>,
+    bytes: &[u8],
+    lookups: Option<&mut Vec<Lookup>>,
+) -> (RequestKind, pb::Response) {
     match decode_request(bytes) {
-        Some(req) => (kind_of(&req), handle(ctx, req)),
+        Some(req) => (kind_of(&req), handle_audited(ctx, req, lookups)),
         None => (
             RequestKind::Malformed,
             invalid("not a qualcache request (protobuf decoding failed)"),
@@ -99,6 +107,16 @@ pub fn kind_of(req: &pb::Request) -> RequestKind {
 
 /// Answers one decoded request. Pure: the same inputs give the same output.
 pub fn handle(ctx: &Context<'_>, req: pb::Request) -> pb::Response {
+    handle_audited(ctx, req, None)
+}
+
+/// [`handle`], also pushing each lookup answered into `lookups` (see
+/// [`handle_bytes`]).
+pub fn handle_audited(
+    ctx: &Context<'_>,
+    req: pb::Request,
+    mut lookups: Option<&mut Vec<Lookup>>,
+) -> pb::Response {
     use pb::request::Kind;
     let Some(kind) = req.kind else {
         return invalid("request has no lookup (card, insurance, batch or status)");
@@ -119,9 +137,28 @@ pub fn handle(ctx: &Context<'_>, req: pb::Request) -> pb::Response {
         generation,
         ..pb::Response::default()
     };
+    let collect = lookups.is_some();
+    let mut note = |path, batch, (answer, whom): (pb::Answer, Whom)| {
+        if let Some(l) = lookups.as_deref_mut() {
+            l.push(Lookup {
+                path,
+                batch,
+                status: answer.status,
+                generation,
+                whom,
+            });
+        }
+        answer
+    };
     match kind {
-        Kind::Card(c) => single(&mut resp, card(ctx, snapshot, &c, as_of)),
-        Kind::Insurance(i) => single(&mut resp, insurance(snapshot, &i, as_of)),
+        Kind::Card(c) => {
+            let a = note("card", false, card(ctx, snapshot, &c, as_of, collect));
+            single(&mut resp, a);
+        }
+        Kind::Insurance(i) => {
+            let a = note("insurance", false, insurance(snapshot, &i, as_of, collect));
+            single(&mut resp, a);
+        }
         Kind::Batch(b) => {
             if b.items.len() > ctx.limits.max_batch {
                 return invalid(format!(
@@ -135,9 +172,20 @@ pub fn handle(ctx: &Context<'_>, req: pb::Request) -> pb::Response {
                 .items
                 .iter()
                 .map(|item| match &item.kind {
-                    Some(pb::batch_item::Kind::Card(c)) => card(ctx, snapshot, c, as_of),
-                    Some(pb::batch_item::Kind::Insurance(i)) => insurance(snapshot, i, as_of),
-                    None => invalid_answer("batch item has no lookup".into()),
+                    Some(pb::batch_item::Kind::Card(c)) => {
+                        note("card", true, card(ctx, snapshot, c, as_of, collect))
+                    }
+                    Some(pb::batch_item::Kind::Insurance(i)) => {
+                        note("insurance", true, insurance(snapshot, i, as_of, collect))
+                    }
+                    None => note(
+                        "none",
+                        true,
+                        (
+                            invalid_answer("batch item has no lookup".into()),
+                            Whom::Nobody,
+                        ),
+                    ),
                 })
                 .collect();
         }
@@ -205,30 +253,63 @@ fn date(raw: u32) -> Result<Date, crate::model::date::DateError> {
         .ok_or(crate::model::date::DateError::NoSuchDay)
 }
 
-fn card(ctx: &Context<'_>, snapshot: &Snapshot, c: &pb::CardLookup, as_of: Date) -> pb::Answer {
+/// A card lookup's answer and, when `whom` is asked for, the persons it
+/// answered (reading their store ids costs a memory access, so only the
+/// audit trail asks).
+fn card(
+    ctx: &Context<'_>,
+    snapshot: &Snapshot,
+    c: &pb::CardLookup,
+    as_of: Date,
+    whom: bool,
+) -> (pb::Answer, Whom) {
     let serial: CardSerial = match c.serial.parse() {
         Ok(s) => s,
-        Err(e) => return invalid_answer(LookupError::Serial(e).to_string()),
+        Err(e) => return refused(LookupError::Serial(e).to_string()),
     };
-    answer(
+    answered(
         &snapshot.lookup_card(&ctx.card_key.digest(&serial), as_of),
         snapshot,
+        whom,
     )
 }
 
-fn insurance(snapshot: &Snapshot, i: &pb::InsuranceLookup, as_of: Date) -> pb::Answer {
+/// An insurance lookup's answer, as [`card`].
+fn insurance(
+    snapshot: &Snapshot,
+    i: &pb::InsuranceLookup,
+    as_of: Date,
+    whom: bool,
+) -> (pb::Answer, Whom) {
     let key = match InsuranceKey::parse(&i.insurer, Some(&i.symbol), &i.number, Some(&i.branch)) {
         Ok(k) => k,
-        Err(e) => return invalid_answer(LookupError::Key(e).to_string()),
+        Err(e) => return refused(LookupError::Key(e).to_string()),
     };
     if i.birth == 0 {
-        return invalid_answer("insurance: birth date is required".into());
+        return refused("insurance: birth date is required".into());
     }
     let birth = match date(i.birth) {
         Ok(d) => d,
-        Err(e) => return invalid_answer(format!("insurance: birth: {e}")),
+        Err(e) => return refused(format!("insurance: birth: {e}")),
     };
-    answer(&snapshot.lookup_insurance(&key, birth, as_of), snapshot)
+    answered(
+        &snapshot.lookup_insurance(&key, birth, as_of),
+        snapshot,
+        whom,
+    )
+}
+
+fn answered(a: &Answer<'_>, snapshot: &Snapshot, whom: bool) -> (pb::Answer, Whom) {
+    let persons = if whom {
+        Whom::of(a.persons())
+    } else {
+        Whom::Nobody
+    };
+    (answer(a, snapshot), persons)
+}
+
+fn refused(reason: String) -> (pb::Answer, Whom) {
+    (invalid_answer(reason), Whom::Nobody)
 }
 
 fn invalid_answer(reason: String) -> pb::Answer {

@@ -19,6 +19,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::{AuditMode, Auditor, Unaudited};
 use crate::metrics::{HandshakeFailure, Metrics, RequestKind, RequestMetrics};
 use crate::model::{CardKey, Date, InstitutionCode};
 use crate::protocol::{self, Context, Limits};
@@ -62,6 +63,8 @@ pub struct Shared {
     /// Requests by kind and status, with latency; `None` when nothing
     /// reads them (no admin listener), so the request path records nothing.
     requests: Option<RequestMetrics>,
+    /// The audit trail every lookup is handed to, if one is kept.
+    audit: Option<Arc<Auditor>>,
 }
 
 impl Shared {
@@ -82,7 +85,20 @@ impl Shared {
             max_in_flight_per_terminal: DEFAULT_MAX_IN_FLIGHT_PER_TERMINAL,
             metrics: Metrics::new(),
             requests: None,
+            audit: None,
         }
+    }
+
+    /// The same, handing every lookup to `audit` (in required mode a
+    /// request that cannot be audited is answered UNAVAILABLE).
+    pub fn with_audit(mut self, audit: Arc<Auditor>) -> Shared {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// The audit trail, if one is kept.
+    pub fn audit(&self) -> Option<&Auditor> {
+        self.audit.as_deref()
     }
 
     /// The same, recording every request's kind, status and latency
@@ -183,8 +199,10 @@ impl Shared {
         &self.card_key
     }
 
-    /// Answers one encoded request; says what kind it was.
-    fn answer(&self, bytes: &[u8]) -> (RequestKind, protocol::pb::Response) {
+    /// Answers one encoded request from terminal `who`; says what kind it
+    /// was. Its lookups go to the audit trail, if one is kept; in required
+    /// mode, lookups that cannot be audited are not answered (UNAVAILABLE).
+    fn answer(&self, bytes: &[u8], who: InstitutionCode) -> (RequestKind, protocol::pb::Response) {
         let snapshot = self.snapshot.load();
         let ctx = Context {
             snapshot: snapshot.as_deref(),
@@ -195,7 +213,26 @@ impl Shared {
             connections: self.connections.load(Ordering::Relaxed),
             metrics: &self.metrics,
         };
-        protocol::handle_bytes(&ctx, bytes)
+        let Some(audit) = &self.audit else {
+            return protocol::handle_bytes(&ctx, bytes, None);
+        };
+        let mut lookups = Vec::new();
+        let (kind, response) = protocol::handle_bytes(&ctx, bytes, Some(&mut lookups));
+        match audit.submit(who, lookups) {
+            Err(why) if audit.mode() == AuditMode::Required => (
+                kind,
+                protocol::pb::Response {
+                    status: protocol::pb::Status::Unavailable as i32,
+                    reason: match why {
+                        Unaudited::Full => "audit trail busy; retry later",
+                        Unaudited::Failing => "audit trail unavailable; retry later",
+                    }
+                    .into(),
+                    ..Default::default()
+                },
+            ),
+            _ => (kind, response),
+        }
     }
 }
 
@@ -445,7 +482,7 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
             stream = &mut accept => {
                 match stream {
                     Ok((send, recv)) => {
-                        requests.push(request(send, recv, shared.clone(), &terminal));
+                        requests.push(request(send, recv, shared.clone(), &terminal, institution));
                     }
                     Err(e) => {
                         tracing::debug!(%institution, reason = %e, "connection ended");
@@ -496,6 +533,7 @@ async fn request(
     mut recv: quinn::RecvStream,
     shared: Arc<Shared>,
     terminal: &Terminal,
+    who: InstitutionCode,
 ) {
     // The request's first bytes are here (its stream was opened by them);
     // its latency runs from now to its answer written.
@@ -527,7 +565,7 @@ async fn request(
         // normally done on its first poll: the timeout then costs a clock
         // read, and its timer is registered only if the read is pending.
         match tokio::time::timeout(shared.request_timeout, recv.read_to_end(limit)).await {
-            Ok(Ok(bytes)) => shared.answer(&bytes),
+            Ok(Ok(bytes)) => shared.answer(&bytes, who),
             Ok(Err(quinn::ReadToEndError::TooLong)) => {
                 let _ = recv.stop(0u32.into());
                 (

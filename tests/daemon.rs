@@ -176,7 +176,7 @@ fn spawn_qualcached_with(
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\n{snapshots}[source]\n{source}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\ndir = \"{0}/audit\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\n{snapshots}[source]\n{source}",
             d.display()
         ),
     )

@@ -498,7 +498,7 @@ async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lo
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\nreload_interval_secs = 3600\n[source]\nkind = \"postgres\"\nurl = \"{db}\"\nschema = \"{1}\"\nrebuild_interval_secs = 1\n",
+                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\ndir = \"{0}/audit\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\nreload_interval_secs = 3600\n[source]\nkind = \"postgres\"\nurl = \"{db}\"\nschema = \"{1}\"\nrebuild_interval_secs = 1\n",
                 d.display(),
                 schema.name
             ),

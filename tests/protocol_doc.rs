@@ -95,7 +95,7 @@ fn examples() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     ];
     let mut out = Vec::new();
     for (what, bytes) in requests {
-        let (_, mut response) = protocol::handle_bytes(&ctx, &bytes);
+        let (_, mut response) = protocol::handle_bytes(&ctx, &bytes, None);
         if let Some(s) = response.server.as_mut() {
             // The one value that changes from build to build.
             s.snapshot_created_at_unix = 1_795_600_000;

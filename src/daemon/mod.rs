@@ -83,6 +83,18 @@ pub async fn run(config: Config) -> Result<()> {
     if config.admin_listen.is_some() {
         shared = shared.with_request_metrics();
     }
+    let audit = match &config.audit {
+        Some(a) => {
+            let auditor = Arc::new(crate::audit::Auditor::start(a)?);
+            tracing::info!(dir = %a.dir.display(), mode = ?a.mode, retention_days = a.retention_days, "audit trail");
+            shared = shared.with_audit(auditor.clone());
+            Some(auditor)
+        }
+        None => {
+            tracing::warn!("[audit] mode = \"off\": lookups are not audited");
+            None
+        }
+    };
     let shared = Arc::new(shared);
     // The admin listener comes up before the first snapshot, so a load
     // balancer sees /readyz answer 503 while it is built.
@@ -176,6 +188,12 @@ pub async fn run(config: Config) -> Result<()> {
     )
     .await;
     reloader_abort.abort();
+    if let Some(audit) = audit {
+        // Write and seal what the last requests queued.
+        tokio::task::spawn_blocking(move || audit.shutdown())
+            .await
+            .ok();
+    }
     admin_stop.cancel();
     tracing::info!("stopped");
     Ok(())
