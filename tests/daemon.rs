@@ -505,6 +505,243 @@ async fn admin_listener_reports_readiness_and_exact_counts() {
     .await;
 }
 
+/// A server with an audit trail in required mode, and its parts.
+struct Audited {
+    addr: SocketAddr,
+    certs: DevCerts,
+    probes: Vec<Probe>,
+    audit: Arc<qualcache::audit::Auditor>,
+    audit_dir: std::path::PathBuf,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_audited() -> Audited {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certs::generate(&dir.path().join("certs"), 2).unwrap();
+    let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
+        records: 2_000,
+        seed: 8,
+        out: dir.path().join("data"),
+        probes: 200,
+        as_of: "20261101".parse().unwrap(),
+        card_key: CardKey::demo(),
+    })
+    .unwrap();
+    let opts = qualcache::build::BuildOptions {
+        skip_invalid: false,
+        card_key_id: CardKey::demo().id(),
+    };
+    let built =
+        qualcache::build::build_from_csv(&g.csv, &dir.path().join("snap"), &opts, |_| {}).unwrap();
+    let audit_dir = dir.path().join("audit");
+    let audit = Arc::new(
+        qualcache::audit::Auditor::start(&qualcache::audit::AuditConfig {
+            dir: audit_dir.clone(),
+            mode: qualcache::audit::AuditMode::Required,
+            retention_days: 30,
+            queue: 10_000,
+        })
+        .unwrap(),
+    );
+    let shared =
+        Arc::new(Shared::new(CardKey::demo(), Limits::default()).with_audit(audit.clone()));
+    shared.swap(Arc::new(Snapshot::open(&built.path).unwrap()));
+    let endpoint = server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        util::server_tls(&certs),
+        1 << 20,
+    )
+    .unwrap();
+    let (addr, stop, task) = spawn_server(vec![endpoint], shared, Duration::from_secs(2));
+    Audited {
+        addr,
+        probes: read_probes(&g.probes).unwrap(),
+        certs,
+        audit,
+        audit_dir,
+        stop,
+        task,
+        _dir: dir,
+    }
+}
+
+/// Every lookup, single or in a batch, leaves one record naming the
+/// terminal and the persons answered; `qualcache audit verify` passes and
+/// `audit query` finds who looked a person up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_records_who_looked_up_whom() {
+    bounded(async {
+        let s = start_audited().await;
+        let t = &s.certs.terminals[0];
+        let config = qualcache::tls::client_config(&s.certs.ca, &t.cert, &t.key).unwrap();
+        let client = Client::connect(s.addr, "localhost", config).await.unwrap();
+        let singles: Vec<&Probe> = s.probes.iter().take(20).collect();
+        for p in &singles {
+            let resp = client.request(&request(p)).await.unwrap();
+            check(p, resp.answer.as_ref().unwrap(), "audited");
+        }
+        let batch: Vec<&Probe> = s.probes.iter().skip(20).take(7).collect();
+        let resp = client
+            .request(&pb::Request {
+                as_of: 20261101,
+                kind: Some(pb::request::Kind::Batch(pb::BatchLookup {
+                    items: batch
+                        .iter()
+                        .map(|p| qualcache::protocol::batch_item(&p.lookup))
+                        .collect(),
+                })),
+            })
+            .await
+            .unwrap();
+        assert_eq!(resp.answers.len(), 7);
+        // A status request is not a lookup: no record.
+        client
+            .request(&pb::Request {
+                as_of: 0,
+                kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+            })
+            .await
+            .unwrap();
+        client.close().await;
+        let _ = s.stop.send(());
+        s.task.await.unwrap();
+        s.audit.shutdown();
+
+        let dir = s.audit_dir.to_str().unwrap();
+        let (ok, out, err) = util::run(&["audit", "verify", dir]);
+        assert!(ok, "{err}");
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["records"], 27, "{out}");
+        for file in qualcache::audit::files(&s.audit_dir).unwrap() {
+            assert_eq!(util::mode_of(&file), 0o640 & !util::umask());
+        }
+        // Records carry the terminal and the store's person ids, never
+        // names, birth dates, serials or numbers.
+        let text: String = qualcache::audit::files(&s.audit_dir)
+            .unwrap()
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect();
+        for p in singles.iter().chain(&batch) {
+            match &p.lookup {
+                ProbeLookup::Card { serial } => assert!(!text.contains(serial.as_str())),
+                ProbeLookup::Insurance { birth, .. } => {
+                    assert!(!text.contains(&birth.to_string()))
+                }
+            }
+        }
+        assert!(!text.contains("山田") && !text.contains('\u{3000}'));
+        let (ok, out, err) = util::run(&["audit", "query", dir, "--institution", &t.institution]);
+        assert!(ok, "{err}");
+        let records: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(records.len(), 27);
+        assert_eq!(records.iter().filter(|r| r["batch"] == true).count(), 7);
+        // The first single lookup that answered somebody: who looked them up?
+        let whom = records
+            .iter()
+            .find_map(|r| r["whom"].as_array()?.first()?.as_u64())
+            .expect("some lookup answered a person");
+        let (ok, out, err) = util::run(&["audit", "query", dir, "--person", &whom.to_string()]);
+        assert!(ok, "{err}");
+        let line: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        assert_eq!(line["who"], t.institution.as_str());
+        assert!(line["time"].as_str().unwrap().ends_with('Z'));
+        // A time window that ends before the records finds none.
+        let (ok, out, _) = util::run(&[
+            "audit",
+            "query",
+            dir,
+            "--person",
+            &whom.to_string(),
+            "--to",
+            "20200101",
+        ]);
+        assert!(ok && out.is_empty(), "{out}");
+        // A broken file: verify names it and exits non-zero.
+        let file = qualcache::audit::files(&s.audit_dir)
+            .unwrap()
+            .pop()
+            .unwrap();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let i = bytes.len() / 2;
+        bytes[i] ^= 0x04;
+        std::fs::write(&file, bytes).unwrap();
+        let (ok, _, err) = util::run(&["audit", "verify", dir]);
+        assert!(!ok);
+        assert!(err.contains("broken at byte"), "{err}");
+    })
+    .await;
+}
+
+/// In required mode, when the audit directory cannot be written, lookups
+/// are answered UNAVAILABLE (none leaves unaudited) until it can be again;
+/// then the trail is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_audit_refuses_lookups_while_it_cannot_write() {
+    bounded(async {
+        let s = start_audited().await;
+        let t = &s.certs.terminals[1];
+        let config = qualcache::tls::client_config(&s.certs.ca, &t.cert, &t.key).unwrap();
+        let client = Client::connect(s.addr, "localhost", config).await.unwrap();
+        let p = s.probes.iter().find(|p| p.expect == Status::Valid).unwrap();
+        let resp = client.request(&request(p)).await.unwrap();
+        check(p, resp.answer.as_ref().unwrap(), "before");
+        // The directory goes away and a file takes its place: the writer
+        // cannot open its file.
+        let moved = s.audit_dir.with_extension("moved");
+        std::fs::rename(&s.audit_dir, &moved).unwrap();
+        std::fs::write(&s.audit_dir, b"not a directory").unwrap();
+        let mut refused = None;
+        let mut answered_meanwhile = 0;
+        for _ in 0..500 {
+            let resp = client.request(&request(p)).await.unwrap();
+            if resp.status == pb::Status::Unavailable as i32 {
+                refused = Some(resp.reason);
+                break;
+            }
+            answered_meanwhile += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let reason = refused.expect("lookups were never refused");
+        assert_eq!(reason, "audit trail unavailable; retry later");
+        assert!(s.audit.failure().is_some());
+        // Back: the writer writes what it kept, and lookups are answered.
+        std::fs::remove_file(&s.audit_dir).unwrap();
+        std::fs::rename(&moved, &s.audit_dir).unwrap();
+        let mut recovered = false;
+        for _ in 0..500 {
+            let resp = client.request(&request(p)).await.unwrap();
+            if resp.status == p.expect.code() as i32 {
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(recovered, "lookups stayed refused");
+        client.close().await;
+        let _ = s.stop.send(());
+        s.task.await.unwrap();
+        s.audit.shutdown();
+        let report = qualcache::audit::verify(&s.audit_dir).unwrap();
+        // Every answered lookup is in the trail: the first, those answered
+        // before the failure was noticed, and the one after recovery.
+        assert_eq!(report.records, 2 + answered_meanwhile);
+        assert!(
+            s.audit
+                .stats()
+                .refused
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 1
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_limits_and_malformed_requests() {
     bounded(async {
