@@ -76,9 +76,10 @@ const BATCH_MAX: usize = 4096;
 /// How often the writer tries again after a failed write.
 const RETRY: Duration = Duration::from_millis(500);
 
-/// Who was looked up, by the store's person ids.
+/// A few store ids (persons, or qualification rows), inline for the
+/// common one.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Whom {
+pub enum Ids {
     /// Nobody: nothing was answered.
     #[default]
     Nobody,
@@ -88,21 +89,21 @@ pub enum Whom {
     Many(Box<[u64]>),
 }
 
-impl Whom {
+impl Ids {
     /// From the ids an answer carries.
-    pub fn of(mut ids: impl Iterator<Item = u64>) -> Whom {
+    pub fn of(mut ids: impl Iterator<Item = u64>) -> Ids {
         match (ids.next(), ids.next()) {
-            (None, _) => Whom::Nobody,
-            (Some(a), None) => Whom::One(a),
-            (Some(a), Some(b)) => Whom::Many([a, b].into_iter().chain(ids).collect()),
+            (None, _) => Ids::Nobody,
+            (Some(a), None) => Ids::One(a),
+            (Some(a), Some(b)) => Ids::Many([a, b].into_iter().chain(ids).collect()),
         }
     }
 
     fn as_slice(&self) -> &[u64] {
         match self {
-            Whom::Nobody => &[],
-            Whom::One(id) => std::slice::from_ref(id),
-            Whom::Many(ids) => ids,
+            Ids::Nobody => &[],
+            Ids::One(id) => std::slice::from_ref(id),
+            Ids::Many(ids) => ids,
         }
     }
 }
@@ -118,8 +119,11 @@ pub struct Lookup {
     pub status: i32,
     /// The snapshot generation that answered (0: none loaded).
     pub generation: u64,
-    /// Whom.
-    pub whom: Whom,
+    /// Whom: the store's ids of the persons answered.
+    pub whom: Ids,
+    /// The store rows (CSV lines or `qualification_id`s) of the
+    /// qualifications answered.
+    pub rows: Ids,
 }
 
 /// One request's lookups, with who and when.
@@ -540,13 +544,19 @@ fn record_line(out: &mut String, ns: u64, who: InstitutionCode, l: &Lookup) {
         "{{\"ns\":{ns},\"who\":\"{who}\",\"path\":\"{}\",\"batch\":{},\"generation\":{},\"status\":\"{status}\",\"whom\":[",
         l.path, l.batch, l.generation
     );
-    for (i, id) in l.whom.as_slice().iter().enumerate() {
+    ids(out, &l.whom);
+    out.push_str("],\"rows\":[");
+    ids(out, &l.rows);
+    out.push_str("]}\n");
+}
+
+fn ids(out: &mut String, ids: &Ids) {
+    for (i, id) in ids.as_slice().iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         let _ = write!(out, "{id}");
     }
-    out.push_str("]}\n");
 }
 
 /// The audit files of `dir`, oldest first.
@@ -846,13 +856,14 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
 
-    fn lookup(status: i32, whom: Whom) -> Lookup {
+    fn lookup(status: i32, whom: Ids) -> Lookup {
         Lookup {
             path: "card",
             batch: false,
             status,
             generation: 3,
             whom,
+            rows: Ids::Nobody,
         }
     }
 
@@ -870,13 +881,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let who: InstitutionCode = crate::certs::institution_code(3);
         let a = Auditor::start(&config(dir.path(), AuditMode::Required)).unwrap();
-        a.submit(who, vec![lookup(1, Whom::One(42))]).unwrap();
+        a.submit(who, vec![lookup(1, Ids::One(42))]).unwrap();
         a.submit(
             who,
-            vec![
-                lookup(5, Whom::Many([7, 8].into())),
-                lookup(4, Whom::Nobody),
-            ],
+            vec![lookup(5, Ids::Many([7, 8].into())), lookup(4, Ids::Nobody)],
         )
         .unwrap();
         a.shutdown();
@@ -884,7 +892,7 @@ mod tests {
         assert_eq!(report.records, 3);
         // A restart continues the chain.
         let a = Auditor::start(&config(dir.path(), AuditMode::Required)).unwrap();
-        a.submit(who, vec![lookup(1, Whom::One(42))]).unwrap();
+        a.submit(who, vec![lookup(1, Ids::One(42))]).unwrap();
         drop(a);
         assert_eq!(verify(dir.path()).unwrap().records, 4);
         let mut seen = Vec::new();
@@ -908,7 +916,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let who = crate::certs::institution_code(1);
         let a = Auditor::start(&config(dir.path(), AuditMode::Required)).unwrap();
-        a.submit(who, vec![lookup(1, Whom::One(1))]).unwrap();
+        a.submit(who, vec![lookup(1, Ids::One(1))]).unwrap();
         drop(a);
         // A crash after writing records and before their chain line, the
         // last one torn.
@@ -943,8 +951,8 @@ mod tests {
                     ns: 1,
                     who,
                     lookups: vec![
-                        lookup(1, Whom::One(hour * 10 + batch)),
-                        lookup(4, Whom::Nobody),
+                        lookup(1, Ids::One(hour * 10 + batch)),
+                        lookup(4, Ids::Nobody),
                     ],
                 };
                 let t = start + Duration::from_secs(hour * 3_600 + batch);
@@ -1013,7 +1021,7 @@ mod tests {
         let a = Auditor::start(&config).unwrap();
         a.submit(
             crate::certs::institution_code(2),
-            vec![lookup(1, Whom::One(5))],
+            vec![lookup(1, Ids::One(5))],
         )
         .unwrap();
         drop(a);

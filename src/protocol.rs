@@ -6,7 +6,7 @@
 
 use prost::Message;
 
-use crate::audit::{Lookup, Whom};
+use crate::audit::{Ids, Lookup};
 use crate::metrics::{Metrics, RequestKind};
 use crate::model::{CardKey, CardSerial, Date, InsuranceKey, Qualification, Status};
 use crate::probe::{LookupError, ProbeLookup};
@@ -138,7 +138,7 @@ pub fn handle_audited(
         ..pb::Response::default()
     };
     let collect = lookups.is_some();
-    let mut note = |path, batch, (answer, whom): (pb::Answer, Whom)| {
+    let mut note = |path, batch, (answer, (whom, rows)): (pb::Answer, (Ids, Ids))| {
         if let Some(l) = lookups.as_deref_mut() {
             l.push(Lookup {
                 path,
@@ -146,6 +146,7 @@ pub fn handle_audited(
                 status: answer.status,
                 generation,
                 whom,
+                rows,
             });
         }
         answer
@@ -183,7 +184,7 @@ pub fn handle_audited(
                         true,
                         (
                             invalid_answer("batch item has no lookup".into()),
-                            Whom::Nobody,
+                            (Ids::Nobody, Ids::Nobody),
                         ),
                     ),
                 })
@@ -262,7 +263,7 @@ fn card(
     c: &pb::CardLookup,
     as_of: Date,
     whom: bool,
-) -> (pb::Answer, Whom) {
+) -> (pb::Answer, (Ids, Ids)) {
     let serial: CardSerial = match c.serial.parse() {
         Ok(s) => s,
         Err(e) => return refused(LookupError::Serial(e).to_string()),
@@ -280,7 +281,7 @@ fn insurance(
     i: &pb::InsuranceLookup,
     as_of: Date,
     whom: bool,
-) -> (pb::Answer, Whom) {
+) -> (pb::Answer, (Ids, Ids)) {
     let key = match InsuranceKey::parse(&i.insurer, Some(&i.symbol), &i.number, Some(&i.branch)) {
         Ok(k) => k,
         Err(e) => return refused(LookupError::Key(e).to_string()),
@@ -299,17 +300,17 @@ fn insurance(
     )
 }
 
-fn answered(a: &Answer<'_>, snapshot: &Snapshot, whom: bool) -> (pb::Answer, Whom) {
-    let persons = if whom {
-        Whom::of(a.persons())
+fn answered(a: &Answer<'_>, snapshot: &Snapshot, whom: bool) -> (pb::Answer, (Ids, Ids)) {
+    let ids = if whom {
+        (Ids::of(a.persons()), Ids::of(a.rows()))
     } else {
-        Whom::Nobody
+        (Ids::Nobody, Ids::Nobody)
     };
-    (answer(a, snapshot), persons)
+    (answer(a, snapshot), ids)
 }
 
-fn refused(reason: String) -> (pb::Answer, Whom) {
-    (invalid_answer(reason), Whom::Nobody)
+fn refused(reason: String) -> (pb::Answer, (Ids, Ids)) {
+    (invalid_answer(reason), (Ids::Nobody, Ids::Nobody))
 }
 
 fn invalid_answer(reason: String) -> pb::Answer {

@@ -457,6 +457,39 @@ fn answers_name_the_persons_they_carry() {
         [2],
         "lost with newer: one person"
     );
+    // And the store rows (here the lines the records were pushed at) of
+    // the qualifications answered.
+    let rows = |a: Answer<'_>| {
+        let mut r: Vec<u64> = a.rows().collect();
+        r.sort_unstable();
+        r
+    };
+    assert_eq!(rows(by_card(&s, "5E02", AS_OF)), [4]);
+    assert_eq!(
+        rows(by_key(
+            &s,
+            "01130012",
+            Some("1234"),
+            "200",
+            Some("00"),
+            "19750101",
+            AS_OF
+        )),
+        [3, 4],
+        "the lost one and the newer one"
+    );
+    assert_eq!(
+        rows(by_key(
+            &s,
+            "01130012",
+            Some("1234"),
+            "400",
+            None,
+            "20100505",
+            AS_OF
+        )),
+        [7, 8]
+    );
     assert!(persons(by_card(&s, "5E08", AS_OF)).is_empty(), "restricted");
     assert!(
         persons(by_card(&s, "FFFF0000", AS_OF)).is_empty(),

@@ -641,6 +641,14 @@ async fn the_audit_trail_records_who_looked_up_whom() {
             .collect();
         assert_eq!(records.len(), 27);
         assert_eq!(records.iter().filter(|r| r["batch"] == true).count(), 7);
+        // Each answered lookup names its qualification's CSV line too.
+        for r in &records {
+            assert_eq!(
+                r["whom"].as_array().unwrap().is_empty(),
+                r["rows"].as_array().unwrap().is_empty(),
+                "{r}"
+            );
+        }
         // The first single lookup that answered somebody: who looked them up?
         let whom = records
             .iter()

@@ -18,7 +18,7 @@ use rkyv::{Archive, Serialize};
 use crate::model::text::{KeyText, KEY_TEXT_BUF};
 
 /// Version of the types in this file; bump on any change to them.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// Marks an absent row index, date or string.
 pub const NONE: u32 = u32::MAX;
@@ -56,12 +56,29 @@ pub struct Body {
     pub person_ids: Vec<u64>,
     /// Qualifications, grouped by person.
     pub quals: Vec<QualRec>,
+    /// Where each qualification came from in its store (the CSV line, or
+    /// the database's `qualification_id`), run-length encoded: the row of
+    /// qualification `q` is `row + (q - qual)` for the last mark with
+    /// `qual <= q`, else `q + 1`. A mark is kept only where the numbering
+    /// does not run on, so an export in order costs one mark. Only the
+    /// audit trail reads it.
+    pub row_marks: Vec<RowMark>,
     /// Optional certificate and public-expense data.
     pub extras: Vec<ExtraRec>,
     /// Card index: slots over `persons` keyed by the card digest.
     pub card_slots: Vec<Slot>,
     /// Insurance index: slots over `quals` keyed by (insurer, symbol, number).
     pub key_slots: Vec<Slot>,
+}
+
+/// Where the store's row numbering of the qualifications jumps (see
+/// `Body::row_marks`).
+#[derive(Archive, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowMark {
+    /// The first qualification of the run.
+    pub qual: u32,
+    /// Its store row (CSV line or `qualification_id`).
+    pub row: u64,
 }
 
 /// One insurer.

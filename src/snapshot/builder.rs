@@ -12,8 +12,8 @@ use std::collections::HashMap;
 
 use super::body::{
     card_hash, fmix64, home_slot, key_hash, key_tag, lookup_hash, split_key, table_len, tag_of,
-    Body, ExtraRec, InsurerRec, PersonRec, QualRec, Slot, FLAG_AID_UNREGISTERED, FLAG_PRESCHOOL,
-    INLINE_KEY, MEDICAL_AID_SCHEME, NONE, NO_BYTE, NO_DATE, TAG_ALL,
+    Body, ExtraRec, InsurerRec, PersonRec, QualRec, RowMark, Slot, FLAG_AID_UNREGISTERED,
+    FLAG_PRESCHOOL, INLINE_KEY, MEDICAL_AID_SCHEME, NONE, NO_BYTE, NO_DATE, TAG_ALL,
 };
 use crate::model::row::{RowError, RowUnit};
 use crate::model::rules::{self, Warning};
@@ -459,6 +459,11 @@ impl Builder {
         }
         self.body.card_slots = card_slots;
         self.body.key_slots = key_slots;
+        self.body.row_marks = self
+            .line_marks
+            .iter()
+            .map(|&(qual, row)| RowMark { qual, row })
+            .collect();
         Ok(self.body)
     }
 

@@ -59,6 +59,29 @@ impl Answer<'_> {
             .filter(move |&id| last.replace(id) != Some(id))
     }
 
+    /// The store rows (CSV lines, or the database's `qualification_id`s)
+    /// of the qualifications the answer carries: the found one and the
+    /// newer one, or each match. For the audit trail; allocation free.
+    pub fn rows(&self) -> impl Iterator<Item = u64> + '_ {
+        let found = match self {
+            Answer::Found {
+                qualification,
+                newer,
+                ..
+            } => Some([Some(*qualification), *newer].into_iter().flatten()),
+            _ => None,
+        };
+        let matches = match self {
+            Answer::Multiple(m) => Some(m.iter()),
+            _ => None,
+        };
+        found
+            .into_iter()
+            .flatten()
+            .chain(matches.into_iter().flatten())
+            .map(|v| v.store_row())
+    }
+
     /// The status code of this answer.
     pub fn status(&self) -> Status {
         match self {
@@ -457,6 +480,17 @@ impl<'a> QualView<'a> {
     /// The qualification's row in the snapshot.
     pub fn index(&self) -> u32 {
         self.index
+    }
+
+    /// The qualification's row in its store: the CSV line, or the
+    /// database's `qualification_id` (see `Body::row_marks`).
+    pub fn store_row(&self) -> u64 {
+        let marks = &self.body.row_marks;
+        let i = marks.partition_point(|m| m.qual.to_native() <= self.index);
+        match i.checked_sub(1).and_then(|i| marks.get(i)) {
+            Some(m) => m.row.to_native() + u64::from(self.index - m.qual.to_native()),
+            None => u64::from(self.index) + 1,
+        }
     }
 
     /// The store's id of the qualification's person (`u64::MAX` if the
