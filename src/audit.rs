@@ -258,7 +258,11 @@ impl Auditor {
             };
             Err(why)
         };
-        if self.failing.load(Ordering::Relaxed) {
+        // Required: nothing is queued while the writer cannot write (it
+        // retries the batch it holds). Best effort: every batch is tried,
+        // and one that fails is dropped and counted, so the writer notices
+        // by itself when it can write again.
+        if self.mode == AuditMode::Required && self.failing.load(Ordering::Relaxed) {
             return refuse(Unaudited::Failing);
         }
         if self.queued.fetch_add(n, Ordering::Relaxed) + n > self.capacity {
@@ -1007,6 +1011,38 @@ mod tests {
         let (d, f) = copy("expired");
         std::fs::remove_file(&f[0]).unwrap();
         assert_eq!(verify(&d).unwrap().files, 2);
+    }
+
+    #[test]
+    fn best_effort_loses_and_counts_while_it_cannot_write_then_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let trail = dir.path().join("trail");
+        let who = crate::certs::institution_code(4);
+        let a = Auditor::start(&config(&trail, AuditMode::BestEffort)).unwrap();
+        let moved = dir.path().join("moved");
+        std::fs::rename(&trail, &moved).unwrap();
+        std::fs::write(&trail, "not a directory").unwrap();
+        // Answered all the same; the records that cannot be written are lost.
+        let mut n = 0u64;
+        while a.failure().is_none() {
+            assert!(a.submit(who, vec![lookup(1, Ids::One(n))]).is_ok() || a.failure().is_some());
+            n += 1;
+            assert!(n < 10_000, "the writer never failed");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(a.stats().lost.load(Ordering::Relaxed) >= 1);
+        std::fs::remove_file(&trail).unwrap();
+        std::fs::rename(&moved, &trail).unwrap();
+        for _ in 0..500 {
+            let _ = a.submit(who, vec![lookup(1, Ids::One(7))]);
+            if a.failure().is_none() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(a.failure().is_none(), "best effort never recovered");
+        drop(a);
+        assert!(verify(&trail).unwrap().records >= 1);
     }
 
     #[test]
