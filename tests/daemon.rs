@@ -104,6 +104,27 @@ impl Running {
     }
 }
 
+/// Generates `records` synthetic records (as of 2026-11-01) into
+/// `dir/data` and builds their snapshot; returns the probes and the
+/// snapshot file.
+fn small_data_set(dir: &Path, records: u64, seed: u64) -> (Vec<Probe>, std::path::PathBuf) {
+    let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
+        records,
+        seed,
+        out: dir.join("data"),
+        probes: (records / 10) as usize,
+        as_of: "20261101".parse().unwrap(),
+        card_key: CardKey::demo(),
+    })
+    .unwrap();
+    let opts = qualcache::build::BuildOptions {
+        skip_invalid: false,
+        card_key_id: CardKey::demo().id(),
+    };
+    let built = qualcache::build::build_from_csv(&g.csv, &dir.join("snap"), &opts, |_| {}).unwrap();
+    (read_probes(&g.probes).unwrap(), built.path)
+}
+
 fn request(p: &Probe) -> pb::Request {
     pb::Request {
         as_of: qualcache::protocol::day(p.as_of),
@@ -340,22 +361,7 @@ async fn admin_listener_reports_readiness_and_exact_counts() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let certs = certs::generate(&dir.path().join("certs"), 2).unwrap();
-        let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
-            records: 2_000,
-            seed: 5,
-            out: dir.path().join("data"),
-            probes: 200,
-            as_of: "20261101".parse().unwrap(),
-            card_key: CardKey::demo(),
-        })
-        .unwrap();
-        let opts = qualcache::build::BuildOptions {
-            skip_invalid: false,
-            card_key_id: CardKey::demo().id(),
-        };
-        let built =
-            qualcache::build::build_from_csv(&g.csv, &dir.path().join("snap"), &opts, |_| {})
-                .unwrap();
+        let (probes, snapshot_file) = small_data_set(dir.path(), 2_000, 5);
         let shared =
             Arc::new(Shared::new(CardKey::demo(), Limits::default()).with_request_metrics());
         let admin = Arc::new(Admin::new(shared.clone()));
@@ -371,7 +377,7 @@ async fn admin_listener_reports_readiness_and_exact_counts() {
         assert!(body.contains("no snapshot yet"), "{body}");
         assert_eq!(http_get(admin_addr, "/nothing").await.0, 404);
 
-        shared.swap(Arc::new(Snapshot::open(&built.path).unwrap()));
+        shared.swap(Arc::new(Snapshot::open(&snapshot_file).unwrap()));
         assert_eq!(
             http_get(admin_addr, "/readyz").await,
             (200, "ready\n".into())
@@ -398,7 +404,6 @@ async fn admin_listener_reports_readiness_and_exact_counts() {
         let t = &certs.terminals[0];
         let config = qualcache::tls::client_config(&certs.ca, &t.cert, &t.key).unwrap();
         let client = Client::connect(addr, "localhost", config).await.unwrap();
-        let probes = read_probes(&g.probes).unwrap();
         let mut expected = std::collections::HashMap::new();
         for p in &probes {
             let resp = client.request(&request(p)).await.unwrap();
@@ -520,21 +525,7 @@ struct Audited {
 async fn start_audited() -> Audited {
     let dir = tempfile::tempdir().unwrap();
     let certs = certs::generate(&dir.path().join("certs"), 2).unwrap();
-    let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
-        records: 2_000,
-        seed: 8,
-        out: dir.path().join("data"),
-        probes: 200,
-        as_of: "20261101".parse().unwrap(),
-        card_key: CardKey::demo(),
-    })
-    .unwrap();
-    let opts = qualcache::build::BuildOptions {
-        skip_invalid: false,
-        card_key_id: CardKey::demo().id(),
-    };
-    let built =
-        qualcache::build::build_from_csv(&g.csv, &dir.path().join("snap"), &opts, |_| {}).unwrap();
+    let (probes, snapshot_file) = small_data_set(dir.path(), 2_000, 8);
     let audit_dir = dir.path().join("audit");
     let audit = Arc::new(
         qualcache::audit::Auditor::start(&qualcache::audit::AuditConfig {
@@ -547,7 +538,7 @@ async fn start_audited() -> Audited {
     );
     let shared =
         Arc::new(Shared::new(CardKey::demo(), Limits::default()).with_audit(audit.clone()));
-    shared.swap(Arc::new(Snapshot::open(&built.path).unwrap()));
+    shared.swap(Arc::new(Snapshot::open(&snapshot_file).unwrap()));
     let endpoint = server::bind(
         "127.0.0.1:0".parse().unwrap(),
         util::server_tls(&certs),
@@ -557,7 +548,7 @@ async fn start_audited() -> Audited {
     let (addr, stop, task) = spawn_server(vec![endpoint], shared, Duration::from_secs(2));
     Audited {
         addr,
-        probes: read_probes(&g.probes).unwrap(),
+        probes,
         certs,
         audit,
         audit_dir,
@@ -1514,22 +1505,7 @@ async fn a_terminal_over_its_share_does_not_starve_the_others() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let certs = certs::generate(dir.path(), 2).unwrap();
-        let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
-            records: 1_000,
-            seed: 3,
-            out: dir.path().join("data"),
-            probes: 100,
-            as_of: "20261101".parse().unwrap(),
-            card_key: CardKey::demo(),
-        })
-        .unwrap();
-        let opts = qualcache::build::BuildOptions {
-            skip_invalid: false,
-            card_key_id: CardKey::demo().id(),
-        };
-        let built =
-            qualcache::build::build_from_csv(&g.csv, &dir.path().join("snap"), &opts, |_| {})
-                .unwrap();
+        let (probes, snapshot_file) = small_data_set(dir.path(), 1_000, 3);
         // Global room for many more than one terminal's share.
         let shared = Arc::new(
             Shared::new(CardKey::demo(), Limits::default())
@@ -1537,7 +1513,7 @@ async fn a_terminal_over_its_share_does_not_starve_the_others() {
                 .with_max_in_flight_per_terminal(4)
                 .with_request_timeout(Duration::from_secs(30)),
         );
-        shared.swap(Arc::new(Snapshot::open(&built.path).unwrap()));
+        shared.swap(Arc::new(Snapshot::open(&snapshot_file).unwrap()));
         let endpoint = server::bind(
             "127.0.0.1:0".parse().unwrap(),
             util::server_tls(&certs),
@@ -1558,7 +1534,6 @@ async fn a_terminal_over_its_share_does_not_starve_the_others() {
             send.write_all(&[0x0a]).await.unwrap();
             held.push((send, recv));
         }
-        let probes = read_probes(&g.probes).unwrap();
         let p = &probes[0];
         // Its fifth, on either connection, is shed: it is over its share.
         let mut shed = None;
