@@ -289,6 +289,12 @@ impl Collector for DaemonCollector {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
+            gauge(
+                &mut e,
+                "snapshot_private",
+                "1 while the snapshot serving is a private copy rather than a mapping of its file",
+                if snapshot.is_private() { 1.0 } else { 0.0 },
+            )?;
             let mut age = e.encode_descriptor(
                 "snapshot_age",
                 "Seconds since the snapshot serving was built",
@@ -327,6 +333,13 @@ impl Collector for DaemonCollector {
                 .encode_family(&[("result", result)])?
                 .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
         }
+        counter(
+            &mut e,
+            "snapshot_lease_breaks",
+            "Times another process opened the served snapshot file for writing or truncated it \
+             (a private copy was swapped in)",
+            m.lease_breaks.load(Ordering::Relaxed),
+        )?;
         histogram(
             &mut e,
             "build_duration",

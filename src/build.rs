@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::snapshot::{
     write_snapshot, BuildError, Builder, SnapshotError, SnapshotMeta, WarningCount,
 };
-use crate::store::chunks::read_parallel;
+use crate::store::chunks::read_file;
 use crate::store::csv::{CsvError, RowError, RowUnit};
 use crate::store::postgres::{self, PgError, PgSource};
 
@@ -70,9 +70,10 @@ pub enum BuildFailure {
     #[error(transparent)]
     Postgres(#[from] PgError),
     /// The CSV file's fingerprint (size, modification time) differed after
-    /// reading from before: it was rewritten during the build, so the rows
+    /// reading from before: the file opened was written into during the
+    /// build (not renamed over, which the build does not see), so the rows
     /// read may be partial. Nothing is written; the next reload retries.
-    #[error("{path}: the CSV changed while it was read; export to a temporary name and rename")]
+    #[error("{path}: the CSV was written into while it was read; export to a temporary name and rename it into place")]
     SourceChanged {
         /// The file.
         path: PathBuf,
@@ -106,11 +107,14 @@ pub const PARSE_THREADS: usize = 2;
 /// this one folds rows into the [`Builder`]; memory holds at most a few
 /// chunks of parsed rows, never the file.
 ///
-/// The header records the file's fingerprint taken *before* reading; if
-/// the fingerprint differs after reading (the export was rewritten in
-/// place meanwhile), the build fails with [`BuildFailure::SourceChanged`]
-/// and writes nothing. Exporters should write to a temporary name and
-/// rename it into place.
+/// The file is opened once and read, header and rows, through that one
+/// descriptor: a new export renamed over the path meanwhile does not
+/// disturb the build (it reads the file it opened; the next reload sees
+/// the new one). The header records the fingerprint of the file opened,
+/// taken *before* reading; if the same file's fingerprint differs after
+/// reading (it was rewritten in place meanwhile), the build fails with
+/// [`BuildFailure::SourceChanged`] and writes nothing. Exporters should
+/// write to a temporary name and rename it into place.
 pub fn build_from_csv(
     source: &Path,
     out_dir: &Path,
@@ -118,12 +122,19 @@ pub fn build_from_csv(
     mut on_skip: impl FnMut(&RowError),
 ) -> Result<BuildSummary, BuildFailure> {
     let started = Instant::now();
-    let fingerprint = crate::store::csv::file_fingerprint(source);
-    let mut builder = Builder::with_capacity_for(std::fs::metadata(source).map_or(0, |m| m.len()));
+    let name = source.display().to_string();
+    let io_err = |source| CsvError::Io {
+        path: name.clone(),
+        source,
+    };
+    let file = std::fs::File::open(source).map_err(io_err)?;
+    let stat = file.metadata().map_err(io_err)?;
+    let fingerprint = crate::store::csv::fingerprint(&stat);
+    let mut builder = Builder::with_capacity_for(stat.len());
     let mut rows = Rows::default();
     // Parsing is most of the work: two parsing threads feed this one, which
     // folds rows into the builder in file order.
-    read_parallel(source, PARSE_THREADS, |batch| {
+    read_file(&file, &name, PARSE_THREADS, |batch| {
         for row in batch {
             rows.fold(
                 row.and_then(|(line, rec)| builder.push(line, rec)),
@@ -133,7 +144,7 @@ pub fn build_from_csv(
         }
         std::ops::ControlFlow::Continue(())
     })?;
-    if crate::store::csv::file_fingerprint(source) != fingerprint {
+    if crate::store::csv::fingerprint(&file.metadata().map_err(io_err)?) != fingerprint {
         return Err(BuildFailure::SourceChanged {
             path: source.to_path_buf(),
         });

@@ -522,6 +522,16 @@ fn build(
         card_key_id: key.id(),
     };
     let stderr = std::io::stderr();
+    // Temporary files of builds killed before they finished (never those
+    // of a build still running: see `remove_stale_builds`).
+    let removed = crate::snapshot::write::remove_stale_builds(out)?;
+    if removed > 0 {
+        let _ = writeln!(
+            stderr.lock(),
+            "removed {removed} temporary files of abandoned builds in {}",
+            out.display()
+        );
+    }
     let skipped = |e: &RowError| {
         let _ = writeln!(stderr.lock(), "skipped: {e}");
     };

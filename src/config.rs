@@ -585,12 +585,15 @@ impl Config {
     }
 
     /// What `qualcached --check-config` checks beyond the file itself,
-    /// as the daemon would load them at start: the card key (its file, or
-    /// `$QUALCACHE_CARD_KEY`), and the TLS files (server certificate and
-    /// key, which must match, and the terminal CA). With `dev_certs` and no
-    /// server certificate yet they are not read: the daemon creates them
-    /// at start. Errors name the file, never a key. Returns notes for the
-    /// operator (the demo key, certificates still to be created).
+    /// as the daemon would at start: the card key (its file, or
+    /// `$QUALCACHE_CARD_KEY`); the TLS files (server certificate and key,
+    /// which must match, and the terminal CA), unless `dev_certs` will
+    /// create them; the snapshot directory (a directory this process can
+    /// list and write, or one it can create); and, when it holds no
+    /// snapshot to serve, a CSV source that opens with a good header row.
+    /// The audit directory must be a directory where it exists. Errors
+    /// name the file, never a key. Returns notes for the operator (the demo
+    /// key, what start will create, what it cannot check).
     pub fn check_files(&self) -> anyhow::Result<Vec<String>> {
         let mut notes = Vec::new();
         let (_, demo) = self.card_key()?;
@@ -610,7 +613,70 @@ impl Config {
         } else {
             crate::tls::server_config(&self.cert, &self.key, &self.client_ca, self.transport)?;
         }
+        self.check_snapshots(&mut notes)?;
+        if let Some(audit) = &self.audit {
+            if audit.dir.exists() && !audit.dir.is_dir() {
+                anyhow::bail!("audit directory {}: not a directory", audit.dir.display());
+            }
+        }
         Ok(notes)
+    }
+
+    /// The snapshot directory and, without a snapshot in it, the source.
+    fn check_snapshots(&self, notes: &mut Vec<String>) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let dir = &self.snapshot_dir;
+        let shown = dir.display();
+        match std::fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => anyhow::bail!("snapshot directory {shown}: not a directory"),
+            Ok(_) => {
+                std::fs::read_dir(dir).with_context(|| format!("snapshot directory {shown}"))?;
+                // Builds write here: try it as they would.
+                let probe = dir.join(format!(".check-config-{}.tmp", std::process::id()));
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&probe)
+                    .with_context(|| {
+                        format!("snapshot directory {shown}: cannot write a file in it")
+                    })?;
+                let _ = std::fs::remove_file(&probe);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let existing = dir
+                    .ancestors()
+                    .skip(1)
+                    .find(|a| a.as_os_str().is_empty() || a.exists());
+                if let Some(a) = existing.filter(|a| !a.as_os_str().is_empty() && !a.is_dir()) {
+                    anyhow::bail!(
+                        "snapshot directory {shown}: {} is not a directory",
+                        a.display()
+                    );
+                }
+                notes.push(format!(
+                    "snapshot directory {shown} will be created at start"
+                ));
+            }
+            Err(e) => return Err(e).with_context(|| format!("snapshot directory {shown}")),
+        }
+        let have_snapshot = !crate::snapshot::list_generations(dir)?.is_empty();
+        match &self.source {
+            Source::Csv(path) => match crate::store::csv::CsvReader::open(path) {
+                Ok(_) => {}
+                Err(e) if have_snapshot => notes.push(format!(
+                    "{e}: the newest snapshot in {shown} is served until the source can be read"
+                )),
+                Err(e) => anyhow::bail!(
+                    "{e}, and there is no snapshot in {shown} to serve until it can be read"
+                ),
+            },
+            Source::Synthetic { .. } => {}
+            Source::Postgres { .. } if !have_snapshot => notes.push(format!(
+                "no snapshot in {shown}: start builds one from PostgreSQL (not connected by this check)"
+            )),
+            Source::Postgres { .. } => {}
+        }
+        Ok(())
     }
 }
 

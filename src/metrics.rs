@@ -27,6 +27,9 @@ pub struct Metrics {
     pub reloads: AtomicU64,
     /// Reloads that refused a snapshot (it would not open or verify).
     pub reload_failures: AtomicU64,
+    /// Times another process opened the served snapshot file for writing
+    /// or truncated it, and a private copy was swapped in.
+    pub lease_breaks: AtomicU64,
     /// How long builds took (successful or not).
     pub build_time: Timing,
     /// How long reloads that swapped a snapshot in took (open, checks,
@@ -44,6 +47,7 @@ impl Metrics {
             build_failures: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            lease_breaks: AtomicU64::new(0),
             build_time: Timing::new(),
             reload_time: Timing::new(),
             handshake_failures: [const { AtomicU64::new(0) }; HandshakeFailure::ALL.len()],

@@ -956,7 +956,7 @@ mod csv_store {
         assert!(matches!(err, BuildFailure::SourceChanged { .. }), "{err:?}");
         let message = err.to_string();
         assert!(
-            message.contains("the CSV changed while it was read")
+            message.contains("the CSV was written into while it was read")
                 && message.contains("export to a temporary name and rename"),
             "{message}"
         );
@@ -970,6 +970,48 @@ mod csv_store {
             header.source_version,
             qualcache::store::csv::file_fingerprint(&path)
         );
+    }
+
+    /// `bytes` written to a new file in `dir`.
+    fn path_of_copy(dir: &tempfile::TempDir, bytes: &str) -> std::path::PathBuf {
+        let p = dir.path().join("copy.csv");
+        fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// What README tells exporters to do, a new file renamed over the
+    /// source, while a build reads it: the build reads the file it opened
+    /// to the end, succeeds, and records that file's fingerprint, so the
+    /// daemon's next check sees the new one as a change.
+    #[test]
+    fn a_csv_renamed_over_the_source_during_a_build_does_not_disturb_it() {
+        let dir = tempdir();
+        let path = dir.path().join("in.csv");
+        let snap = dir.path().join("snap");
+        let before_bytes = edit(&csv_of(&sample()), 0, "birth_date", "19800230");
+        fs::write(&path, &before_bytes).unwrap();
+        let before = qualcache::store::csv::file_fingerprint(&path);
+        let opts = BuildOptions {
+            skip_invalid: true,
+            card_key_id: CardKey::demo().id(),
+        };
+        let mut renamed = false;
+        let summary = build_from_csv(&path, &snap, &opts, |_| {
+            // The bad row is met mid-read: a whole new export replaces it.
+            let next = dir.path().join("in.csv.tmp");
+            fs::write(&next, csv_of(&sample()[..1])).unwrap();
+            fs::rename(&next, &path).unwrap();
+            renamed = true;
+        })
+        .unwrap();
+        assert!(renamed);
+        let undisturbed = build_from_csv(&path_of_copy(&dir, &before_bytes), &snap, &opts, |_| {})
+            .unwrap()
+            .records;
+        assert_eq!(summary.records, undisturbed, "the rows of the file opened");
+        let header = qualcache::snapshot::Header::read(&summary.path).unwrap();
+        assert_eq!(header.source_version, before);
+        assert_ne!(qualcache::store::csv::file_fingerprint(&path), before);
     }
 
     /// A new person's first row refused for a reason found late (its
@@ -1566,6 +1608,66 @@ mod cli {
         let file = std::path::PathBuf::from(summary["path"].as_str().unwrap());
         assert_eq!(mode_of(&file), expected, "{}", file.display());
         assert_eq!(mode_of(&file) & 0o007, 0);
+    }
+
+    /// A build that cannot write its file (here: past a file size limit,
+    /// as on a full disk) says which file and why in the OS's words, and
+    /// leaves no temporary file behind.
+    #[test]
+    fn a_build_that_cannot_write_names_the_file_and_the_os_error() {
+        let dir = tempdir();
+        let d = dir.path().to_str().unwrap();
+        let (ok, _, err) = run(&["gen", "--records", "2000", "--out", d]);
+        assert!(ok, "{err}");
+        // SIGXFSZ ignored, so the write fails with EFBIG instead.
+        let (ok, _, err) = util::outcome(std::process::Command::new("bash").args([
+            "-c",
+            &format!(
+                "trap '' XFSZ; ulimit -f 64; exec {} snapshot build --source {d}/enrollees.csv --out {d}/snaps",
+                util::bin().display()
+            ),
+        ]));
+        assert!(!ok);
+        assert!(
+            err.contains(".qcs.tmp") && err.contains("File too large (os error 27)"),
+            "{err}"
+        );
+        assert!(!err.contains("without error information"), "{err}");
+        let left: Vec<_> = fs::read_dir(dir.path().join("snaps")).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// `snapshot build` removes the temporary files of builds that were
+    /// killed (their process is gone), never a running build's.
+    #[test]
+    fn snapshot_build_removes_abandoned_temporary_files_only() {
+        let dir = tempdir();
+        let d = dir.path().to_str().unwrap();
+        let (ok, _, err) = run(&["gen", "--records", "500", "--out", d]);
+        assert!(ok, "{err}");
+        let snaps = dir.path().join("snaps");
+        fs::create_dir(&snaps).unwrap();
+        // No process has this id (above the kernel's pid_max).
+        let dead = snaps.join(".build-4294967290-1.qcs.tmp");
+        // This test's own process is running.
+        let live = snaps.join(format!(".build-{}-1.qcs.tmp", std::process::id()));
+        fs::write(&dead, "partial").unwrap();
+        fs::write(&live, "partial").unwrap();
+        let (ok, _, err) = run(&[
+            "snapshot",
+            "build",
+            "--source",
+            &format!("{d}/enrollees.csv"),
+            "--out",
+            snaps.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        assert!(
+            err.contains("removed 1 temporary files of abandoned builds"),
+            "{err}"
+        );
+        assert!(!dead.exists());
+        assert!(live.exists(), "a running build's file was removed");
     }
 
     #[test]

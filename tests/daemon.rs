@@ -1204,9 +1204,39 @@ fn check_config_accepts_the_shipped_files_and_refuses_bad_ones() {
         "{err}"
     );
     certs::generate(&dir.path().join("certs"), 1).unwrap();
+    // Start would fail too: no data/enrollees.csv, no snapshot to serve.
+    let (ok, _, err) = check_config(dir.path(), &reference);
+    assert!(!ok);
+    assert!(
+        err.contains("data/enrollees.csv")
+            && err.contains("no snapshot in data/snapshots to serve"),
+        "{err}"
+    );
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(
+        dir.path().join("data/enrollees.csv"),
+        format!("{}\n", qualcache::store::csv::COLUMNS.join(",")),
+    )
+    .unwrap();
     let (ok, out, err) = check_config(dir.path(), &reference);
     assert!(ok, "{err}");
+    assert!(
+        out.contains("data/snapshots will be created at start"),
+        "{out}"
+    );
     assert!(out.ends_with(": ok\n"), "{out}");
+    // The snapshot directory a file: start could neither list nor build.
+    std::fs::write(dir.path().join("data/snapshots"), "").unwrap();
+    let (ok, _, err) = check_config(dir.path(), &reference);
+    assert!(!ok);
+    assert!(
+        err.contains("snapshot directory data/snapshots: not a directory"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.path().join("data/snapshots")).unwrap();
+    std::fs::create_dir(dir.path().join("data/snapshots")).unwrap();
+    let (ok, out, err) = check_config(dir.path(), &reference);
+    assert!(ok && !out.contains("will be created"), "{out}{err}");
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[server]\nmax_batch = 0\n").unwrap();
@@ -1237,7 +1267,7 @@ fn check_config_loads_the_card_key_and_tls_files() {
         std::fs::write(
             &path,
             format!(
-                "[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\n[card_key]\nfile = \"{1}\"\n",
+                "[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\n[card_key]\nfile = \"{1}\"\n[snapshots]\ndir = \"{0}/snap\"\n[source]\nkind = \"synthetic\"\nrecords = 100\n",
                 d.display(),
                 key_file.display()
             ),
@@ -1315,11 +1345,183 @@ async fn qualcached_is_not_ready_until_its_first_snapshot_serves() {
             util::sample(&text, "qualcache_build_duration_seconds_count"),
             Some(1.0)
         );
-        assert!(std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+        util::signal(&pid, "-TERM");
+        assert!(child.wait().unwrap().success());
+    })
+    .await;
+}
+
+/// Nothing another process does to the served snapshot file crashes the
+/// daemon or makes it answer from bytes it did not verify: truncating it,
+/// copying another snapshot over it and writing into it each break the
+/// daemon's read lease, and it swaps in a verified private copy before the
+/// writer may go on; removing it changes nothing. Every probe answers
+/// right after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_snapshot_file_changed_by_another_process() {
+    use std::io::{BufRead, Seek, Write};
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
+            records: 3_000,
+            seed: 12,
+            out: d.join("data"),
+            probes: 300,
+            as_of: "20261101".parse().unwrap(),
+            card_key: CardKey::demo(),
+        })
+        .unwrap();
+        let source = format!("kind = \"csv\"\npath = {:?}\n", g.csv.display().to_string());
+        let mut child = spawn_qualcached(d, "reload_interval_secs = 3600\n", &source);
+        let pid = child.id().to_string();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let (mut addr, mut admin): (Option<SocketAddr>, Option<SocketAddr>) = (None, None);
+        while addr.is_none() {
+            let line = lines.next().expect("qualcached exited early").unwrap();
+            if let Some(a) = line.split("admin=").nth(1) {
+                admin = a.split_whitespace().next().unwrap().parse().ok();
+            }
+            addr = util::listen_addr(&line);
+        }
+        let (addr, admin) = (addr.unwrap(), admin.unwrap());
+        std::thread::spawn(move || for _ in lines {});
+        let client = Client::connect(addr, "localhost", util::first_terminal(&d.join("certs")))
+            .await
+            .unwrap();
+        let probes = read_probes(&g.probes).unwrap();
+        let all_right = |what: &'static str| {
+            let client = &client;
+            let probes = &probes;
+            async move {
+                for p in probes {
+                    let resp = client.request(&request(p)).await.unwrap();
+                    check(p, resp.answer.as_ref().unwrap(), what);
+                }
+            }
+        };
+        let generation = || async {
+            client
+                .request(&pb::Request {
+                    as_of: 0,
+                    kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+                })
+                .await
+                .unwrap()
+                .server
+                .unwrap()
+                .generation
+        };
+        let metric = |name: &'static str| async move {
+            let (_, text) = util::http_get(admin, "/metrics").await;
+            util::sample(&text, name).unwrap()
+        };
+        let snap = d.join("snap");
+        // A new generation from the same CSV, served after SIGHUP.
+        let next_generation = || {
+            let snap = snap.clone();
+            let csv = g.csv.clone();
+            let pid = pid.clone();
+            async move {
+                let (ok, _, err) = util::run(&[
+                    "snapshot",
+                    "build",
+                    "--source",
+                    csv.to_str().unwrap(),
+                    "--out",
+                    snap.to_str().unwrap(),
+                ]);
+                assert!(ok, "{err}");
+                util::signal(&pid, "-HUP");
+            }
+        };
+        let wait_for = |want: u64| {
+            let generation = &generation;
+            async move {
+                for _ in 0..500 {
+                    if generation().await == want {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                panic!("generation {want} never served");
+            }
+        };
+        assert_eq!(
+            metric("qualcache_snapshot_private").await,
+            0.0,
+            "served from its file"
+        );
+
+        // 1. Truncated (by another process: the shell's truncate, which
+        // opens without blocking, so it fails with EAGAIN while the
+        // daemon lets the file go, and succeeds when tried again).
+        let file = |g: u64| snap.join(format!("{g}.qcs"));
+        let mut tries = 0;
+        loop {
+            let out = std::process::Command::new("truncate")
+                .args(["-s", "100"])
+                .arg(file(1))
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("Resource temporarily unavailable"), "{err}");
+            tries += 1;
+            assert!(tries < 100, "the daemon never let the file go");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            std::fs::metadata(file(1)).unwrap().len(),
+            100,
+            "the writer went on"
+        );
+        all_right("after truncate").await;
+        assert_eq!(metric("qualcache_snapshot_lease_breaks_total").await, 1.0);
+        assert_eq!(metric("qualcache_snapshot_private").await, 1.0);
+
+        // 2. Another snapshot copied over the served one.
+        next_generation().await;
+        wait_for(2).await;
+        assert_eq!(metric("qualcache_snapshot_private").await, 0.0);
+        std::fs::write(d.join("other.qcs"), b"not a snapshot at all").unwrap();
+        let out = std::process::Command::new("cp")
+            .arg(d.join("other.qcs"))
+            .arg(file(2))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(std::fs::read(file(2)).unwrap(), b"not a snapshot at all");
+        all_right("after a copy over it").await;
+        assert_eq!(metric("qualcache_snapshot_lease_breaks_total").await, 2.0);
+
+        // 3. Written into in place (this process is not the daemon).
+        next_generation().await;
+        wait_for(3).await;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(file(3))
+            .unwrap();
+        f.seek(std::io::SeekFrom::Start(4096)).unwrap();
+        f.write_all(&[0xAA; 4096]).unwrap();
+        drop(f);
+        all_right("after a write in place").await;
+        assert_eq!(metric("qualcache_snapshot_lease_breaks_total").await, 3.0);
+
+        // 4. Removed: the served inode lives on; no lease break.
+        next_generation().await;
+        wait_for(4).await;
+        std::fs::remove_file(file(4)).unwrap();
+        all_right("after removal").await;
+        assert_eq!(metric("qualcache_snapshot_lease_breaks_total").await, 3.0);
+        assert_eq!(metric("qualcache_snapshot_private").await, 0.0);
+
+        // Still alive, and it exits cleanly.
+        assert!(child.try_wait().unwrap().is_none(), "qualcached died");
+        client.close().await;
+        util::signal(&pid, "-TERM");
         assert!(child.wait().unwrap().success());
     })
     .await;
@@ -1354,13 +1556,7 @@ fn qualcached_notifies_systemd() {
     };
     assert_eq!(next(), "READY=1");
     let pid = child.id().to_string();
-    let kill = |signal: &str| {
-        assert!(std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap()
-            .success())
-    };
+    let kill = |signal: &str| util::signal(&pid, signal);
     kill("-HUP");
     let reloading = next();
     assert!(
@@ -1440,11 +1636,7 @@ async fn qualcached_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success());
+        util::signal(&pid, "-HUP");
         let mut generation = 1;
         for _ in 0..100 {
             generation = status().await.generation;
@@ -1455,11 +1647,7 @@ async fn qualcached_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
         }
         assert_eq!(generation, 2, "SIGHUP did not swap in generation 2");
         client.close().await;
-        assert!(std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+        util::signal(&pid, "-TERM");
         let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
             .await
             .unwrap();

@@ -14,7 +14,7 @@ use crate::config::{Config, Source};
 use crate::metrics::Metrics;
 use crate::model::CardKey;
 use crate::server::Shared;
-use crate::snapshot::{list_generations, write::snapshot_path, Header, Snapshot};
+use crate::snapshot::{list_generations, write::snapshot_path, Header, Snapshot, SnapshotError};
 use crate::store::csv::file_fingerprint;
 
 /// Name of the pin file in a snapshot directory.
@@ -88,6 +88,13 @@ pub struct Store {
     /// The source version whose last build failed because of its content
     /// (shared by the clones the reload loop hands to its tasks).
     failed: Arc<Mutex<Option<FailedBuild>>>,
+    /// Whether a snapshot is served from its file only under a read lease
+    /// (else from a private copy). Set by the daemon once its SIGIO
+    /// handler is installed; off for stores that serve no one (tests).
+    leases: bool,
+    /// Held while the served snapshot is swapped, so that a reload and a
+    /// lease break do not swap over each other.
+    swapping: Arc<Mutex<()>>,
 }
 
 /// A source version a build failed on, and whether the wait for a change
@@ -116,7 +123,44 @@ impl Store {
             source: config.source.clone(),
             card_key,
             failed: Arc::default(),
+            leases: false,
+            swapping: Arc::default(),
         }
+    }
+
+    /// The same, serving snapshot files only under a read lease, else
+    /// from a private copy (the SIGIO handler must be installed).
+    pub fn with_leases(mut self) -> Store {
+        self.leases = true;
+        self
+    }
+
+    /// Answers a lease break: if a writer is waiting for the served
+    /// snapshot's file, swaps in a verified private copy (read from the
+    /// mapping, which the kernel keeps unchanged until the lease is
+    /// released) and lets the mapping go, which releases the lease. True
+    /// if it swapped.
+    pub fn lease_broken(&self, shared: &Shared) -> Result<bool> {
+        let _swapping = self.swapping.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(current) = shared.current() else {
+            return Ok(false);
+        };
+        if current.is_private() || !current.lease_breaking() {
+            return Ok(false);
+        }
+        let generation = current.header().generation;
+        let copy = current
+            .private_copy()
+            .with_context(|| format!("copying generation {generation} before its file changes"))?;
+        shared.swap(Arc::new(copy));
+        shared.metrics().lease_breaks.fetch_add(1, Relaxed);
+        tracing::warn!(
+            generation,
+            "another process opened the served snapshot file for writing or truncated it: \
+             serving a private copy; the file is not read again"
+        );
+        release(current);
+        Ok(true)
     }
 
     /// A store over `dir` building from `source` (tests).
@@ -127,14 +171,29 @@ impl Store {
             source,
             card_key,
             failed: Arc::default(),
+            leases: false,
+            swapping: Arc::default(),
         }
     }
 
-    /// Opens generation `g` for serving: [`Snapshot::open`]'s checks, then
+    /// Opens generation `g` for serving (under a read lease, else as a
+    /// private copy, when the store has leases): [`Snapshot::open`]'s checks, then
     /// the card key (a snapshot built with another key would answer every
     /// card lookup "not registered"). Neither error names the key.
     fn open_servable(&self, g: u64) -> Result<Snapshot> {
-        let snapshot = Snapshot::open(&snapshot_path(&self.dir, g))?;
+        let path = snapshot_path(&self.dir, g);
+        let snapshot = if !self.leases {
+            Snapshot::open(&path)?
+        } else {
+            match Snapshot::open_leased(&path) {
+                Err(SnapshotError::Lease { source, .. }) => {
+                    tracing::warn!(generation = g, error = %source,
+                        "no read lease on the snapshot file: serving a private copy (memory for the whole file)");
+                    Snapshot::read(&path)?
+                }
+                opened => opened?,
+            }
+        };
         let header = snapshot.header();
         if header.generation != g {
             anyhow::bail!(
@@ -392,7 +451,14 @@ impl Store {
             })?;
         let records = snapshot.header().records;
         drop(current);
+        let swapping = self.swapping.lock().unwrap_or_else(|p| p.into_inner());
         let old = shared.swap(Arc::new(snapshot));
+        drop(swapping);
+        // A writer that came for the new file while it was being checked
+        // was signalled before it was served: answer it now.
+        if let Err(e) = self.lease_broken(shared) {
+            tracing::error!(error = %format!("{e:#}"), "could not copy the served snapshot before its file changes");
+        }
         shared.metrics().reload_time.record(started.elapsed());
         shared.metrics().reloads.fetch_add(1, Relaxed);
         tracing::info!(generation = target, records, "snapshot swapped in");

@@ -30,7 +30,7 @@ mod reload;
 mod signals;
 
 pub use generations::{pin, rollback, target_generation, unpin, Reloaded, Store, CURRENT};
-pub use signals::Signal;
+pub use signals::{Signal, Signals};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -43,7 +43,7 @@ use crate::admin::Admin;
 use crate::config::{Config, Source};
 use crate::server::{self, Shared};
 use reload::reload_loop;
-use signals::{forward_signals, Signals};
+use signals::forward_signals;
 
 /// Tells a service manager the daemon's state (systemd `Type=notify`:
 /// `READY=1` once serving, `RELOADING=1` / `READY=1` around a reload asked
@@ -55,11 +55,10 @@ pub(crate) fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<()> {
-    // First of all: until the handlers are installed, SIGHUP (like SIGTERM)
-    // kills the process, and the first build can take minutes.
-    let mut handlers = Signals::install()?;
+/// Runs the daemon until SIGTERM or SIGINT; `handlers` are the signal
+/// handlers, installed by the caller before anything else
+/// ([`Signals::install`]).
+pub async fn run(config: Config, mut handlers: Signals) -> Result<()> {
     let (card_key, demo_key) = config.card_key()?;
     if demo_key {
         tracing::warn!("using the public demo card key: set [card_key] file or $QUALCACHE_CARD_KEY in production");
@@ -75,7 +74,8 @@ pub async fn run(config: Config) -> Result<()> {
         &config.client_ca,
         config.transport,
     )?;
-    let store = Store::new(&config, card_key.clone());
+    // Leases are safe now: the SIGIO handler is installed.
+    let store = Store::new(&config, card_key.clone()).with_leases();
     let mut shared = Shared::new(card_key, config.limits)
         .with_max_in_flight(config.max_in_flight)
         .with_max_connections_per_terminal(config.max_connections_per_terminal)
@@ -125,6 +125,8 @@ pub async fn run(config: Config) -> Result<()> {
                 r = &mut initial => break r.context("the initial snapshot task failed")??,
                 s = handlers.next() => match s {
                     Signal::Reload => tracing::info!("SIGHUP before the first snapshot is ready: ignored"),
+                    // Answered once the first snapshot is in place (below).
+                    Signal::LeaseBreak => {}
                     Signal::Shutdown => {
                         // The build is abandoned (its temporary file is
                         // never linked in; the next start removes it).
@@ -137,6 +139,10 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let (generation, records) = (first.header().generation, first.header().records);
     shared.swap(first);
+    // A writer may have come for the file between its lease and now.
+    if let Err(e) = store.lease_broken(&shared) {
+        tracing::error!(error = %format!("{e:#}"), "could not copy the served snapshot before its file changes");
+    }
     let endpoints = server::bind_many(
         config.listen,
         tls,

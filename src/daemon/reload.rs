@@ -67,6 +67,10 @@ pub(super) async fn reload_loop(
                     let _ = stop.send(());
                     return;
                 }
+                Some(Signal::LeaseBreak) => {
+                    answer_lease_break(&store, &shared);
+                    continue;
+                }
             },
             }
         };
@@ -93,6 +97,9 @@ pub(super) async fn reload_loop(
                         let _ = stop.send(());
                         return;
                     }
+                    // A writer waits on the served file: answer at once,
+                    // not after the reload (the swap lock orders the two).
+                    Some(Signal::LeaseBreak) => answer_lease_break(&store, &shared),
                 },
             }
         };
@@ -133,6 +140,17 @@ pub(super) async fn reload_loop(
             }
         }
     }
+}
+
+/// Answers a lease break on a blocking thread (it copies the snapshot),
+/// without waiting for it.
+pub(super) fn answer_lease_break(store: &Store, shared: &Arc<Shared>) {
+    let (store, shared) = (store.clone(), shared.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = store.lease_broken(&shared) {
+            tracing::error!(error = %format!("{e:#}"), "could not copy the served snapshot before its file changes");
+        }
+    });
 }
 
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {

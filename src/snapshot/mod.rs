@@ -27,7 +27,7 @@ pub use write::{list_generations, newest_generation, write_snapshot, SnapshotMet
 
 use crate::model::{CardDigest, Date, InsuranceKey};
 use body::ArchivedBody;
-use map::MappedArchive;
+use map::{Backing, MappedArchive};
 
 /// Why a snapshot file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +83,15 @@ pub enum SnapshotError {
     /// The archive fails validation.
     #[error("invalid archive: {0}")]
     Invalid(String),
+    /// No read lease could be taken on the file.
+    #[error("{path}: no read lease on the file: {source}")]
+    Lease {
+        /// The file.
+        path: PathBuf,
+        /// Why (`EAGAIN`: open for writing elsewhere; `EACCES`: another
+        /// user's file; `EINVAL`: no leases on this file system).
+        source: std::io::Error,
+    },
 }
 
 impl SnapshotError {
@@ -106,10 +115,67 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Opens a snapshot: header, file length, archive checksum, bytecheck.
+    /// Its bytes are a mapping of the file, which shows whatever another
+    /// process writes into it: for short-lived readers (the command line).
+    /// A server uses [`open_leased`](Self::open_leased).
     pub fn open(path: &Path) -> Result<Snapshot, SnapshotError> {
         let file = File::open(path).map_err(|e| SnapshotError::io(path, e))?;
         let map = map::map_file(&file).map_err(|e| SnapshotError::io(path, e))?;
-        let header = Header::decode(&map)?;
+        Snapshot::checked(path, Backing::Map { map, file })
+    }
+
+    /// Opens a snapshot under a read lease on its file, taken before the
+    /// bytes are mapped and checked: from then on, another process cannot
+    /// open the file for writing or truncate it before the kernel has told
+    /// this process (SIGIO, whose handler must be installed first) and
+    /// waited for it to let the file go (see `map::take_read_lease`).
+    /// [`SnapshotError::Lease`] when no lease can be had (the file is open
+    /// for writing somewhere, belongs to another user, or lies on a file
+    /// system without leases): [`read`](Self::read) it instead.
+    pub fn open_leased(path: &Path) -> Result<Snapshot, SnapshotError> {
+        let file = File::open(path).map_err(|e| SnapshotError::io(path, e))?;
+        map::take_read_lease(&file).map_err(|source| SnapshotError::Lease {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let map = map::map_file(&file).map_err(|e| SnapshotError::io(path, e))?;
+        Snapshot::checked(path, Backing::Map { map, file })
+    }
+
+    /// Reads a snapshot into a private heap copy and checks it as
+    /// [`open`](Self::open) does: nothing another process does to the file
+    /// afterwards reaches it. Costs memory for the whole file.
+    pub fn read(path: &Path) -> Result<Snapshot, SnapshotError> {
+        let mut file = File::open(path).map_err(|e| SnapshotError::io(path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| SnapshotError::io(path, e))?
+            .len();
+        let backing = Backing::read_from(&mut file, len).map_err(|e| SnapshotError::io(path, e))?;
+        Snapshot::checked(path, backing)
+    }
+
+    /// A private heap copy of this snapshot, checked again as if opened:
+    /// what the daemon serves once a writer waits for the file's lease.
+    pub fn private_copy(&self) -> Result<Snapshot, SnapshotError> {
+        Snapshot::checked(&self.path, Backing::copy_of(self.archive.file_bytes()))
+    }
+
+    /// Whether the bytes are a private copy rather than a mapping.
+    pub fn is_private(&self) -> bool {
+        self.archive.file().is_none()
+    }
+
+    /// Whether another process waits to open this snapshot's mapped file
+    /// for writing or to truncate it (its read lease is being broken).
+    pub fn lease_breaking(&self) -> bool {
+        self.archive.file().is_some_and(map::lease_breaking)
+    }
+
+    /// The checks of [`open`](Self::open) over `backing`'s bytes.
+    fn checked(path: &Path, backing: Backing) -> Result<Snapshot, SnapshotError> {
+        let map = backing.bytes();
+        let header = Header::decode(map)?;
         let start = header.archive_offset;
         let expected = start.saturating_add(header.archive_len);
         let found = map.len() as u64;
@@ -127,7 +193,7 @@ impl Snapshot {
         if xxhash_rust::xxh3::xxh3_128(&map[range.clone()]) != header.checksum {
             return Err(SnapshotError::Checksum);
         }
-        let archive = MappedArchive::open(map, range).map_err(SnapshotError::Invalid)?;
+        let archive = MappedArchive::new(backing, range).map_err(SnapshotError::Invalid)?;
         let snapshot = Snapshot {
             header,
             path: path.to_path_buf(),

@@ -188,10 +188,18 @@ fn write_tmp_and_link(
             inner: &mut file,
             hasher: Xxh3::new(),
             len: 0,
+            failed: None,
         },
     );
-    rkyv::api::high::to_bytes_in::<_, rancor::Error>(body, IoWriter::new(&mut out))
-        .map_err(|e| SnapshotError::Invalid(format!("serialising the archive: {e}")))?;
+    if let Err(e) = rkyv::api::high::to_bytes_in::<_, rancor::Error>(body, IoWriter::new(&mut out))
+    {
+        // A write that failed (no space left on the device, a file size
+        // limit) is an I/O error on the file, not a bad archive.
+        return Err(match out.get_mut().failed.take() {
+            Some(io) => io_err(io),
+            None => SnapshotError::Invalid(format!("serialising the archive: {e}")),
+        });
+    }
     let hashing = out.into_inner().map_err(|e| io_err(e.into_error()))?;
     let (archive_len, checksum) = (hashing.len, hashing.hasher.digest128());
 
@@ -252,11 +260,28 @@ struct HashingWriter<W> {
     inner: W,
     hasher: Xxh3,
     len: u64,
+    /// The first write error (the disk full, say), for the error message.
+    failed: Option<io::Error>,
+}
+
+/// A copy of `e` (the OS error, else its kind and message).
+fn copy_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = match self.inner.write(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                // rkyv's serialiser keeps no cause: keep it here.
+                self.failed = Some(copy_error(&e));
+                return Err(e);
+            }
+        };
         self.hasher.update(&buf[..n]);
         self.len += n as u64;
         Ok(n)

@@ -37,20 +37,38 @@ struct Chunk {
 pub fn read_parallel(
     path: &Path,
     workers: usize,
-    mut sink: impl FnMut(Batch) -> ControlFlow<()>,
+    sink: impl FnMut(Batch) -> ControlFlow<()>,
 ) -> Result<(), CsvError> {
-    let workers = workers.max(1);
     let name = path.display().to_string();
-    let io_err = |source| CsvError::Io {
+    let file = File::open(path).map_err(|source| CsvError::Io {
         path: name.clone(),
         source,
+    })?;
+    read_file(&file, &name, workers, sink)
+}
+
+/// [`read_parallel`] over a file already open, header included, from
+/// wherever its offset is (the start): every byte comes through this one
+/// descriptor, so a file renamed over its path meanwhile does not disturb
+/// the read. `name` is used in errors.
+pub fn read_file(
+    file: &File,
+    name: &str,
+    workers: usize,
+    mut sink: impl FnMut(Batch) -> ControlFlow<()>,
+) -> Result<(), CsvError> {
+    use std::io::{Seek, SeekFrom};
+    let workers = workers.max(1);
+    let io_err = |source| CsvError::Io {
+        path: name.to_string(),
+        source,
     };
-    let header = CsvReader::open(path)?;
+    let mut file = file;
+    let header = CsvReader::new(io::BufReader::with_capacity(64 << 10, file), name)?;
     let index = *header.column_positions();
     let (start, first_line) = header.data_start();
     drop(header);
-    let mut file = File::open(path).map_err(io_err)?;
-    io::copy(&mut (&mut file).take(start), &mut io::sink()).map_err(io_err)?;
+    file.seek(SeekFrom::Start(start)).map_err(io_err)?;
 
     let failure: Mutex<Option<io::Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
@@ -99,7 +117,7 @@ pub fn read_parallel(
 /// Reads `file` to the end and calls `send(i, chunk)` for each chunk of
 /// whole records; stops early if `send` returns false.
 fn cut_chunks(
-    mut file: File,
+    file: &File,
     mut line: u64,
     mut send: impl FnMut(usize, Chunk) -> bool,
 ) -> io::Result<()> {
@@ -108,7 +126,7 @@ fn cut_chunks(
     loop {
         let old = buf.len();
         buf.resize(old + BLOCK, 0);
-        let n = read_full(&mut file, &mut buf[old..])?;
+        let n = read_full(file, &mut buf[old..])?;
         buf.truncate(old + n);
         let eof = n == 0;
         let cut = if eof {
@@ -143,7 +161,7 @@ fn cut_chunks(
 }
 
 /// Fills `buf` unless the file ends first; returns the bytes read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full(mut file: &File, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..]) {

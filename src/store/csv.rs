@@ -21,16 +21,21 @@ use crate::model::{
 };
 
 /// A fingerprint of a source file's state (size and modification time),
-/// recorded in snapshot headers to tell whether the source changed.
+/// recorded in snapshot headers to tell whether the source changed; 0 if
+/// the file cannot be read.
 pub fn file_fingerprint(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| {
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as u64);
-        crate::snapshot::body::fmix64(mtime ^ m.len().rotate_left(32)).max(1)
-    })
+    std::fs::metadata(path).map_or(0, |m| fingerprint(&m))
+}
+
+/// The fingerprint of a file with metadata `m` (see [`file_fingerprint`]);
+/// never 0.
+pub fn fingerprint(m: &std::fs::Metadata) -> u64 {
+    let mtime = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    crate::snapshot::body::fmix64(mtime ^ m.len().rotate_left(32)).max(1)
 }
 
 /// The columns, in the order [`CsvWriter`] writes them. A reader accepts
