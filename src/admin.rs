@@ -261,6 +261,19 @@ impl Collector for DaemonCollector {
             "Open terminal connections",
             shared.connections() as f64,
         )?;
+        gauge(
+            &mut e,
+            "handshakes_in_progress",
+            "Connections whose handshake has not finished (no valid client certificate yet)",
+            shared.handshaking() as f64,
+        )?;
+        counter(
+            &mut e,
+            "handshake_retries",
+            "Connection attempts asked to prove their address first (QUIC Retry), \
+             because half of max_handshakes were in progress",
+            m.handshake_retries.load(Ordering::Relaxed),
+        )?;
         let mut family = e.encode_descriptor(
             "handshake_failures",
             "Connections refused before their first request, by reason",

@@ -136,6 +136,12 @@ pub struct RawServer {
     /// UDP sockets (QUIC endpoints) sharing `listen` with SO_REUSEPORT;
     /// 0 means one per CPU core.
     pub endpoints: usize,
+    /// Handshakes in progress (connections that have not yet presented a
+    /// valid client certificate) at most; past half of it, new ones must
+    /// prove their address first (QUIC Retry).
+    pub max_handshakes: u32,
+    /// Seconds a handshake may take before it is dropped.
+    pub handshake_timeout_secs: u64,
 }
 
 impl Default for RawServer {
@@ -153,6 +159,8 @@ impl Default for RawServer {
             max_connections_per_terminal: crate::server::DEFAULT_MAX_CONNECTIONS_PER_TERMINAL,
             max_in_flight_per_terminal: crate::server::DEFAULT_MAX_IN_FLIGHT_PER_TERMINAL,
             endpoints: 0,
+            max_handshakes: crate::server::DEFAULT_MAX_HANDSHAKES,
+            handshake_timeout_secs: crate::server::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(),
         }
     }
 }
@@ -329,6 +337,10 @@ pub struct Config {
     pub max_connections_per_terminal: u32,
     /// Requests in flight per terminal.
     pub max_in_flight_per_terminal: u64,
+    /// Handshakes in progress at most (see [`RawServer::max_handshakes`]).
+    pub max_handshakes: u32,
+    /// How long a handshake may take.
+    pub handshake_timeout: Duration,
     /// QUIC endpoints on the listen address.
     pub endpoints: usize,
     /// Server certificate.
@@ -415,6 +427,13 @@ impl Config {
             }
         };
         let idle_timeout = seconds("server.idle_timeout_secs", s.idle_timeout_secs, 1, DAY)?;
+        let handshake_timeout = seconds(
+            "server.handshake_timeout_secs",
+            s.handshake_timeout_secs,
+            1,
+            60,
+        )?;
+        positive("server.max_handshakes", u64::from(s.max_handshakes))?;
         let shutdown_grace = seconds("server.shutdown_grace_secs", s.shutdown_grace_secs, 0, HOUR)?;
         let reload_interval = seconds(
             "snapshots.reload_interval_secs",
@@ -547,6 +566,8 @@ impl Config {
             max_in_flight: s.max_in_flight,
             max_connections_per_terminal: s.max_connections_per_terminal,
             max_in_flight_per_terminal: s.max_in_flight_per_terminal,
+            max_handshakes: s.max_handshakes,
+            handshake_timeout,
             endpoints: match s.endpoints {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
@@ -804,6 +825,14 @@ mod tests {
             (
                 "[server]\nidle_timeout_secs = 0",
                 "server.idle_timeout_secs: must be between 1 and 86400",
+            ),
+            (
+                "[server]\nmax_handshakes = 0",
+                "server.max_handshakes: must be at least 1",
+            ),
+            (
+                "[server]\nhandshake_timeout_secs = 61",
+                "server.handshake_timeout_secs: must be between 1 and 60",
             ),
             (
                 "[source]\nkind = \"csv\"\nurl = \"postgres://h/db\"",

@@ -37,6 +37,9 @@ pub struct Metrics {
     pub reload_time: Timing,
     /// Connections refused, by [`HandshakeFailure`].
     handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
+    /// Connection attempts answered with a QUIC Retry (prove the address
+    /// first), the handshakes in progress being many.
+    pub handshake_retries: AtomicU64,
 }
 
 impl Metrics {
@@ -51,6 +54,7 @@ impl Metrics {
             build_time: Timing::new(),
             reload_time: Timing::new(),
             handshake_failures: [const { AtomicU64::new(0) }; HandshakeFailure::ALL.len()],
+            handshake_retries: AtomicU64::new(0),
         }
     }
 
@@ -84,13 +88,15 @@ pub enum HandshakeFailure {
     TooManyConnections,
     /// The handshake did not finish in time.
     Timeout,
+    /// `max_handshakes` were in progress: refused without a handshake.
+    Busy,
     /// Anything else (the peer went away, a protocol violation).
     Other,
 }
 
 impl HandshakeFailure {
     /// Every reason, in label order.
-    pub const ALL: [HandshakeFailure; 8] = [
+    pub const ALL: [HandshakeFailure; 9] = [
         HandshakeFailure::NoCertificate,
         HandshakeFailure::UnknownCa,
         HandshakeFailure::Expired,
@@ -98,6 +104,7 @@ impl HandshakeFailure {
         HandshakeFailure::NoInstitutionCode,
         HandshakeFailure::TooManyConnections,
         HandshakeFailure::Timeout,
+        HandshakeFailure::Busy,
         HandshakeFailure::Other,
     ];
 
@@ -111,6 +118,7 @@ impl HandshakeFailure {
             HandshakeFailure::NoInstitutionCode => "no_institution_code",
             HandshakeFailure::TooManyConnections => "too_many_connections",
             HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Busy => "busy",
             HandshakeFailure::Other => "other",
         }
     }

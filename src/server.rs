@@ -58,6 +58,14 @@ pub struct Shared {
     /// OVERLOADED, so it cannot take the others' share of
     /// `max_in_flight` by holding streams open.
     max_in_flight_per_terminal: u64,
+    /// Handshakes in progress (accepted, not yet finished or failed).
+    handshaking: AtomicU64,
+    /// Past half of this many handshakes in progress, a connection
+    /// attempt must prove its address (QUIC Retry) before it gets any
+    /// state; past all of it, it is refused.
+    max_handshakes: u64,
+    /// How long a handshake may take before it is dropped.
+    handshake_timeout: Duration,
     /// Build, reload and handshake counters.
     metrics: Metrics,
     /// Requests by kind and status, with latency; `None` when nothing
@@ -83,6 +91,9 @@ impl Shared {
             per_terminal: DashMap::new(),
             max_connections_per_terminal: DEFAULT_MAX_CONNECTIONS_PER_TERMINAL,
             max_in_flight_per_terminal: DEFAULT_MAX_IN_FLIGHT_PER_TERMINAL,
+            handshaking: AtomicU64::new(0),
+            max_handshakes: DEFAULT_MAX_HANDSHAKES.into(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             metrics: Metrics::new(),
             requests: None,
             audit: None,
@@ -111,6 +122,34 @@ impl Shared {
     /// The request counters, if they are recorded.
     pub fn requests(&self) -> Option<&RequestMetrics> {
         self.requests.as_ref()
+    }
+
+    /// Handshakes in progress.
+    pub fn handshaking(&self) -> u64 {
+        self.handshaking.load(Ordering::Relaxed)
+    }
+
+    /// The same, with at most `max` handshakes in progress (past half of
+    /// it, attempts must prove their address first), each given `timeout`.
+    pub fn with_handshake_limits(mut self, max: u32, timeout: Duration) -> Shared {
+        self.max_handshakes = max.into();
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// What to do with a connection attempt: the memory of handshakes in
+    /// progress is bounded by `max_handshakes`, and past half of it only
+    /// attempts from an address proven by a Retry token get any state.
+    fn admission(&self, incoming: &quinn::Incoming) -> Admission {
+        let n = self.handshaking.load(Ordering::Relaxed);
+        let validated = incoming.remote_address_validated();
+        if !validated && incoming.may_retry() && n >= self.max_handshakes / 2 {
+            Admission::Retry
+        } else if n >= self.max_handshakes {
+            Admission::Refuse { validated }
+        } else {
+            Admission::Handshake
+        }
     }
 
     /// Open terminal connections.
@@ -263,6 +302,33 @@ const LINGER: Duration = Duration::from_millis(200);
 /// Default of [`Shared::with_max_in_flight`].
 pub const DEFAULT_MAX_IN_FLIGHT: u64 = 16_384;
 
+/// Default `max` of [`Shared::with_handshake_limits`]: a handshake in
+/// progress holds about 50 KiB, so about 50 MiB at most.
+pub const DEFAULT_MAX_HANDSHAKES: u32 = 1024;
+
+/// Default `timeout` of [`Shared::with_handshake_limits`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often failed handshakes are summed up in the log (one line with
+/// counts by reason, when there were any).
+pub const HANDSHAKE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What [`Shared::admission`] decides for a connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// Start the handshake.
+    Handshake,
+    /// Answer with a Retry: a client that really is at its address comes
+    /// back with a token; one spoofing it costs the server nothing more.
+    Retry,
+    /// Refuse: `max_handshakes` are in progress. An address not proven
+    /// gets no answer at all (nothing to amplify).
+    Refuse {
+        /// Whether the address was proven (then CONNECTION_REFUSED is sent).
+        validated: bool,
+    },
+}
+
 /// Counts a request in flight for as long as it lives.
 struct InFlight<'a>(&'a AtomicU64);
 
@@ -370,6 +436,10 @@ pub async fn serve_many(
 ) {
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
+    let summary = tokio::spawn(log_handshake_failures(
+        shared.clone(),
+        HANDSHAKE_LOG_INTERVAL,
+    ));
     let acceptors: Vec<_> = endpoints
         .iter()
         .map(|endpoint| {
@@ -404,6 +474,7 @@ pub async fn serve_many(
     for acceptor in acceptors {
         acceptor.abort();
     }
+    summary.abort();
     for endpoint in &endpoints {
         endpoint.wait_idle().await;
     }
@@ -420,9 +491,27 @@ async fn accept(
         tokio::select! {
             () = stop.cancelled() => break,
             incoming = endpoint.accept() => match incoming {
-                Some(incoming) => {
-                    tracker.spawn(connection(incoming, shared.clone(), stop.clone()));
-                }
+                Some(incoming) => match shared.admission(&incoming) {
+                    Admission::Handshake => {
+                        // Counted here, so the next attempt sees it.
+                        shared.handshaking.fetch_add(1, Ordering::Relaxed);
+                        tracker.spawn(connection(incoming, shared.clone(), stop.clone()));
+                    }
+                    Admission::Retry => {
+                        shared.metrics.handshake_retries.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = incoming.retry() {
+                            e.into_incoming().ignore();
+                        }
+                    }
+                    Admission::Refuse { validated } => {
+                        shared.metrics.handshake_failed(HandshakeFailure::Busy);
+                        if validated {
+                            incoming.refuse();
+                        } else {
+                            incoming.ignore();
+                        }
+                    }
+                },
                 None => return,
             },
         }
@@ -432,13 +521,54 @@ async fn accept(
     }
 }
 
+/// Sums up failed handshakes in the log every `every`: one line with the
+/// counts by reason, when there were any (a line per failure would let a
+/// flood of bad connection attempts flood the log).
+async fn log_handshake_failures(shared: Arc<Shared>, every: Duration) {
+    let counts =
+        || -> Vec<(HandshakeFailure, u64)> { shared.metrics.handshake_failures().collect() };
+    let retries = || shared.metrics.handshake_retries.load(Ordering::Relaxed);
+    let (mut last, mut last_retries) = (counts(), retries());
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        let (now, now_retries) = (counts(), retries());
+        let failed: Vec<String> = now
+            .iter()
+            .zip(&last)
+            .filter(|((_, n), (_, l))| n > l)
+            .map(|((why, n), (_, l))| format!("{}={}", why.name(), n - l))
+            .collect();
+        if !failed.is_empty() {
+            tracing::info!(
+                seconds = every.as_secs(),
+                retries = now_retries - last_retries,
+                failed = %failed.join(" "),
+                "connection attempts refused"
+            );
+        }
+        (last, last_retries) = (now, now_retries);
+    }
+}
+
 async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: CancellationToken) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
+    // Counted by the acceptor; uncounted when the handshake ends.
+    let handshake = InFlight(&shared.handshaking);
+    let result = tokio::time::timeout(shared.handshake_timeout, incoming).await;
+    drop(handshake);
+    let conn = match result {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             shared.metrics.handshake_failed(handshake_failure(&e));
-            tracing::info!(%remote, error = %e, "handshake failed");
+            // Summed up by `log_handshake_failures`.
+            tracing::debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+        Err(_elapsed) => {
+            // Dropping the handshake closes the connection.
+            shared.metrics.handshake_failed(HandshakeFailure::Timeout);
+            tracing::debug!(%remote, "handshake timed out");
             return;
         }
     };
@@ -447,7 +577,7 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
         shared
             .metrics
             .handshake_failed(HandshakeFailure::NoInstitutionCode);
-        tracing::warn!(%remote, "client certificate has no valid institution code; closing");
+        tracing::debug!(%remote, "client certificate has no valid institution code; closing");
         conn.close(1u32.into(), b"certificate has no institution code");
         return;
     };
@@ -455,7 +585,7 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
         shared
             .metrics
             .handshake_failed(HandshakeFailure::TooManyConnections);
-        tracing::warn!(%remote, %institution, "too many connections from one terminal; closing");
+        tracing::debug!(%remote, %institution, "too many connections from one terminal; closing");
         conn.close(2u32.into(), b"too many connections for this terminal");
         return;
     };

@@ -193,11 +193,22 @@ fn spawn_qualcached_with(
     source: &str,
     env: &[(&str, &std::path::Path)],
 ) -> std::process::Child {
+    spawn_qualcached_configured(d, "", snapshots, source, env)
+}
+
+/// [`spawn_qualcached_with`] with more `[server]` keys (`server`).
+fn spawn_qualcached_configured(
+    d: &std::path::Path,
+    server: &str,
+    snapshots: &str,
+    source: &str,
+    env: &[(&str, &std::path::Path)],
+) -> std::process::Child {
     let config = d.join("qualcached.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\ndir = \"{0}/audit\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\n{snapshots}[source]\n{source}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\ndir = \"{0}/audit\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\n{snapshots}[source]\n{source}",
             d.display()
         ),
     )
@@ -210,6 +221,35 @@ fn spawn_qualcached_with(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// Reads a spawned `qualcached`'s stderr until it listens; returns its
+/// QUIC and admin addresses, and the lines it logs from then on.
+fn listening(
+    child: &mut std::process::Child,
+) -> (SocketAddr, SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut addr, mut admin): (Option<SocketAddr>, Option<SocketAddr>) = (None, None);
+    while addr.is_none() {
+        let line = lines.next().expect("qualcached exited early").unwrap();
+        if let Some(a) = line.split("admin=").nth(1) {
+            admin = a.split_whitespace().next().unwrap().parse().ok();
+        }
+        addr = util::listen_addr(&line);
+    }
+    let later = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = later.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (
+        addr.unwrap(),
+        admin.expect("no admin address logged"),
+        later,
+    )
 }
 
 fn spawn_server(
@@ -1359,7 +1399,7 @@ async fn qualcached_is_not_ready_until_its_first_snapshot_serves() {
 /// right after each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_served_snapshot_file_changed_by_another_process() {
-    use std::io::{BufRead, Seek, Write};
+    use std::io::{Seek, Write};
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -1375,17 +1415,7 @@ async fn the_served_snapshot_file_changed_by_another_process() {
         let source = format!("kind = \"csv\"\npath = {:?}\n", g.csv.display().to_string());
         let mut child = spawn_qualcached(d, "reload_interval_secs = 3600\n", &source);
         let pid = child.id().to_string();
-        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let (mut addr, mut admin): (Option<SocketAddr>, Option<SocketAddr>) = (None, None);
-        while addr.is_none() {
-            let line = lines.next().expect("qualcached exited early").unwrap();
-            if let Some(a) = line.split("admin=").nth(1) {
-                admin = a.split_whitespace().next().unwrap().parse().ok();
-            }
-            addr = util::listen_addr(&line);
-        }
-        let (addr, admin) = (addr.unwrap(), admin.unwrap());
-        std::thread::spawn(move || for _ in lines {});
+        let (addr, admin, _) = listening(&mut child);
         let client = Client::connect(addr, "localhost", util::first_terminal(&d.join("certs")))
             .await
             .unwrap();
@@ -1520,6 +1550,183 @@ async fn the_served_snapshot_file_changed_by_another_process() {
 
         // Still alive, and it exits cleanly.
         assert!(child.try_wait().unwrap().is_none(), "qualcached died");
+        client.close().await;
+        util::signal(&pid, "-TERM");
+        assert!(child.wait().unwrap().success());
+    })
+    .await;
+}
+
+/// Sends `attempts` connection attempts to `server` that never go past
+/// their first packet (an Initial, as a flood from spoofed addresses
+/// sends), paced at `per_second`, and listens for what comes back until
+/// `linger` after the last; returns (bytes sent, bytes received).
+fn flood_initials(
+    server: SocketAddr,
+    ca: &Path,
+    attempts: usize,
+    per_second: u32,
+    linger: Duration,
+) -> (u64, u64) {
+    use std::time::Instant;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let config = qualcache::tls::client_config_anonymous(ca).unwrap();
+    let new_endpoint = || {
+        quinn_proto::Endpoint::new(
+            Arc::new(quinn_proto::EndpointConfig::default()),
+            None,
+            false,
+            None,
+        )
+    };
+    let mut endpoint = new_endpoint();
+    let (mut sent, mut received) = (0u64, 0u64);
+    let mut packet = Vec::with_capacity(1500);
+    let mut reply = [0u8; 2048];
+    let mut drain = |received: &mut u64| {
+        while let Ok(n) = socket.recv(&mut reply) {
+            *received += n as u64;
+        }
+    };
+    let started = Instant::now();
+    for i in 0..attempts {
+        if i % 1000 == 999 {
+            // Its connections are forgotten, not closed: nothing is sent.
+            endpoint = new_endpoint();
+        }
+        let (_, mut conn) = endpoint
+            .connect(Instant::now(), config.clone(), server, "localhost")
+            .unwrap();
+        packet.clear();
+        let t = conn.poll_transmit(Instant::now(), 1, &mut packet).unwrap();
+        sent += socket.send_to(&packet[..t.size], server).unwrap() as u64;
+        drain(&mut received);
+        let due = started + Duration::from_secs_f64((i + 1) as f64 / f64::from(per_second));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let end = Instant::now() + linger;
+    while Instant::now() < end {
+        drain(&mut received);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drain(&mut received);
+    (sent, received)
+}
+
+/// Resident memory of process `pid`, bytes.
+fn rss(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// 20,000 connection attempts that never finish their handshake: the
+/// daemon holds at most `max_handshakes` of them (past half, attempts
+/// must prove their address with a Retry first, which a spoofer cannot),
+/// drops each after `handshake_timeout_secs`, sends back less than 3x the
+/// bytes it received, logs no line per attempt, and keeps answering a
+/// real terminal meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_handshakes_that_never_finish_is_bounded() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
+            records: 2_000,
+            seed: 14,
+            out: d.join("data"),
+            probes: 200,
+            as_of: "20261101".parse().unwrap(),
+            card_key: CardKey::demo(),
+        })
+        .unwrap();
+        let source = format!("kind = \"csv\"\npath = {:?}\n", g.csv.display().to_string());
+        let mut child = spawn_qualcached_configured(
+            d,
+            "max_handshakes = 256\nhandshake_timeout_secs = 2\n",
+            "",
+            &source,
+            &[],
+        );
+        let pid = child.id().to_string();
+        let (addr, admin, logged) = listening(&mut child);
+        let client = Client::connect(addr, "localhost", util::first_terminal(&d.join("certs")))
+            .await
+            .unwrap();
+        let probes = read_probes(&g.probes).unwrap();
+        let before = rss(&pid);
+        let lines_before = logged.lock().unwrap().len();
+
+        let ca = d.join("certs/ca.pem");
+        let flood = tokio::task::spawn_blocking(move || {
+            flood_initials(addr, &ca, 20_000, 5_000, Duration::from_secs(3))
+        });
+        // Meanwhile: a real terminal connects (past half of the cap, after
+        // a Retry) and every probe answers right.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let late = Client::connect(addr, "localhost", util::first_terminal(&d.join("certs")))
+            .await
+            .unwrap();
+        let mut in_progress = Vec::new();
+        for p in &probes {
+            let resp = late.request(&request(p)).await.unwrap();
+            check(p, resp.answer.as_ref().unwrap(), "during the flood");
+            let resp = client.request(&request(p)).await.unwrap();
+            check(p, resp.answer.as_ref().unwrap(), "during the flood");
+        }
+        for _ in 0..10 {
+            let (_, text) = util::http_get(admin, "/metrics").await;
+            in_progress.push(util::sample(&text, "qualcache_handshakes_in_progress").unwrap());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let peak = rss(&pid);
+        let (sent, received) = flood.await.unwrap();
+        eprintln!(
+            "flood: sent {sent} bytes, received {received} ({:.3}x); RSS {} -> {} MiB; in progress {in_progress:?}",
+            received as f64 / sent as f64,
+            before >> 20,
+            peak >> 20
+        );
+
+        assert!(in_progress.iter().all(|&n| n <= 256.0), "{in_progress:?}");
+        assert!(
+            peak < before + (64 << 20),
+            "RSS grew from {before} to {peak} bytes"
+        );
+        assert!(
+            received * 3 <= sent,
+            "sent {sent} bytes, the server answered {received} (amplification over 3x? or no Retry)"
+        );
+        let (_, text) = util::http_get(admin, "/metrics").await;
+        let retries = util::sample(&text, "qualcache_handshake_retries_total").unwrap();
+        assert!(retries >= 10_000.0, "retries: {retries}");
+        // Each admitted attempt is dropped after its timeout.
+        assert_eq!(
+            util::sample(&text, "qualcache_handshakes_in_progress"),
+            Some(0.0),
+            "{text}"
+        );
+        let timeouts = util::sample(
+            &text,
+            "qualcache_handshake_failures_total{reason=\"timeout\"}",
+        )
+        .unwrap();
+        assert!(timeouts >= 128.0, "timeouts: {timeouts}");
+        // Not a line per attempt: at most a summary line per 10 s.
+        let lines: Vec<String> = logged.lock().unwrap()[lines_before..].to_vec();
+        assert!(lines.len() <= 5, "{lines:#?}");
+        for p in &probes {
+            let resp = client.request(&request(p)).await.unwrap();
+            check(p, resp.answer.as_ref().unwrap(), "after the flood");
+        }
+        late.close().await;
         client.close().await;
         util::signal(&pid, "-TERM");
         assert!(child.wait().unwrap().success());

@@ -79,7 +79,8 @@ pub async fn run(config: Config, mut handlers: Signals) -> Result<()> {
     let mut shared = Shared::new(card_key, config.limits)
         .with_max_in_flight(config.max_in_flight)
         .with_max_connections_per_terminal(config.max_connections_per_terminal)
-        .with_max_in_flight_per_terminal(config.max_in_flight_per_terminal);
+        .with_max_in_flight_per_terminal(config.max_in_flight_per_terminal)
+        .with_handshake_limits(config.max_handshakes, config.handshake_timeout);
     if config.admin_listen.is_some() {
         shared = shared.with_request_metrics();
     }
