@@ -8,6 +8,9 @@
 //! criterion convention); the `_latency` ones chain each lookup to the
 //! previous answer, so they measure one lookup's full latency.
 //!
+//! `*_private_copy` read the same snapshot from a private heap copy (what
+//! the daemon serves when it cannot hold a read lease on the file).
+//!
 //! `QUALCACHE_BENCH_SIZES=1000000` limits the sizes.
 
 #[path = "common.rs"]
@@ -70,9 +73,11 @@ struct Sample {
     key_misses: Vec<(InsuranceKey, Date)>,
 }
 
-fn load(records: u64) -> (Snapshot, Baseline, Sample) {
+fn load(records: u64) -> (Snapshot, Snapshot, Baseline, Sample) {
     let dir = common::data(records);
     let snap = Snapshot::open(&common::snapshot_file(&dir)).unwrap();
+    // What the daemon serves when it holds no lease on the file.
+    let private = Snapshot::read(&common::snapshot_file(&dir)).unwrap();
     let mut reader = CsvReader::open(&dir.join("enrollees.csv")).unwrap();
     let mut base = Baseline {
         records: Vec::with_capacity(records as usize),
@@ -146,6 +151,7 @@ fn load(records: u64) -> (Snapshot, Baseline, Sample) {
         .collect();
     (
         snap,
+        private,
         base,
         Sample {
             cards,
@@ -165,7 +171,7 @@ fn shuffle<T>(v: &mut [T], next: &mut impl FnMut() -> u64) {
 fn lookups(c: &mut Criterion) {
     let as_of: Date = "20261101".parse().unwrap();
     for n in common::sizes() {
-        let (snap, base, s) = load(n);
+        let (snap, private, base, s) = load(n);
         let mut g = c.benchmark_group(format!("lookup/{}", common::label(n)));
         macro_rules! bench {
             ($name:literal, $keys:expr, |$k:ident| $body:expr) => {{
@@ -212,6 +218,9 @@ fn lookups(c: &mut Criterion) {
         bench!("card_hit/qualcache", s.cards, |d| snap
             .lookup_card(d, as_of)
             .status());
+        bench!("card_hit/qualcache_private_copy", s.cards, |d| private
+            .lookup_card(d, as_of)
+            .status());
         bench!("card_hit/hashmap", s.cards, |d| base
             .card(d, as_of)
             .map(|q| q.acquired_date));
@@ -222,6 +231,9 @@ fn lookups(c: &mut Criterion) {
             .card(d, as_of)
             .map(|q| q.acquired_date));
         bench!("insurance_hit/qualcache", s.keys, |k| snap
+            .lookup_insurance(&k.0, k.1, as_of)
+            .status());
+        bench!("insurance_hit/qualcache_private_copy", s.keys, |k| private
             .lookup_insurance(&k.0, k.1, as_of)
             .status());
         bench!("insurance_hit/hashmap", s.keys, |k| base

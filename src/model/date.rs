@@ -18,6 +18,9 @@ const JST_OFFSET_SECS: i64 = 9 * 3600;
 /// The earliest and latest years a [`Date`] accepts.
 const MIN_YEAR: i32 = 1800;
 const MAX_YEAR: i32 = 2999;
+/// Day numbers of the first and last accepted days.
+const MIN_DAY: i32 = days_from_civil(MIN_YEAR, 1, 1);
+const MAX_DAY: i32 = days_from_civil(MAX_YEAR, 12, 31);
 
 /// Why a `YYYYMMDD` string is not a date.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,10 +45,10 @@ impl Date {
         Some(Date(days_from_civil(year, month, day)))
     }
 
-    /// The date from its day number, if it lies in the accepted years.
+    /// The date from its day number, if it lies in the accepted years
+    /// (any `i32`: snapshot bytes are not trusted to hold a real day).
     pub fn from_day_number(days: i32) -> Option<Date> {
-        let (y, _, _) = civil_from_days(days);
-        (MIN_YEAR..=MAX_YEAR).contains(&y).then_some(Date(days))
+        (MIN_DAY..=MAX_DAY).contains(&days).then_some(Date(days))
     }
 
     /// Days since 1970-01-01.
@@ -144,7 +147,7 @@ fn days_in_month(y: i32, m: u32) -> u32 {
 }
 
 // Howard Hinnant's `days_from_civil` / `civil_from_days`.
-fn days_from_civil(y: i32, m: u32, d: u32) -> i32 {
+const fn days_from_civil(y: i32, m: u32, d: u32) -> i32 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400) as u32;
@@ -170,6 +173,37 @@ fn civil_from_days(z: i32) -> (i32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `snapshot` fuzz target: a day number near `i32::MAX`
+    /// in a (resealed) snapshot overflowed the calendar arithmetic.
+    #[test]
+    fn any_day_number_is_a_date_or_none() {
+        for n in [
+            i32::MIN,
+            i32::MIN + 1,
+            -1_000_000,
+            MIN_DAY - 1,
+            MAX_DAY + 1,
+            1_000_000,
+            i32::MAX - 719_467,
+            i32::MAX,
+        ] {
+            assert_eq!(Date::from_day_number(n), None, "{n}");
+        }
+        for n in [MIN_DAY, 0, 20_000, MAX_DAY] {
+            let d = Date::from_day_number(n).unwrap();
+            let (y, m, day) = d.ymd();
+            assert_eq!(Date::from_ymd(y, m, day), Some(d), "{n}");
+        }
+        assert_eq!(
+            Date::from_day_number(MIN_DAY).unwrap().ymd(),
+            (MIN_YEAR, 1, 1)
+        );
+        assert_eq!(
+            Date::from_day_number(MAX_DAY).unwrap().ymd(),
+            (MAX_YEAR, 12, 31)
+        );
+    }
 
     #[test]
     fn parses_and_formats() {

@@ -155,6 +155,13 @@ impl Snapshot {
         Snapshot::checked(path, backing)
     }
 
+    /// A snapshot held in `bytes` (a private copy of them), checked as
+    /// [`open`](Self::open) checks a file; `name` stands for the path in
+    /// errors.
+    pub fn from_bytes(name: &Path, bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+        Snapshot::checked(name, Backing::copy_of(bytes))
+    }
+
     /// A private heap copy of this snapshot, checked again as if opened:
     /// what the daemon serves once a writer waits for the file's lease.
     pub fn private_copy(&self) -> Result<Snapshot, SnapshotError> {

@@ -68,40 +68,53 @@ impl CopyRows {
         else {
             return Ok(None);
         };
-        let mut at = 0usize;
-        if !self.header_seen {
-            at = header_len(&buf).ok_or_else(|| malformed("bad header"))?;
-            self.header_seen = true;
-        }
-        let count = read_i16(&buf, at).ok_or_else(|| malformed("truncated row"))?;
-        at += 2;
-        if count == -1 {
-            return Ok(None);
-        }
-        if usize::try_from(count).ok() != Some(self.columns) {
-            return Err(malformed("unexpected field count"));
-        }
-        let mut spans = [(0u32, -1i32); MAX_FIELDS];
-        for span in spans.iter_mut().take(self.columns) {
-            let len = read_i32(&buf, at).ok_or_else(|| malformed("truncated row"))?;
-            at += 4;
-            let start = u32::try_from(at).map_err(|_| malformed("row too long"))?;
-            if len >= 0 {
-                at = at
-                    .checked_add(len as usize)
-                    .filter(|&end| end <= buf.len())
-                    .ok_or_else(|| malformed("truncated field"))?;
-            } else if len != -1 {
-                return Err(malformed("bad field length"));
-            }
-            *span = (start, len);
-        }
-        Ok(Some(RawRow {
-            buf,
-            count: self.columns,
-            spans,
-        }))
+        let row = parse_message(buf, !self.header_seen, self.columns)?;
+        self.header_seen = true;
+        Ok(row)
     }
+}
+
+/// One CopyData message of a binary COPY whose rows have `columns` fields
+/// (at most [`MAX_FIELDS`]); the first message also carries the file
+/// header (`first`). `None` for the end-of-data marker.
+pub(crate) fn parse_message(
+    buf: Bytes,
+    first: bool,
+    columns: usize,
+) -> Result<Option<RawRow>, PgError> {
+    let columns = columns.min(MAX_FIELDS);
+    let mut at = 0usize;
+    if first {
+        at = header_len(&buf).ok_or_else(|| malformed("bad header"))?;
+    }
+    let count = read_i16(&buf, at).ok_or_else(|| malformed("truncated row"))?;
+    at += 2;
+    if count == -1 {
+        return Ok(None);
+    }
+    if usize::try_from(count).ok() != Some(columns) {
+        return Err(malformed("unexpected field count"));
+    }
+    let mut spans = [(0u32, -1i32); MAX_FIELDS];
+    for span in spans.iter_mut().take(columns) {
+        let len = read_i32(&buf, at).ok_or_else(|| malformed("truncated row"))?;
+        at += 4;
+        let start = u32::try_from(at).map_err(|_| malformed("row too long"))?;
+        if len >= 0 {
+            at = at
+                .checked_add(len as usize)
+                .filter(|&end| end <= buf.len())
+                .ok_or_else(|| malformed("truncated field"))?;
+        } else if len != -1 {
+            return Err(malformed("bad field length"));
+        }
+        *span = (start, len);
+    }
+    Ok(Some(RawRow {
+        buf,
+        count: columns,
+        spans,
+    }))
 }
 
 fn malformed(why: &str) -> PgError {

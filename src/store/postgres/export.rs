@@ -26,7 +26,7 @@ use std::str::FromStr;
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, IsolationLevel};
 
-use super::copy::{CopyRows, RawRow};
+use super::copy::{parse_message, CopyRows, RawRow};
 use super::types::date_from_pg;
 use super::{query_error, read_change_counter, PgError, PgSource};
 use crate::model::name::{parse_kana, parse_name, NameError};
@@ -824,6 +824,31 @@ fn card_row(row: &RawRow) -> CardRow {
         })
     })();
     CardRow { person_id, link }
+}
+
+/// Reads `message` as one CopyData message of each of the export's three
+/// queries (qualifications, persons, card links), the first of its stream
+/// when `first`, and decodes the row as the export does. Whatever the
+/// bytes, it returns (a malformed message or a row error), never panics:
+/// what the fuzz target `copy_row` checks. Returns how many of the three
+/// read as a row.
+#[doc(hidden)]
+pub fn read_copy_message(message: &[u8], first: bool) -> usize {
+    let buf = bytes::Bytes::copy_from_slice(message);
+    let mut rows = 0;
+    if let Ok(Some(row)) = parse_message(buf.clone(), first, QUALIFICATION_COLUMNS) {
+        let _ = qual_row(&row);
+        rows += 1;
+    }
+    if let Ok(Some(row)) = parse_message(buf.clone(), first, PERSON_COLUMNS) {
+        let _ = person_row(&row);
+        rows += 1;
+    }
+    if let Ok(Some(row)) = parse_message(buf, first, CARD_COLUMNS) {
+        let _ = card_row(&row);
+        rows += 1;
+    }
+    rows
 }
 
 #[cfg(test)]
