@@ -261,6 +261,27 @@ impl Collector for DaemonCollector {
             "Open terminal connections",
             shared.connections() as f64,
         )?;
+        if let Some(credit) = shared.credit() {
+            gauge(
+                &mut e,
+                "stream_credit",
+                "Requests one connection may have open now (server.max_streams_per_connection, \
+                 lowered while the server is short of CPU)",
+                f64::from(credit.now()),
+            )?;
+            gauge(
+                &mut e,
+                "scheduling_lag_seconds",
+                "How late the runtime last woke a 5 ms timer (ready work waiting for a worker)",
+                credit.lag().as_secs_f64(),
+            )?;
+            counter(
+                &mut e,
+                "stream_credit_cuts",
+                "Times the stream credit was halved because the server was short of CPU",
+                credit.shrinks(),
+            )?;
+        }
         gauge(
             &mut e,
             "handshakes_in_progress",

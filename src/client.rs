@@ -30,6 +30,11 @@ pub enum ClientError {
     /// The answer is not a `Response` message.
     #[error("the server's answer does not decode")]
     Decode,
+    /// The server grants no stream credit now (it is short of CPU, or
+    /// this connection has as many requests open as it may): the request
+    /// was not sent.
+    #[error("no stream credit: the server admits no more requests on this connection now")]
+    NoCredit,
 }
 
 /// An error and its causes, `: `-separated ("read error: connection
@@ -48,6 +53,25 @@ fn with_causes(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+/// Writes one request on a new stream and reads its answer.
+async fn exchange(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    bytes: &[u8],
+) -> Result<Vec<u8>, ClientError> {
+    let stream = |e: &dyn std::error::Error| ClientError::Stream(with_causes(e));
+    match send.write_all(bytes).await {
+        Ok(()) => send.finish().map_err(|e| stream(&e))?,
+        // The server stopped reading (a request over its size limit)
+        // and answers why.
+        Err(quinn::WriteError::Stopped(_)) => {}
+        Err(e) => return Err(stream(&e)),
+    }
+    recv.read_to_end(MAX_RESPONSE_BYTES)
+        .await
+        .map_err(|e| stream(&e))
 }
 
 /// A connection to a daemon.
@@ -105,18 +129,26 @@ impl Client {
     /// Sends raw request bytes and returns the encoded `Response` as it
     /// came (the load generator decodes only the statuses it checks).
     pub async fn request_raw(&self, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
-        let stream = |e: &dyn std::error::Error| ClientError::Stream(with_causes(e));
-        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| stream(&e))?;
-        match send.write_all(bytes).await {
-            Ok(()) => send.finish().map_err(|e| stream(&e))?,
-            // The server stopped reading (a request over its size limit)
-            // and answers why.
-            Err(quinn::WriteError::Stopped(_)) => {}
-            Err(e) => return Err(stream(&e)),
-        }
-        recv.read_to_end(MAX_RESPONSE_BYTES)
+        let (send, recv) = self
+            .conn
+            .open_bi()
             .await
-            .map_err(|e| stream(&e))
+            .map_err(|e| ClientError::Stream(with_causes(&e)))?;
+        exchange(send, recv, bytes).await
+    }
+
+    /// [`request_raw`](Self::request_raw), but without waiting for stream
+    /// credit: if the server grants none now, fails at once with
+    /// [`ClientError::NoCredit`] and sends nothing (what a terminal does
+    /// when the server sheds load through flow control).
+    pub async fn try_request_raw(&self, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
+        use futures_util::FutureExt;
+        let stream = |e: &dyn std::error::Error| ClientError::Stream(with_causes(e));
+        let (send, recv) = match self.conn.open_bi().now_or_never() {
+            None => return Err(ClientError::NoCredit),
+            Some(opened) => opened.map_err(|e| stream(&e))?,
+        };
+        exchange(send, recv, bytes).await
     }
 
     /// Opens a raw request stream (for callers that write the request in

@@ -142,6 +142,9 @@ pub struct RawServer {
     pub max_handshakes: u32,
     /// Seconds a handshake may take before it is dropped.
     pub handshake_timeout_secs: u64,
+    /// Lower each connection's stream credit while the server is short
+    /// of CPU (`overload`), so excess requests are not sent at all.
+    pub adaptive_stream_credit: bool,
 }
 
 impl Default for RawServer {
@@ -161,6 +164,7 @@ impl Default for RawServer {
             endpoints: 0,
             max_handshakes: crate::server::DEFAULT_MAX_HANDSHAKES,
             handshake_timeout_secs: crate::server::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(),
+            adaptive_stream_credit: true,
         }
     }
 }
@@ -341,6 +345,8 @@ pub struct Config {
     pub max_handshakes: u32,
     /// How long a handshake may take.
     pub handshake_timeout: Duration,
+    /// Whether stream credit adapts to the server's load.
+    pub adaptive_stream_credit: bool,
     /// QUIC endpoints on the listen address.
     pub endpoints: usize,
     /// Server certificate.
@@ -568,6 +574,7 @@ impl Config {
             max_in_flight_per_terminal: s.max_in_flight_per_terminal,
             max_handshakes: s.max_handshakes,
             handshake_timeout,
+            adaptive_stream_credit: s.adaptive_stream_credit,
             endpoints: match s.endpoints {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,

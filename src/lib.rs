@@ -57,6 +57,7 @@ pub mod daemon;
 pub mod gen;
 pub mod metrics;
 pub mod model;
+pub mod overload;
 pub mod probe;
 pub mod protocol;
 pub mod server;

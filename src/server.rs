@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{AuditMode, Auditor, Unaudited};
 use crate::metrics::{HandshakeFailure, Metrics, RequestKind, RequestMetrics};
 use crate::model::{CardKey, Date, InstitutionCode};
+use crate::overload::Credit;
 use crate::protocol::{self, Context, Limits};
 use crate::snapshot::Snapshot;
 
@@ -66,6 +67,9 @@ pub struct Shared {
     max_handshakes: u64,
     /// How long a handshake may take before it is dropped.
     handshake_timeout: Duration,
+    /// Stream credit per connection, lowered while the server is short of
+    /// CPU; `None`: the configured credit always (no controller runs).
+    credit: Option<Credit>,
     /// Build, reload and handshake counters.
     metrics: Metrics,
     /// Requests by kind and status, with latency; `None` when nothing
@@ -94,6 +98,7 @@ impl Shared {
             handshaking: AtomicU64::new(0),
             max_handshakes: DEFAULT_MAX_HANDSHAKES.into(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            credit: None,
             metrics: Metrics::new(),
             requests: None,
             audit: None,
@@ -122,6 +127,19 @@ impl Shared {
     /// The request counters, if they are recorded.
     pub fn requests(&self) -> Option<&RequestMetrics> {
         self.requests.as_ref()
+    }
+
+    /// The same, granting each connection at most `max` streams (its
+    /// configured credit) and less while the server is short of CPU
+    /// (see [`crate::overload`]).
+    pub fn with_adaptive_credit(mut self, max: u32) -> Shared {
+        self.credit = Some(Credit::new(max));
+        self
+    }
+
+    /// The adaptive stream credit, if the server runs one.
+    pub fn credit(&self) -> Option<&Credit> {
+        self.credit.as_ref()
     }
 
     /// Handshakes in progress.
@@ -440,6 +458,14 @@ pub async fn serve_many(
         shared.clone(),
         HANDSHAKE_LOG_INTERVAL,
     ));
+    let controller = shared.credit.is_some().then(|| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Some(credit) = &shared.credit {
+                credit.run().await;
+            }
+        })
+    });
     let acceptors: Vec<_> = endpoints
         .iter()
         .map(|endpoint| {
@@ -475,6 +501,9 @@ pub async fn serve_many(
         acceptor.abort();
     }
     summary.abort();
+    if let Some(c) = controller {
+        c.abort();
+    }
     for endpoint in &endpoints {
         endpoint.wait_idle().await;
     }
@@ -604,6 +633,8 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
     // finds nothing to do (about 10 % of the daemon's CPU at 5,000
     // lookups/s, BENCHMARKS.md).
     let mut requests = FuturesUnordered::new();
+    // The stream credit this connection was last given.
+    let mut credit = shared.credit.as_ref().map(Credit::max);
     loop {
         tokio::select! {
             biased;
@@ -613,6 +644,13 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
                 match stream {
                     Ok((send, recv)) => {
                         requests.push(request(send, recv, shared.clone(), &terminal, institution));
+                        if let (Some(given), Some(c)) = (&mut credit, &shared.credit) {
+                            let now = c.now();
+                            if now != *given {
+                                conn.set_max_concurrent_bi_streams(now.into());
+                                *given = now;
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::debug!(%institution, reason = %e, "connection ended");

@@ -211,7 +211,8 @@ pub struct Report {
     pub latency: Latency,
     /// Latency by request kind.
     pub by_kind: BTreeMap<Kind, Latency>,
-    /// Failures by kind (timeout, stream, overloaded, unavailable, invalid).
+    /// Failures by kind (timeout, stream, overloaded, no_credit: refused by
+    /// flow control before it was sent, unavailable, invalid).
     pub errors: BTreeMap<String, u64>,
     /// The first reason seen for each kind of failure that has one (the
     /// transport's error, the server's reason; never personal data).
@@ -911,7 +912,9 @@ async fn request(
     // deadline, with its kind, and does not stay in flight.
     let answered = tokio::time::timeout_at(scheduled + timeout, async {
         match conn {
-            Conn::Quic(client) => match client.request_raw(&planned.bytes).await {
+            Conn::Quic(client) => match client.try_request_raw(&planned.bytes).await {
+                // Refused by flow control, at once: the server sheds load.
+                Err(qualcache::client::ClientError::NoCredit) => Outcome::Error("no_credit", None),
                 Err(e) => Outcome::Error("stream", Some(e.to_string())),
                 Ok(_) if !check => Outcome::Ok,
                 Ok(bytes) => match <Statuses as prost::Message>::decode(&bytes[..]) {

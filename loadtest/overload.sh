@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Overload: qualcached offered 3x its maximum rate for 20 s, with and
+# without adaptive stream credit (server.adaptive_stream_credit), the
+# issue's max_in_flight = 256 both times. For each: the maximum rate
+# (--find-max), then 20 s of 200 terminals at 3x it while one
+# well-behaved terminal sends 50 requests/s beside them, then 10 s of the
+# well-behaved terminal alone (recovery); the daemon's RSS before, at the
+# end of the overload and after. Prints one table; not part of CI.
+#
+#   loadtest/overload.sh
+#
+# Environment: RECORDS (default 1000000), TERMINALS (200), FACTOR (3),
+# PORT (4463), ADMIN_PORT (9484), KEEP=1 keeps the working folder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RECORDS=${RECORDS:-1000000}
+TERMINALS=${TERMINALS:-200}
+FACTOR=${FACTOR:-3}
+PORT=${PORT:-4463}
+ADMIN_PORT=${ADMIN_PORT:-9484}
+W=$(mktemp -d)
+DAEMON=
+cleanup() {
+  [ -n "$DAEMON" ] && kill -TERM "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null
+  if [ "${KEEP:-0}" = 1 ]; then echo "overload: kept $W" >&2; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+
+cargo build -q --release --workspace
+BIN=target/release
+$BIN/qualcache gen --records "$RECORDS" --seed 7 --out "$W/data" > /dev/null
+$BIN/qualcache certs --out "$W/certs" --terminals "$((TERMINALS + 1))" > /dev/null
+$BIN/qualcache snapshot build --source "$W/data/enrollees.csv" --out "$W/snap" > /dev/null
+rss() { awk '/^VmRSS:/ { print int($2 / 1024) }' "/proc/$DAEMON/status"; }
+LT=(target/release/qualcache-loadtest run --target "qualcache://127.0.0.1:$PORT" --certs "$W/certs"
+    --probes "$W/data/probes.jsonl" --quiet)
+
+for adaptive in true false; do
+  cat > "$W/qualcached.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PORT"
+max_in_flight = 256
+adaptive_stream_credit = $adaptive
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+[audit]
+dir = "$W/audit"
+[tls]
+cert = "$W/certs/server.pem"
+key = "$W/certs/server.key"
+client_ca = "$W/certs/ca.pem"
+[snapshots]
+dir = "$W/snap"
+reload_interval_secs = 3600
+[source]
+kind = "csv"
+path = "$W/data/enrollees.csv"
+EOF
+  $BIN/qualcached --config "$W/qualcached.toml" 2> "$W/qualcached-$adaptive.log" &
+  DAEMON=$!
+  for _ in $(seq 300); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN_PORT/readyz")" = 200 ] && break
+    sleep 0.2
+  done
+  "${LT[@]}" --terminals "$TERMINALS" --find-max --rate 4000 --seconds 10 --json "$W/max-$adaptive.json" > /dev/null || true
+  max=$(python3 -c "import json; print(int(json.load(open('$W/max-$adaptive.json'))['profile']['rate']))")
+  before=$(rss)
+  # The flood and, beside it, one well-behaved terminal (the last certificate).
+  "${LT[@]}" --terminals "$TERMINALS" --profile constant --rate "$((max * FACTOR))" --seconds 20 \
+    --json "$W/flood-$adaptive.json" > /dev/null &
+  FLOOD=$!
+  "${LT[@]}" --terminals 1 --profile constant --rate 50 --seconds 20 --seed 2 \
+    --json "$W/calm-$adaptive.json" > /dev/null &
+  CALM=$!
+  sleep 19
+  during=$(rss)
+  wait "$FLOOD" || true
+  wait "$CALM" || true
+  "${LT[@]}" --terminals 1 --profile constant --rate 50 --seconds 10 --seed 3 \
+    --json "$W/after-$adaptive.json" > /dev/null || true
+  after=$(rss)
+  echo "$adaptive $max $before $during $after" >> "$W/rss.txt"
+  kill -TERM "$DAEMON"; wait "$DAEMON" || true; DAEMON=
+done
+
+python3 - "$W" "$FACTOR" <<'PY'
+import json, sys
+w, factor = sys.argv[1], int(sys.argv[2])
+rss = {l.split()[0]: l.split()[1:] for l in open(f"{w}/rss.txt")}
+print(f"{'adaptive credit':<16} {'max/s':>7} {'offered/s':>9} {'goodput/s':>9} {'goodput/max':>11} "
+      f"{'refused fast':>12} {'timeouts':>8} {'calm p99 ms':>11} {'after p99 ms':>12} {'RSS MiB before/during/after':>28}")
+for a in ("true", "false"):
+    f = json.load(open(f"{w}/flood-{a}.json"))
+    calm = json.load(open(f"{w}/calm-{a}.json"))
+    after = json.load(open(f"{w}/after-{a}.json"))
+    mx = int(rss[a][0])
+    errors = f["errors"]
+    good = (f["sent"] - sum(errors.values()) - f["mismatches"]) / f["seconds"]
+    fast = errors.get("no_credit", 0) + errors.get("overloaded", 0)
+    print(f"{a:<16} {mx:>7} {mx * factor:>9} {good:>9.0f} {good / mx:>11.2f} {fast:>12} {errors.get('timeout', 0):>8} "
+          f"{calm['latency']['p99_ms']:>11.3f} {after['latency']['p99_ms']:>12.3f} {'/'.join(rss[a][1:]):>28}")
+    print(f"  flood errors by kind: {dict(errors)}; calm terminal errors: {dict(calm['errors'])}")
+PY
