@@ -28,6 +28,7 @@ trap cleanup EXIT
 
 cargo build -q --release --workspace
 BIN=target/release
+. loadtest/daemon.sh
 $BIN/qualcache gen --records "$RECORDS" --seed 7 --out "$W/data" > /dev/null
 $BIN/qualcache certs --out "$W/certs" --terminals "$((TERMINALS + 1))" > /dev/null
 $BIN/qualcache snapshot build --source "$W/data/enrollees.csv" --out "$W/snap" > /dev/null
@@ -36,32 +37,9 @@ LT=(target/release/qualcache-loadtest run --target "qualcache://127.0.0.1:$PORT"
     --probes "$W/data/probes.jsonl" --quiet)
 
 for adaptive in true false; do
-  cat > "$W/qualcached.toml" <<EOF
-[server]
-listen = "127.0.0.1:$PORT"
-max_in_flight = 256
-adaptive_stream_credit = $adaptive
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-[audit]
-dir = "$W/audit"
-[tls]
-cert = "$W/certs/server.pem"
-key = "$W/certs/server.key"
-client_ca = "$W/certs/ca.pem"
-[snapshots]
-dir = "$W/snap"
-reload_interval_secs = 3600
-[source]
-kind = "csv"
-path = "$W/data/enrollees.csv"
-EOF
-  $BIN/qualcached --config "$W/qualcached.toml" 2> "$W/qualcached-$adaptive.log" &
-  DAEMON=$!
-  for _ in $(seq 300); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN_PORT/readyz")" = 200 ] && break
-    sleep 0.2
-  done
+  write_config "max_in_flight = 256
+adaptive_stream_credit = $adaptive"
+  start_daemon "qualcached-$adaptive.log"
   "${LT[@]}" --terminals "$TERMINALS" --find-max --rate 4000 --seconds 10 --json "$W/max-$adaptive.json" > /dev/null || true
   max=$(python3 -c "import json; print(int(json.load(open('$W/max-$adaptive.json'))['profile']['rate']))")
   before=$(rss)

@@ -36,6 +36,7 @@ trap cleanup EXIT
 
 cargo build -q --release --workspace
 BIN=target/release
+. loadtest/daemon.sh
 metric() { # the value of one metric series, from the admin listener
   curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v s="$1" '$1 == s { print $2 }'
 }
@@ -43,32 +44,8 @@ metric() { # the value of one metric series, from the admin listener
 echo "soak: $RECORDS records, $TERMINALS terminals, $MINUTES min, working in $W" >&2
 $BIN/qualcache gen --records "$RECORDS" --seed 7 --out "$W/data" > /dev/null
 $BIN/qualcache certs --out "$W/certs" --terminals "$TERMINALS" > /dev/null
-cat > "$W/qualcached.toml" <<EOF
-[server]
-listen = "127.0.0.1:$PORT"
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-[audit]
-dir = "$W/audit"
-[tls]
-cert = "$W/certs/server.pem"
-key = "$W/certs/server.key"
-client_ca = "$W/certs/ca.pem"
-[snapshots]
-dir = "$W/snap"
-keep = 3
-reload_interval_secs = 3600
-[source]
-kind = "csv"
-path = "$W/data/enrollees.csv"
-EOF
-$BIN/qualcached --config "$W/qualcached.toml" 2> "$W/qualcached.log" &
-DAEMON=$!
-for _ in $(seq 600); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN_PORT/readyz")" = 200 ] && break
-  kill -0 "$DAEMON" 2>/dev/null || { echo "soak: qualcached exited; see its log:" >&2; tail "$W/qualcached.log" >&2; exit 1; }
-  sleep 1
-done
+write_config ""
+start_daemon qualcached.log
 LT=(target/release/qualcache-loadtest run --target "qualcache://127.0.0.1:$PORT" --certs "$W/certs"
     --probes "$W/data/probes.jsonl" --terminals "$TERMINALS" --quiet)
 if [ -z "$RATE" ]; then
