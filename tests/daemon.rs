@@ -223,6 +223,23 @@ fn spawn_qualcached_configured(
         .unwrap()
 }
 
+/// Generates `records` records (as of 2026-11-01, a tenth of them as
+/// probes) into `d/data`; returns them and a `[source]` body naming their
+/// CSV, for [`spawn_qualcached`].
+fn csv_source(d: &Path, records: u64, seed: u64) -> (qualcache::gen::GenSummary, String) {
+    let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
+        records,
+        seed,
+        out: d.join("data"),
+        probes: (records / 10) as usize,
+        as_of: "20261101".parse().unwrap(),
+        card_key: CardKey::demo(),
+    })
+    .unwrap();
+    let source = format!("kind = \"csv\"\npath = {:?}\n", g.csv.display().to_string());
+    (g, source)
+}
+
 /// Reads a spawned `qualcached`'s stderr until it listens; returns its
 /// QUIC and admin addresses, and the lines it logs from then on.
 fn listening(
@@ -1403,16 +1420,7 @@ async fn the_served_snapshot_file_changed_by_another_process() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
-            records: 3_000,
-            seed: 12,
-            out: d.join("data"),
-            probes: 300,
-            as_of: "20261101".parse().unwrap(),
-            card_key: CardKey::demo(),
-        })
-        .unwrap();
-        let source = format!("kind = \"csv\"\npath = {:?}\n", g.csv.display().to_string());
+        let (g, source) = csv_source(d, 3_000, 12);
         let mut child = spawn_qualcached(d, "reload_interval_secs = 3600\n", &source);
         let pid = child.id().to_string();
         let (addr, admin, _) = listening(&mut child);
@@ -1638,16 +1646,7 @@ async fn a_flood_of_handshakes_that_never_finish_is_bounded() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
-            records: 2_000,
-            seed: 14,
-            out: d.join("data"),
-            probes: 200,
-            as_of: "20261101".parse().unwrap(),
-            card_key: CardKey::demo(),
-        })
-        .unwrap();
-        let source = format!("kind = \"csv\"\npath = {:?}\n", g.csv.display().to_string());
+        let (g, source) = csv_source(d, 2_000, 14);
         let mut child = spawn_qualcached_configured(
             d,
             "max_handshakes = 256\nhandshake_timeout_secs = 2\n",
