@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Admin;
 use crate::config::{Config, Source};
 use crate::server::{self, Shared};
-use reload::reload_loop;
+use reload::{answer_lease_break, reload_loop};
 use signals::forward_signals;
 
 /// Tells a service manager the daemon's state (systemd `Type=notify`:
@@ -143,10 +143,9 @@ pub async fn run(config: Config, mut handlers: Signals) -> Result<()> {
     };
     let (generation, records) = (first.header().generation, first.header().records);
     shared.swap(first);
-    // A writer may have come for the file between its lease and now.
-    if let Err(e) = store.lease_broken(&shared) {
-        tracing::error!(error = %format!("{e:#}"), "could not copy the served snapshot before its file changes");
-    }
+    // A writer may have come for the file between its lease and now
+    // (answered on a blocking thread: it may copy the whole file).
+    answer_lease_break(&store, &shared);
     let endpoints = server::bind_many(
         config.listen,
         tls,
