@@ -104,11 +104,10 @@ impl Running {
     }
 }
 
-/// Generates `records` synthetic records (as of 2026-11-01) into
-/// `dir/data` and builds their snapshot; returns the probes and the
-/// snapshot file.
-fn small_data_set(dir: &Path, records: u64, seed: u64) -> (Vec<Probe>, std::path::PathBuf) {
-    let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
+/// Generates `records` synthetic records (as of 2026-11-01, a tenth of
+/// them as probes, the demo card key) into `dir/data`.
+fn generated(dir: &Path, records: u64, seed: u64) -> qualcache::gen::GenSummary {
+    qualcache::gen::generate(&qualcache::gen::GenOptions {
         records,
         seed,
         out: dir.join("data"),
@@ -116,7 +115,14 @@ fn small_data_set(dir: &Path, records: u64, seed: u64) -> (Vec<Probe>, std::path
         as_of: "20261101".parse().unwrap(),
         card_key: CardKey::demo(),
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// Generates `records` synthetic records (as of 2026-11-01) into
+/// `dir/data` and builds their snapshot; returns the probes and the
+/// snapshot file.
+fn small_data_set(dir: &Path, records: u64, seed: u64) -> (Vec<Probe>, std::path::PathBuf) {
+    let g = generated(dir, records, seed);
     let opts = qualcache::build::BuildOptions {
         skip_invalid: false,
         card_key_id: CardKey::demo().id(),
@@ -227,15 +233,7 @@ fn spawn_qualcached_configured(
 /// probes) into `d/data`; returns them and a `[source]` body naming their
 /// CSV, for [`spawn_qualcached`].
 fn csv_source(d: &Path, records: u64, seed: u64) -> (qualcache::gen::GenSummary, String) {
-    let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
-        records,
-        seed,
-        out: d.join("data"),
-        probes: (records / 10) as usize,
-        as_of: "20261101".parse().unwrap(),
-        card_key: CardKey::demo(),
-    })
-    .unwrap();
+    let g = generated(d, records, seed);
     let source = format!("kind = \"csv\"\npath = {:?}\n", g.csv.display().to_string());
     (g, source)
 }
