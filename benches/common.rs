@@ -39,6 +39,7 @@ pub fn data(records: u64) -> PathBuf {
     if !dir.join("enrollees.csv").exists() {
         eprintln!("generating {records} records into {}", dir.display());
         generate(&GenOptions {
+            progress: Default::default(),
             records,
             seed: 42,
             out: dir.clone(),
@@ -62,6 +63,7 @@ pub fn data(records: u64) -> PathBuf {
 /// Builds a snapshot of `dir/enrollees.csv` into `dir/snap`.
 pub fn build(dir: &Path) -> BuildSummary {
     let opts = BuildOptions {
+        progress: Default::default(),
         skip_invalid: false,
         card_key_id: CardKey::demo().id(),
     };

@@ -42,10 +42,15 @@ fn snapshot(c: &mut Criterion) {
             // nothing.
             b.iter(|| {
                 let mut rows = 0u64;
-                read_parallel(&dir.join("enrollees.csv"), PARSE_THREADS, |batch| {
-                    rows += batch.iter().filter(|r| r.is_ok()).count() as u64;
-                    ControlFlow::Continue(())
-                })
+                read_parallel(
+                    &dir.join("enrollees.csv"),
+                    PARSE_THREADS,
+                    &qualcache::progress::Progress::none(),
+                    |batch| {
+                        rows += batch.iter().filter(|r| r.is_ok()).count() as u64;
+                        ControlFlow::Continue(())
+                    },
+                )
                 .unwrap();
                 black_box(rows)
             })

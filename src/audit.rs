@@ -788,7 +788,7 @@ pub struct QueryFilter {
 }
 
 /// Calls `out` with every record (as its JSON value, with an added `time`
-/// in RFC 3339 UTC) that `filter` selects, oldest first. Chain and header
+/// in ISO 8601, Japan time) that `filter` selects, oldest first. Chain and header
 /// lines are skipped; run [`verify`] to trust the records.
 pub fn query(
     dir: &Path,
@@ -824,13 +824,7 @@ pub fn query(
             if !keep {
                 continue;
             }
-            let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
-                .ok()
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_default();
+            let time = crate::model::date::iso_jst_nanos(i128::from(ns));
             if let Some(o) = v.as_object_mut() {
                 o.insert("time".into(), time.into());
             }
@@ -912,7 +906,7 @@ mod tests {
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0]["who"], who.to_string());
         assert_eq!(seen[0]["status"], "VALID");
-        assert!(seen[0]["time"].as_str().unwrap().ends_with('Z'));
+        assert!(seen[0]["time"].as_str().unwrap().ends_with("+09:00"));
     }
 
     #[test]

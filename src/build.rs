@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::progress::{Batched, Progress, Unit};
 use crate::snapshot::{
     write_snapshot, BuildError, Builder, SnapshotError, SnapshotMeta, WarningCount,
 };
@@ -21,6 +22,8 @@ pub struct BuildOptions {
     pub skip_invalid: bool,
     /// `CardKey::id` of the key the store's digests were made with.
     pub card_key_id: u64,
+    /// Told each stage (reading, indexing, writing) and how far reading is.
+    pub progress: Progress,
 }
 
 /// The JSON summary `snapshot build` prints.
@@ -134,7 +137,7 @@ pub fn build_from_csv(
     let mut rows = Rows::default();
     // Parsing is most of the work: two parsing threads feed this one, which
     // folds rows into the builder in file order.
-    read_file(&file, &name, PARSE_THREADS, |batch| {
+    read_file(&file, &name, PARSE_THREADS, &opts.progress, |batch| {
         for row in batch {
             rows.fold(
                 row.and_then(|(line, rec)| builder.push(line, rec)),
@@ -176,7 +179,14 @@ pub fn build_from_postgres(
         let mut builder =
             Builder::with_capacity(estimate.min(1 << 32) as usize).counting(RowUnit::Qualification);
         let mut rows = Rows::default();
+        opts.progress.stage(
+            &format!("reading {}", source.describe()),
+            (estimate > 0).then_some(estimate),
+            Unit::Rows,
+        );
+        let mut read = Batched::new(&opts.progress, 1 << 16);
         let exported = postgres::export::export(source, |row| {
+            read.tick();
             rows.fold(
                 row.and_then(|(id, rec)| builder.push(id, rec)),
                 opts,
@@ -184,6 +194,7 @@ pub fn build_from_postgres(
             )
         })
         .await?;
+        drop(read);
         Ok::<_, PgError>((builder, rows, exported))
     })?;
     let meta = SnapshotMeta {
@@ -240,8 +251,12 @@ fn finish(
     }
     let read_seconds = started.elapsed().as_secs_f64();
     let warnings = builder.warnings();
+    opts.progress
+        .stage("building the indexes", None, Unit::Records);
     let body = builder.finish()?;
     let index_seconds = started.elapsed().as_secs_f64() - read_seconds;
+    opts.progress
+        .stage("writing the snapshot", None, Unit::Bytes);
     let written = write_snapshot(out_dir, &body, meta)?;
     drop(body);
     let seconds = started.elapsed().as_secs_f64();

@@ -13,6 +13,7 @@ use crate::build::{build_from_csv, build_from_postgres, BuildFailure, BuildOptio
 use crate::gen::{generate, GenOptions};
 use crate::model::{CardKey, Date};
 use crate::probe::{check, read_probes, ProbeLookup};
+use crate::progress::{Progress, Unit};
 use crate::snapshot::{BuildError, Snapshot};
 use crate::store::csv::RowError;
 use crate::store::postgres::{self, load::LoadError, PgSource};
@@ -23,6 +24,9 @@ pub use crate::model::card::CARD_KEY_ENV;
 #[derive(Debug, Parser)]
 #[command(name = "qualcache", version, about, long_about = None)]
 pub struct Cli {
+    /// No progress bars (they are drawn on stderr, and only when it is a terminal).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -387,17 +391,84 @@ pub struct DemoArgs {
     pub dir: PathBuf,
 }
 
+/// A progress bar on stderr for a person watching a terminal.
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    /// A bar on stderr; nothing (silent) with `quiet` or when stderr is
+    /// not a terminal, so scripts and logs see only the JSON on stdout.
+    fn stderr(quiet: bool) -> Progress {
+        use std::io::IsTerminal;
+        if quiet || !std::io::stderr().is_terminal() {
+            return Progress::none();
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        Progress::to(Bar(bar))
+    }
+}
+
+impl crate::progress::Watch for Bar {
+    fn stage(&self, what: &str, total: Option<u64>, unit: Unit) {
+        let template = match (total, unit) {
+            (None, _) => "{spinner} {msg} {elapsed}",
+            (Some(_), Unit::Bytes) => {
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left"
+            }
+            (Some(_), _) => "{msg} [{bar:30}] {human_pos}/{human_len} {rate}, {eta} left",
+        };
+        let style = indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .with_key(
+                "rate",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{}/s", crate::progress::thousands(s.per_sec() as u64));
+                },
+            )
+            .progress_chars("=> ");
+        self.0.set_message(what.to_string());
+        self.0.set_style(style);
+        match total {
+            Some(t) => self.0.set_length(t),
+            None => self.0.unset_length(),
+        }
+        // Position and elapsed time are the stage's own.
+        self.0.reset();
+    }
+
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Runs `task` with a progress bar (see [`Bar::stderr`]), cleared after.
+fn with_progress<T>(quiet: bool, task: impl FnOnce(&Progress) -> Result<T>) -> Result<T> {
+    let progress = Bar::stderr(quiet);
+    let result = task(&progress);
+    progress.finish();
+    result
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    let quiet = cli.quiet;
     match cli.command {
         Command::Gen(a) => {
-            let summary = generate(&GenOptions {
-                records: a.records,
-                seed: a.seed,
-                out: a.out,
-                probes: a.probes,
-                as_of: a.as_of,
-                card_key: a.key.load()?,
+            let card_key = a.key.load()?;
+            let summary = with_progress(quiet, |progress| {
+                generate(&GenOptions {
+                    progress: progress.clone(),
+                    records: a.records,
+                    seed: a.seed,
+                    out: a.out,
+                    probes: a.probes,
+                    as_of: a.as_of,
+                    card_key,
+                })
             })?;
             print_json(&summary)
         }
@@ -408,19 +479,27 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 BuildSource::Csv(PathBuf::from(&a.source))
             };
-            let summary = build(&source, &a.out, a.skip_invalid, &key)?;
+            let summary = with_progress(quiet, |progress| {
+                build(&source, &a.out, a.skip_invalid, &key, progress)
+            })?;
             print_json(&summary)
         }
-        Command::Db(c) => db(c),
+        Command::Db(c) => db(c, quiet),
         Command::Snapshot(SnapshotCommand::Inspect { file }) => {
             let snap = open(&file)?;
-            print_json(snap.header())
+            print_json(&Inspected::of(snap.header()))
         }
         Command::Snapshot(SnapshotCommand::Verify { file }) => {
-            let snap = open(&file)?;
-            let report = snap
-                .verify()
-                .with_context(|| format!("verifying {}", snap.path().display()))?;
+            let report = with_progress(quiet, |progress| {
+                progress.stage(
+                    &format!("opening {} (checksum, bytecheck)", file.display()),
+                    None,
+                    Unit::Bytes,
+                );
+                let snap = open(&file)?;
+                snap.verify_reporting(progress)
+                    .with_context(|| format!("verifying {}", snap.path().display()))
+            })?;
             print_json(&report)
         }
         Command::Lookup(a) => lookup(a),
@@ -433,7 +512,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Demo(a) => demo(a),
+        Command::Demo(a) => demo(a, quiet),
         Command::Certs(a) => print_json(&crate::certs::generate(&a.out, a.terminals)?),
         Command::Query(a) => query(a),
         Command::Audit(AuditCommand::Verify { dir }) => {
@@ -505,6 +584,28 @@ fn query(a: QueryArgs) -> Result<()> {
     print_json(&response)
 }
 
+/// What `snapshot inspect` prints: the header, and its creation time
+/// for people.
+#[derive(Serialize)]
+struct Inspected<'a> {
+    #[serde(flatten)]
+    header: &'a crate::snapshot::Header,
+    /// `created_at_unix` in ISO 8601, Japan time.
+    created_at: String,
+    /// Seconds since `created_at_unix`.
+    age_seconds: u64,
+}
+
+impl Inspected<'_> {
+    fn of(header: &crate::snapshot::Header) -> Inspected<'_> {
+        Inspected {
+            header,
+            created_at: crate::model::date::iso_jst(header.created_at_unix),
+            age_seconds: crate::model::date::unix_now().saturating_sub(header.created_at_unix),
+        }
+    }
+}
+
 /// What `snapshot build` reads.
 enum BuildSource {
     Csv(PathBuf),
@@ -516,8 +617,10 @@ fn build(
     out: &Path,
     skip_invalid: bool,
     key: &CardKey,
+    progress: &Progress,
 ) -> Result<crate::build::BuildSummary> {
     let opts = BuildOptions {
+        progress: progress.clone(),
         skip_invalid,
         card_key_id: key.id(),
     };
@@ -567,7 +670,7 @@ fn build(
     }
 }
 
-fn db(command: DbCommand) -> Result<()> {
+fn db(command: DbCommand, quiet: bool) -> Result<()> {
     let runtime = postgres::runtime()?;
     match command {
         DbCommand::Migrate(a) => {
@@ -576,7 +679,10 @@ fn db(command: DbCommand) -> Result<()> {
         }
         DbCommand::Load { db, csv, replace } => {
             let source = db.pg.source(&db.url)?;
-            match runtime.block_on(postgres::load::load(&source, &csv, replace)) {
+            let progress = Bar::stderr(quiet);
+            let loaded = runtime.block_on(postgres::load::load(&source, &csv, replace, &progress));
+            progress.finish();
+            match loaded {
                 Ok(summary) => print_json(&summary),
                 Err(LoadError::Rows(BuildError::Rows { errors, count })) => {
                     let mut err = std::io::stderr().lock();
@@ -681,7 +787,7 @@ pub fn check_probes(snap: &Snapshot, key: &CardKey, probes: &Path) -> Result<Che
     Ok(report)
 }
 
-fn demo(a: DemoArgs) -> Result<()> {
+fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
     let key = CardKey::demo();
     let out = std::io::stdout();
     let mut out = out.lock();
@@ -691,18 +797,30 @@ fn demo(a: DemoArgs) -> Result<()> {
         a.records,
         a.dir.display()
     )?;
-    let g = generate(&GenOptions {
-        records: a.records,
-        seed: 1,
-        out: a.dir.clone(),
-        probes: 2_000,
-        as_of: "20261101".parse()?,
-        card_key: key.clone(),
+    let as_of = "20261101".parse()?;
+    let g = with_progress(quiet, |progress| {
+        generate(&GenOptions {
+            progress: progress.clone(),
+            records: a.records,
+            seed: 1,
+            out: a.dir.clone(),
+            probes: 2_000,
+            as_of,
+            card_key: key.clone(),
+        })
     })?;
     writeln!(out, "{}", serde_json::to_string(&g)?)?;
     let snapshots = a.dir.join("snapshots");
     writeln!(out, "== building a snapshot in {}", snapshots.display())?;
-    let b = build(&BuildSource::Csv(g.csv.clone()), &snapshots, false, &key)?;
+    let b = with_progress(quiet, |progress| {
+        build(
+            &BuildSource::Csv(g.csv.clone()),
+            &snapshots,
+            false,
+            &key,
+            progress,
+        )
+    })?;
     writeln!(out, "{}", serde_json::to_string(&b)?)?;
     let snap = Snapshot::open(&b.path)?;
     writeln!(out, "== checking {} probes", g.probe_count)?;

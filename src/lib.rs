@@ -59,6 +59,7 @@ pub mod metrics;
 pub mod model;
 pub mod overload;
 pub mod probe;
+pub mod progress;
 pub mod protocol;
 pub mod server;
 pub mod snapshot;

@@ -52,6 +52,8 @@ pub struct Context<'a> {
     pub limits: Limits,
     /// Filled into status responses.
     pub uptime_seconds: u64,
+    /// Now, Unix seconds (the snapshot's age in status responses).
+    pub now_unix: u64,
     /// Filled into status responses.
     pub connections: u64,
     /// Filled into status responses.
@@ -197,6 +199,8 @@ pub fn handle_audited(
                 generation,
                 records: h.records,
                 snapshot_created_at_unix: h.created_at_unix,
+                snapshot_created_at: crate::model::date::iso_jst(h.created_at_unix),
+                snapshot_age_seconds: ctx.now_unix.saturating_sub(h.created_at_unix),
                 uptime_seconds: ctx.uptime_seconds,
                 connections: ctx.connections,
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -472,6 +476,7 @@ mod tests {
             today: today.parse().unwrap(),
             limits: Limits::default(),
             uptime_seconds: 0,
+            now_unix: 0,
             connections: 0,
             metrics: &METRICS,
         }

@@ -267,6 +267,7 @@ impl Shared {
             today: Date::today_jst(),
             limits: self.limits,
             uptime_seconds: self.started.elapsed().as_secs(),
+            now_unix: crate::model::date::unix_now(),
             connections: self.connections.load(Ordering::Relaxed),
             metrics: &self.metrics,
         };

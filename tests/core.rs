@@ -718,6 +718,7 @@ mod csv_store {
         fs::write(&path, text).unwrap();
         let mut skipped = Vec::new();
         let opts = BuildOptions {
+            progress: Default::default(),
             skip_invalid,
             card_key_id: CardKey::demo().id(),
         };
@@ -940,6 +941,7 @@ mod csv_store {
         let snap = dir.path().join("snap");
         fs::write(&path, edit(&csv_of(&sample()), 0, "birth_date", "19800230")).unwrap();
         let opts = BuildOptions {
+            progress: Default::default(),
             skip_invalid: true,
             card_key_id: CardKey::demo().id(),
         };
@@ -992,6 +994,7 @@ mod csv_store {
         fs::write(&path, &before_bytes).unwrap();
         let before = qualcache::store::csv::file_fingerprint(&path);
         let opts = BuildOptions {
+            progress: Default::default(),
             skip_invalid: true,
             card_key_id: CardKey::demo().id(),
         };
@@ -1038,6 +1041,7 @@ mod csv_store {
         let path = dir.path().join("in.csv");
         fs::write(&path, csv_of(&records)).unwrap();
         let opts = BuildOptions {
+            progress: Default::default(),
             skip_invalid: true,
             card_key_id: CardKey::demo().id(),
         };
@@ -1212,10 +1216,15 @@ mod csv_store {
             }
         }
         let mut par = Vec::new();
-        qualcache::store::chunks::read_parallel(&p, 2, |batch| {
-            par.extend(batch.into_iter().filter_map(Result::err));
-            std::ops::ControlFlow::Continue(())
-        })
+        qualcache::store::chunks::read_parallel(
+            &p,
+            2,
+            &qualcache::progress::Progress::none(),
+            |batch| {
+                par.extend(batch.into_iter().filter_map(Result::err));
+                std::ops::ControlFlow::Continue(())
+            },
+        )
         .unwrap();
         assert_eq!(errs, par);
         let got: Vec<(u64, Option<&str>, &str)> = errs
@@ -1233,6 +1242,7 @@ mod generated {
 
     fn gen(dir: &std::path::Path, records: u64, seed: u64) -> qualcache::gen::GenSummary {
         generate(&GenOptions {
+            progress: Default::default(),
             records,
             seed,
             out: dir.to_path_buf(),
@@ -1249,6 +1259,7 @@ mod generated {
         let g = gen(dir.path(), 60_000, 11);
         assert_eq!(g.records, 60_000);
         let opts = qualcache::build::BuildOptions {
+            progress: Default::default(),
             skip_invalid: false,
             card_key_id: CardKey::demo().id(),
         };
@@ -1331,6 +1342,85 @@ mod generated {
             .filter(|n| n.ends_with(".tmp"))
             .collect();
         assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
+
+    /// What a progress watcher was told: each stage with its total, and
+    /// the units reported in it.
+    #[derive(Default)]
+    struct Tape(std::sync::Mutex<Vec<(String, Option<u64>, u64)>>);
+
+    impl qualcache::progress::Watch for Tape {
+        fn stage(&self, what: &str, total: Option<u64>, _: qualcache::progress::Unit) {
+            self.0.lock().unwrap().push((what.to_string(), total, 0));
+        }
+        fn advance(&self, n: u64) {
+            let mut stages = self.0.lock().unwrap();
+            stages.last_mut().expect("advance before any stage").2 += n;
+        }
+        fn finish(&self) {}
+    }
+
+    impl Tape {
+        fn stages(&self) -> Vec<(String, Option<u64>, u64)> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    /// `gen`, `snapshot build` and `snapshot verify` say what they are
+    /// doing and how far they are, and reach their totals exactly.
+    #[test]
+    fn long_tasks_report_how_far_they_are() {
+        use qualcache::progress::Progress;
+        let dir = tempdir();
+        let tape = std::sync::Arc::new(Tape::default());
+        let g = generate(&GenOptions {
+            progress: Progress::to(tape.clone()),
+            records: 50_000,
+            seed: 4,
+            out: dir.path().to_path_buf(),
+            probes: 100,
+            as_of: date(AS_OF),
+            card_key: CardKey::demo(),
+        })
+        .unwrap();
+        let csv = g.csv.display().to_string();
+        assert_eq!(
+            tape.stages(),
+            [(format!("generating {csv}"), Some(50_000), 50_000)]
+        );
+
+        let size = fs::metadata(&g.csv).unwrap().len();
+        let opts = qualcache::build::BuildOptions {
+            progress: Progress::to(tape.clone()),
+            skip_invalid: false,
+            card_key_id: CardKey::demo().id(),
+        };
+        let built =
+            qualcache::build::build_from_csv(&g.csv, &dir.path().join("snap"), &opts, |_| {})
+                .unwrap();
+        assert_eq!(
+            tape.stages(),
+            [
+                (format!("reading {csv}"), Some(size), size),
+                ("building the indexes".to_string(), None, 0),
+                ("writing the snapshot".to_string(), None, 0),
+            ]
+        );
+
+        let snap = Snapshot::open(&built.path).unwrap();
+        let report = snap.verify_reporting(&Progress::to(tape.clone())).unwrap();
+        assert_eq!(
+            tape.stages(),
+            [
+                (
+                    "checking persons".to_string(),
+                    Some(report.persons),
+                    report.persons
+                ),
+                ("checking records".to_string(), Some(50_000), 50_000),
+                ("checking the indexes".to_string(), None, 0),
+            ]
+        );
     }
 
     /// `gen` killed half-way leaves no `enrollees.csv` or `probes.jsonl`
@@ -1539,6 +1629,62 @@ mod cli {
         }
     }
 
+    /// Runs `qualcache ARGS` with its stdout and stderr on a pseudo-terminal
+    /// (`script` from util-linux), as a person at a terminal does; returns
+    /// what the terminal showed.
+    fn on_a_terminal(args: &str) -> String {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &format!("{} {args}", bin().display()), "/dev/null"])
+            .env_remove("QUALCACHE_CARD_KEY")
+            .output()
+            .expect("script (util-linux) runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// On a terminal, `gen` and `snapshot build` draw a progress bar on
+    /// stderr; with `--quiet`, or when stderr is not a terminal (a script,
+    /// a log), they do not, and stdout is the JSON summary alone.
+    #[test]
+    fn progress_bars_show_on_a_terminal_only() {
+        let dir = tempdir();
+        let out = dir.path().join("data");
+        let shown = on_a_terminal(&format!("gen --records 20000 --out {}", out.display()));
+        assert!(shown.contains("generating"), "{shown}");
+        assert!(shown.contains("\"records\": 20000"), "{shown}");
+        let csv = out.join("enrollees.csv");
+        let snaps = dir.path().join("snap");
+        let shown = on_a_terminal(&format!(
+            "snapshot build --source {} --out {}",
+            csv.display(),
+            snaps.display()
+        ));
+        assert!(
+            shown.contains(&format!("reading {}", csv.display())),
+            "{shown}"
+        );
+        assert!(shown.contains("\"generation\": "), "{shown}");
+
+        let quiet = on_a_terminal(&format!(
+            "--quiet gen --records 20000 --out {}",
+            out.display()
+        ));
+        assert!(!quiet.contains("generating"), "{quiet}");
+        assert!(quiet.contains("\"records\": 20000"), "{quiet}");
+
+        let out_dir = out.display().to_string();
+        let (ok, stdout, stderr) = run(&["gen", "--records", "20000", "--out", &out_dir]);
+        assert!(ok, "{stderr}");
+        assert_eq!(stderr, "", "nothing on a stderr that is not a terminal");
+        let summary: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is JSON");
+        assert_eq!(summary["records"], 20000);
+        let (ok, stdout, stderr) = run(&["snapshot", "verify", "-q", &snaps.display().to_string()]);
+        assert!(ok, "{stderr}");
+        assert_eq!(stderr, "");
+        let report: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is JSON");
+        assert_eq!(report["records"], 20000);
+    }
+
     #[test]
     fn every_subcommand_has_help() {
         use clap::CommandFactory;
@@ -1691,6 +1837,14 @@ mod cli {
         let header: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(header["records"], 3000);
         assert_eq!(header["pointer_width"], 64);
+        // The creation time for people too: ISO 8601 in Japan time, and the age.
+        let created = header["created_at_unix"].as_u64().unwrap();
+        assert_eq!(
+            header["created_at"],
+            qualcache::model::date::iso_jst(created).as_str()
+        );
+        assert!(header["created_at"].as_str().unwrap().ends_with("+09:00"));
+        assert!(header["age_seconds"].as_u64().unwrap() < 600, "{out}");
         let (ok, out, _) = run(&["snapshot", "verify", &snaps]);
         assert!(ok && out.contains("\"records\": 3000"), "{out}");
         let probes = format!("{d}/probes.jsonl");

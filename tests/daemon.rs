@@ -43,6 +43,7 @@ impl Running {
         let certs = certs::generate(&dir.path().join("certs"), 16).unwrap();
         let data = dir.path().join("data");
         let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
+            progress: Default::default(),
             records: 20_000,
             seed: 9,
             out: data.clone(),
@@ -52,6 +53,7 @@ impl Running {
         })
         .unwrap();
         let opts = qualcache::build::BuildOptions {
+            progress: Default::default(),
             skip_invalid: false,
             card_key_id: CardKey::demo().id(),
         };
@@ -108,6 +110,7 @@ impl Running {
 /// them as probes, the demo card key) into `dir/data`.
 fn generated(dir: &Path, records: u64, seed: u64) -> qualcache::gen::GenSummary {
     qualcache::gen::generate(&qualcache::gen::GenOptions {
+        progress: Default::default(),
         records,
         seed,
         out: dir.join("data"),
@@ -124,6 +127,7 @@ fn generated(dir: &Path, records: u64, seed: u64) -> qualcache::gen::GenSummary 
 fn small_data_set(dir: &Path, records: u64, seed: u64) -> (Vec<Probe>, std::path::PathBuf) {
     let g = generated(dir, records, seed);
     let opts = qualcache::build::BuildOptions {
+        progress: Default::default(),
         skip_invalid: false,
         card_key_id: CardKey::demo().id(),
     };
@@ -351,6 +355,7 @@ async fn hand_made_history_answers_right_over_the_wire() {
         let csv_path = dir.path().join("history.csv");
         std::fs::write(&csv_path, csv()).unwrap();
         let opts = qualcache::build::BuildOptions {
+            progress: Default::default(),
             skip_invalid: false,
             card_key_id: CardKey::demo().id(),
         };
@@ -704,7 +709,13 @@ async fn the_audit_trail_records_who_looked_up_whom() {
         assert!(ok, "{err}");
         let line: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
         assert_eq!(line["who"], t.institution.as_str());
-        assert!(line["time"].as_str().unwrap().ends_with('Z'));
+        // `time` is `ns` for people: ISO 8601 in Japan time.
+        let ns = line["ns"].as_u64().unwrap();
+        assert_eq!(
+            line["time"],
+            qualcache::model::date::iso_jst_nanos(i128::from(ns)).as_str()
+        );
+        assert!(line["time"].as_str().unwrap().ends_with("+09:00"));
         // A time window that ends before the records finds none.
         let (ok, out, _) = util::run(&[
             "audit",
@@ -812,6 +823,12 @@ async fn status_limits_and_malformed_requests() {
         let s = status.server.unwrap();
         assert_eq!((s.generation, s.records), (1, 20_000));
         assert_eq!(s.connections, 1);
+        assert_eq!(
+            s.snapshot_created_at,
+            qualcache::model::date::iso_jst(s.snapshot_created_at_unix)
+        );
+        assert!(s.snapshot_created_at.ends_with("+09:00"), "{s:?}");
+        assert!(s.snapshot_age_seconds < 600, "{s:?}");
 
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![0xff; 40], "protobuf decoding failed"),
@@ -2226,6 +2243,7 @@ mod store {
     /// Writes a generated CSV of `records` rows to `dir/enrollees.csv`.
     fn export(dir: &Path, records: u64, key: &CardKey) -> qualcache::gen::GenSummary {
         qualcache::gen::generate(&qualcache::gen::GenOptions {
+            progress: Default::default(),
             records,
             seed: 3,
             out: dir.to_path_buf(),
@@ -2336,6 +2354,7 @@ mod store {
         let g = export(&data, 1_000, &other_key());
         // Generation 1 from the same export but under the demo key.
         let demo = qualcache::build::BuildOptions {
+            progress: Default::default(),
             skip_invalid: false,
             card_key_id: CardKey::demo().id(),
         };

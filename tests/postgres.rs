@@ -123,6 +123,7 @@ async fn bounded<F: std::future::Future>(f: F) -> F::Output {
 
 fn generate(dir: &Path, records: u64) -> qualcache::gen::GenSummary {
     qualcache::gen::generate(&qualcache::gen::GenOptions {
+        progress: Default::default(),
         records,
         seed: 21,
         out: dir.to_path_buf(),
@@ -210,8 +211,47 @@ async fn load_then_build_answers_every_probe_as_the_csv_path_does() {
         }
         // ...because the snapshots hold the same bytes past their headers
         // (`build_both` checks it).
+
+        // A build reports the rows read against the expected count (the
+        // planner's, exact after the load's ANALYZE).
+        let tape = std::sync::Arc::new(Tape::default());
+        let opts = qualcache::build::BuildOptions {
+            progress: qualcache::progress::Progress::to(tape.clone()),
+            skip_invalid: false,
+            card_key_id: CardKey::demo().id(),
+        };
+        let (source, out) = (schema.source.clone(), dir.path().join("watched"));
+        tokio::task::spawn_blocking(move || {
+            qualcache::build::build_from_postgres(&source, &out, &opts, |_| {}).unwrap()
+        })
+        .await
+        .unwrap();
+        let stages = tape.0.lock().unwrap().clone();
+        assert_eq!(
+            stages[0],
+            (
+                format!("reading {}", schema.source.describe()),
+                Some(20_000),
+                20_000
+            )
+        );
     })
     .await;
+}
+
+/// What a progress watcher was told: each stage, its total and the units
+/// reported in it.
+#[derive(Default)]
+struct Tape(std::sync::Mutex<Vec<(String, Option<u64>, u64)>>);
+
+impl qualcache::progress::Watch for Tape {
+    fn stage(&self, what: &str, total: Option<u64>, _: qualcache::progress::Unit) {
+        self.0.lock().unwrap().push((what.to_string(), total, 0));
+    }
+    fn advance(&self, n: u64) {
+        self.0.lock().unwrap().last_mut().unwrap().2 += n;
+    }
+    fn finish(&self) {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,7 +512,7 @@ async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lo
         let d = dir.path();
         let g = generate(&d.join("data"), 5_000);
         qualcache::store::postgres::migrate::migrate(&schema.source).await.unwrap();
-        qualcache::store::postgres::load::load(&schema.source, &g.csv, false).await.unwrap();
+        qualcache::store::postgres::load::load(&schema.source, &g.csv, false, &Default::default()).await.unwrap();
 
         let upstream: SocketAddr = {
             let u: tokio_postgres::Config = url().parse().unwrap();

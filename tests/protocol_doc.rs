@@ -28,6 +28,7 @@ fn examples() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         today: "20200101".parse().unwrap(),
         limits: Limits::default(),
         uptime_seconds: 3_600,
+        now_unix: 1_795_603_600,
         connections: 1_000,
         metrics: &metrics,
     };
@@ -97,8 +98,11 @@ fn examples() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     for (what, bytes) in requests {
         let (_, mut response) = protocol::handle_bytes(&ctx, &bytes, None);
         if let Some(s) = response.server.as_mut() {
-            // The one value that changes from build to build.
+            // The one moment that changes from build to build (an hour
+            // before `now_unix`).
             s.snapshot_created_at_unix = 1_795_600_000;
+            s.snapshot_created_at = qualcache::model::date::iso_jst(1_795_600_000);
+            s.snapshot_age_seconds = 3_600;
         }
         if what != "not protobuf" {
             out.push((what, "Request", bytes));

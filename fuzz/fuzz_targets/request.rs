@@ -18,6 +18,7 @@ fn snapshot() -> &'static Snapshot {
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
             let g = qualcache::gen::generate(&qualcache::gen::GenOptions {
+                progress: Default::default(),
                 records: 500,
                 seed: 3,
                 out: dir.path().join("data"),
@@ -27,6 +28,7 @@ fn snapshot() -> &'static Snapshot {
             })
             .unwrap();
             let opts = qualcache::build::BuildOptions {
+                progress: Default::default(),
                 skip_invalid: false,
                 card_key_id: CardKey::demo().id(),
             };
@@ -49,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
         today: "20261204".parse().unwrap(),
         limits: Limits::default(),
         uptime_seconds: 1,
+        now_unix: 1_796_398_200,
         connections: 1,
         metrics: &METRICS,
     };

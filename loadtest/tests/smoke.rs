@@ -21,6 +21,7 @@ fn data(
     probes: usize,
 ) -> qualcache::gen::GenSummary {
     qualcache::gen::generate(&qualcache::gen::GenOptions {
+        progress: Default::default(),
         records,
         seed,
         out: dir.join("data"),
@@ -49,6 +50,7 @@ async fn a_short_run_answers_everything_correctly() {
         let certs = qualcache::certs::generate(&dir.path().join("certs"), 20).unwrap();
         let g = data(dir.path(), 5_000, 3, 500);
         let opts = qualcache::build::BuildOptions {
+            progress: Default::default(),
             skip_invalid: false,
             card_key_id: CardKey::demo().id(),
         };
@@ -245,6 +247,7 @@ async fn the_redis_peer_answers_like_the_daemon() {
         let dir = tempfile::tempdir().unwrap();
         let g = data(dir.path(), 5_000, 4, 500);
         let opts = qualcache::build::BuildOptions {
+            progress: Default::default(),
             skip_invalid: false,
             card_key_id: CardKey::demo().id(),
         };

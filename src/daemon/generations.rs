@@ -13,6 +13,7 @@ use crate::build::{build_from_csv, build_from_postgres, BuildFailure, BuildOptio
 use crate::config::{Config, Source};
 use crate::metrics::Metrics;
 use crate::model::CardKey;
+use crate::progress::{Logged, Progress};
 use crate::server::Shared;
 use crate::snapshot::{list_generations, write::snapshot_path, Header, Snapshot, SnapshotError};
 use crate::store::csv::file_fingerprint;
@@ -249,7 +250,9 @@ impl Store {
 
     /// Builds a new generation from the source; returns it.
     pub fn build(&self) -> Result<u64> {
+        // A long build (the first one, most of all) shows in the log as it goes.
         let opts = BuildOptions {
+            progress: Progress::to(Logged::new("building a snapshot")),
             skip_invalid: false,
             card_key_id: self.card_key.id(),
         };
@@ -287,6 +290,7 @@ impl Store {
             csv.exists() && std::fs::read_to_string(&stamp).is_ok_and(|text| text == key_id);
         if !current {
             crate::gen::generate(&crate::gen::GenOptions {
+                progress: Progress::to(Logged::new("generating the synthetic data")),
                 records,
                 seed,
                 out: work.clone(),

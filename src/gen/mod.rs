@@ -45,6 +45,8 @@ pub struct GenOptions {
     pub as_of: Date,
     /// Key for the card digests written to the CSV.
     pub card_key: CardKey,
+    /// Told the records written, of `records`.
+    pub progress: crate::progress::Progress,
 }
 
 /// What `gen` wrote.
@@ -214,9 +216,20 @@ fn generate_into(
         common_rate: ((opts.probes as f64 * 4.0) / opts.records.max(1) as f64).min(1.0),
         current_head: None,
     };
+    opts.progress.stage(
+        &format!("generating {}", opts.out.join("enrollees.csv").display()),
+        Some(opts.records),
+        crate::progress::Unit::Records,
+    );
+    let mut reported = 0;
     while g.rows < opts.records {
         g.household()?;
+        if g.rows - reported >= 1 << 14 {
+            opts.progress.advance(g.rows - reported);
+            reported = g.rows;
+        }
     }
+    opts.progress.advance(g.rows - reported);
     let sync = |w: BufWriter<std::fs::File>, path: &std::path::Path| {
         w.into_inner()
             .map_err(|e| e.into_error())

@@ -15,6 +15,34 @@ pub struct Date(i32);
 /// Seconds Japan time is ahead of UTC (JST has no daylight saving).
 const JST_OFFSET_SECS: i64 = 9 * 3600;
 
+/// Now, in Unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A moment given in Unix nanoseconds, as ISO 8601 (RFC 3339) in Japan
+/// time, the domain's time zone: `2026-12-05T10:55:03.25+09:00` (whole
+/// seconds without a fraction). Empty for a moment `time` cannot hold.
+pub fn iso_jst_nanos(unix_nanos: i128) -> String {
+    let offset =
+        time::UtcOffset::from_whole_seconds(JST_OFFSET_SECS as i32).unwrap_or(time::UtcOffset::UTC);
+    time::OffsetDateTime::from_unix_timestamp_nanos(unix_nanos)
+        .ok()
+        .and_then(|t| {
+            t.to_offset(offset)
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Unix seconds as ISO 8601 in Japan time: `2026-12-05T10:55:03+09:00`.
+pub fn iso_jst(unix_secs: u64) -> String {
+    iso_jst_nanos(i128::from(unix_secs) * 1_000_000_000)
+}
+
 /// The earliest and latest years a [`Date`] accepts.
 const MIN_YEAR: i32 = 1800;
 const MAX_YEAR: i32 = 2999;
@@ -173,6 +201,18 @@ fn civil_from_days(z: i32) -> (i32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moments_read_in_japan_time() {
+        assert_eq!(iso_jst(0), "1970-01-01T09:00:00+09:00");
+        // 2026-12-04T15:30:00Z is past midnight in Tokyo.
+        assert_eq!(iso_jst(1_796_398_200), "2026-12-05T00:30:00+09:00");
+        assert_eq!(
+            iso_jst_nanos(1_796_398_200_250_000_000),
+            "2026-12-05T00:30:00.25+09:00"
+        );
+        assert_eq!(iso_jst_nanos(i128::MAX), "");
+    }
 
     /// Found by the `snapshot` fuzz target: a day number near `i32::MAX`
     /// in a (resealed) snapshot overflowed the calendar arithmetic.

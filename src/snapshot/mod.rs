@@ -26,6 +26,7 @@ pub use verify::VerifyReport;
 pub use write::{list_generations, newest_generation, write_snapshot, SnapshotMeta, Written};
 
 use crate::model::{CardDigest, Date, InsuranceKey};
+use crate::progress::Progress;
 use body::ArchivedBody;
 use map::{Backing, MappedArchive};
 
@@ -262,7 +263,16 @@ impl Snapshot {
     /// Full validation: everything `open` checks, then every record decoded
     /// and every index entry checked.
     pub fn verify(&self) -> Result<VerifyReport, SnapshotError> {
-        verify::verify(self.body(), self.archive.file_bytes().len() as u64)
+        self.verify_reporting(&Progress::none())
+    }
+
+    /// [`verify`](Snapshot::verify), telling `progress` how far it is.
+    pub fn verify_reporting(&self, progress: &Progress) -> Result<VerifyReport, SnapshotError> {
+        verify::verify(
+            self.body(),
+            self.archive.file_bytes().len() as u64,
+            progress,
+        )
     }
 }
 

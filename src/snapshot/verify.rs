@@ -11,6 +11,7 @@ use super::body::{
 use super::lookup::{probe, string, QualView};
 use super::SnapshotError;
 use crate::model::text::MAX_KEY_TEXT;
+use crate::progress::{Batched, Progress, Unit};
 
 /// What `verify` checked.
 #[derive(Debug, Clone, Serialize)]
@@ -29,7 +30,11 @@ fn invalid(msg: impl Into<String>) -> SnapshotError {
     SnapshotError::Invalid(msg.into())
 }
 
-pub(super) fn verify(body: &ArchivedBody, bytes: u64) -> Result<VerifyReport, SnapshotError> {
+pub(super) fn verify(
+    body: &ArchivedBody,
+    bytes: u64,
+    progress: &Progress,
+) -> Result<VerifyReport, SnapshotError> {
     // Strings.
     let mut prev = 0u32;
     for (i, end) in body.string_ends.iter().enumerate() {
@@ -50,7 +55,14 @@ pub(super) fn verify(body: &ArchivedBody, bytes: u64) -> Result<VerifyReport, Sn
     // Persons: their qualification runs tile `quals` in order.
     let mut next = 0u64;
     let mut cards = 0u64;
+    progress.stage(
+        "checking persons",
+        Some(body.persons.len() as u64),
+        Unit::Rows,
+    );
+    let mut done = Batched::new(progress, 1 << 16);
     for (p, person) in body.persons.iter().enumerate() {
+        done.tick();
         let first = u64::from(person.first_qual.to_native());
         let count = u64::from(person.qual_count.to_native());
         if first != next || count == 0 {
@@ -84,8 +96,16 @@ pub(super) fn verify(body: &ArchivedBody, bytes: u64) -> Result<VerifyReport, Sn
     if next != body.quals.len() as u64 {
         return Err(invalid("qualifications not covered by persons"));
     }
+    drop(done);
     // Qualifications: decode fully and find through the insurance index.
+    progress.stage(
+        "checking records",
+        Some(body.quals.len() as u64),
+        Unit::Records,
+    );
+    let mut done = Batched::new(progress, 1 << 16);
     for (q, rec) in body.quals.iter().enumerate() {
+        done.tick();
         let view = QualView::at(body, q as u32)
             .ok_or_else(|| invalid(format!("qualification #{q}: out of range")))?;
         if usize::from(rec.symbol_len) > MAX_KEY_TEXT || usize::from(rec.number_len) > MAX_KEY_TEXT
@@ -122,6 +142,8 @@ pub(super) fn verify(body: &ArchivedBody, bytes: u64) -> Result<VerifyReport, Sn
             )));
         }
     }
+    drop(done);
+    progress.stage("checking the indexes", None, Unit::Rows);
     // Slots point at existing rows.
     for (name, slots, rows) in [
         ("card", &body.card_slots, body.persons.len()),

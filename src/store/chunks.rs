@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use super::csv::{malformed, parse_record, ColumnIndex, CsvError, CsvReader, RowError};
 use crate::model::EnrolleeRecord;
+use crate::progress::{Progress, Unit};
 
 /// Bytes read at a time; chunks are about this size.
 const BLOCK: usize = 2 << 20;
@@ -33,10 +34,11 @@ struct Chunk {
 /// each batch of parsed rows to `sink`, in file order, until the file ends
 /// or `sink` breaks (its consumer failed: the rest is neither read nor
 /// parsed). An I/O error stops reading and is returned; bad rows are in
-/// the batches.
+/// the batches. `progress` is told the bytes read, of the file's size.
 pub fn read_parallel(
     path: &Path,
     workers: usize,
+    progress: &Progress,
     sink: impl FnMut(Batch) -> ControlFlow<()>,
 ) -> Result<(), CsvError> {
     let name = path.display().to_string();
@@ -44,17 +46,19 @@ pub fn read_parallel(
         path: name.clone(),
         source,
     })?;
-    read_file(&file, &name, workers, sink)
+    read_file(&file, &name, workers, progress, sink)
 }
 
 /// [`read_parallel`] over a file already open, header included, from
 /// wherever its offset is (the start): every byte comes through this one
 /// descriptor, so a file renamed over its path meanwhile does not disturb
-/// the read. `name` is used in errors.
+/// the read. `name` is used in errors. `progress` gets a stage, "reading
+/// NAME", sized by the file's length, and the bytes read as they are read.
 pub fn read_file(
     file: &File,
     name: &str,
     workers: usize,
+    progress: &Progress,
     mut sink: impl FnMut(Batch) -> ControlFlow<()>,
 ) -> Result<(), CsvError> {
     use std::io::{Seek, SeekFrom};
@@ -69,6 +73,9 @@ pub fn read_file(
     let (start, first_line) = header.data_start();
     drop(header);
     file.seek(SeekFrom::Start(start)).map_err(io_err)?;
+    let size = file.metadata().map(|m| m.len()).ok();
+    progress.stage(&format!("reading {name}"), size, Unit::Bytes);
+    progress.advance(start);
 
     let failure: Mutex<Option<io::Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
@@ -90,6 +97,7 @@ pub fn read_file(
         let failure = &failure;
         scope.spawn(move || {
             if let Err(e) = cut_chunks(file, first_line, |i, chunk| {
+                progress.advance(chunk.bytes.len() as u64);
                 to_workers[i % to_workers.len()].send(chunk).is_ok()
             }) {
                 *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
@@ -219,11 +227,13 @@ mod tests {
     use std::ops::ControlFlow;
 
     use super::{read_parallel, record_boundary};
+    use crate::progress::Progress;
 
     #[test]
     fn a_sink_that_breaks_stops_the_read() {
         let dir = tempfile::tempdir().unwrap();
         let g = crate::gen::generate(&crate::gen::GenOptions {
+            progress: Default::default(),
             records: 60_000,
             seed: 3,
             out: dir.path().to_path_buf(),
@@ -234,7 +244,7 @@ mod tests {
         .unwrap();
         let mut rows = 0;
         let mut batches = 0;
-        read_parallel(&g.csv, 2, |b| {
+        read_parallel(&g.csv, 2, &Progress::none(), |b| {
             batches += 1;
             rows += b.len();
             ControlFlow::Continue(())
@@ -243,7 +253,7 @@ mod tests {
         assert!(batches > 4, "the file should span several chunks");
         assert_eq!(rows as u64, g.records);
         let mut after_break = 0;
-        read_parallel(&g.csv, 2, |_| {
+        read_parallel(&g.csv, 2, &Progress::none(), |_| {
             after_break += 1;
             ControlFlow::Break(())
         })

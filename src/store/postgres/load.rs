@@ -20,6 +20,7 @@ use tokio_postgres::types::ToSql;
 use super::types::PgDate;
 use super::{query_error, PgError, PgSource};
 use crate::model::EnrolleeRecord;
+use crate::progress::{Progress, Unit};
 use crate::snapshot::{BuildError, Builder, WarningCount};
 use crate::store::chunks::{read_parallel, Batch};
 use crate::store::csv::RowError;
@@ -173,7 +174,12 @@ pub enum LoadError {
 
 /// Loads `csv` into `source`'s schema, emptying the tables first when
 /// `replace` (in the same transaction: readers see the old data or the new).
-pub async fn load(source: &PgSource, csv: &Path, replace: bool) -> Result<LoadSummary, LoadError> {
+pub async fn load(
+    source: &PgSource,
+    csv: &Path,
+    replace: bool,
+    progress: &Progress,
+) -> Result<LoadSummary, LoadError> {
     let started = Instant::now();
     let mut client = source.connect().await?;
     super::migrate::schema_version(&client).await?;
@@ -211,8 +217,9 @@ pub async fn load(source: &PgSource, csv: &Path, replace: bool) -> Result<LoadSu
     let mut builder = Builder::with_capacity_for(size);
     let (tx_batches, mut batches) = tokio::sync::mpsc::channel::<Batch>(4);
     let path = csv.to_path_buf();
+    let reading = progress.clone();
     let reader = tokio::task::spawn_blocking(move || {
-        read_parallel(&path, 2, |batch| {
+        read_parallel(&path, 2, &reading, |batch| {
             // The receiver only goes away when the load failed already
             // (the database refused a row): stop reading the file.
             match tx_batches.blocking_send(batch) {
@@ -280,21 +287,25 @@ pub async fn load(source: &PgSource, csv: &Path, replace: bool) -> Result<LoadSu
     )];
     let deferred = Deferred::take_down(&tx).await?;
     for (during, sql) in SPLIT {
+        progress.stage(during, None, Unit::Rows);
         let t = Instant::now();
         tx.batch_execute(sql)
             .await
             .map_err(|e| query_error(during, &e))?;
         steps.push((during, t.elapsed().as_secs_f64()));
     }
+    progress.stage("building indexes, checking keys", None, Unit::Rows);
     let t = Instant::now();
     deferred.put_back(&tx).await?;
     steps.push(("building indexes, checking keys", t.elapsed().as_secs_f64()));
     let change_counter = super::read_change_counter(&tx).await?;
+    progress.stage("committing", None, Unit::Rows);
     let t = Instant::now();
     tx.commit()
         .await
         .map_err(|e| query_error("committing the load", &e))?;
     steps.push(("committing", t.elapsed().as_secs_f64()));
+    progress.stage("analysing the tables", None, Unit::Rows);
     let t = Instant::now();
     client
         .batch_execute(&format!("ANALYZE {TABLES}"))
