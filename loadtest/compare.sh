@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs the same load against qualcached, Redis and the plain-quinn echo,
-# back to back at the same terminals and rate, and prints the ratios.
+# back to back at the same terminals and rate, prints the ratios and plots
+# the three on the same axes (SVG: latency by percentile, answers/s and
+# p99 second by second).
 #
 #   loadtest/compare.sh [TERMINALS] [RATE] [SECONDS]
+#   PLOT=FILE.svg (default compare.svg) names the plot.
 #
 # Needs: a running qualcached (README quick start) whose certificate
 # folder holds at least TERMINALS terminal certificates, and Redis on
@@ -15,6 +18,7 @@ SECS=${3:-15}
 CERTS=${CERTS:-data/demo-daemon/certs}
 SNAP=${SNAP:-data/demo-daemon/snapshots}
 PROBES=${PROBES:-$SNAP/.synthetic/probes.jsonl}
+PLOT=${PLOT:-compare.svg}
 OUT=$(mktemp -d)
 ECHO=
 trap '[ -n "$ECHO" ] && kill "$ECHO" 2>/dev/null; rm -rf "$OUT"' EXIT
@@ -42,6 +46,10 @@ for target in qualcache://127.0.0.1:4433 redis://127.0.0.1:6379 echo://127.0.0.1
   fi
   unset rc
 done
+
+$LT plot --out "$PLOT" \
+  --title "$T terminals, $RATE requests/s offered, $SECS s each ($(nproc) cores, $(date +%F))" \
+  qualcached="$OUT/qualcache.json" redis="$OUT/redis.json" echo="$OUT/echo.json"
 
 python3 - "$OUT" <<'PY'
 import json, sys, os

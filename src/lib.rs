@@ -21,6 +21,8 @@
 //! - [`probe`]: the `probes.jsonl` format and the code that checks a probe's
 //!   answer.
 //! - [`answer`]: JSON rendering of lookup answers.
+//! - [`progress`]: how far long tasks are (a silent handle by default; the
+//!   CLI draws a bar, the daemon logs every tenth of a long build).
 //! - [`cli`]: the `qualcache` command line (the binary only parses and maps
 //!   errors to exit codes).
 //! - [`protocol`]: the wire messages (`proto/qualcache.proto`) and the pure

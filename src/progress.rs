@@ -26,6 +26,15 @@ pub enum Unit {
 }
 
 impl Unit {
+    /// `n` of this unit without its name (bytes keep theirs): the first
+    /// number of "704,542 of 1,000,000 records".
+    pub fn count(self, n: u64) -> String {
+        match self {
+            Unit::Bytes => bytes(n),
+            Unit::Rows | Unit::Records => thousands(n),
+        }
+    }
+
     /// `n` of this unit, for people: "1.5 GiB", "2,000,000 rows".
     pub fn show(self, n: u64) -> String {
         match self {
@@ -245,7 +254,7 @@ impl Logged {
                 "{} {}% ({} of {}), {:.0} s so far",
                 s.what,
                 tenths * 10,
-                s.unit.show(done.min(total)),
+                s.unit.count(done.min(total)),
                 s.unit.show(total),
                 elapsed.as_secs_f64()
             )

@@ -10,11 +10,13 @@
 //! - [`pacer`]: the schedule's timer, with the kernel's precision rather
 //!   than tokio's millisecond ticks.
 //! - [`echo`]: the plain-quinn echo server, the QUIC ceiling.
+//! - [`plot`]: SVG latency plots of runs, alone or side by side.
 //!
 //! It talks to the daemon only through `qualcache::client`.
 
 pub mod echo;
 pub mod pacer;
+pub mod plot;
 pub mod redis_peer;
 pub mod run;
 pub mod workload;

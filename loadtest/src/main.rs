@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use qualcache_loadtest::plot::{Curves, Figure, Step};
 use qualcache_loadtest::redis_peer::RedisUrl;
 use qualcache_loadtest::run::{run, Profile, Report, RunOptions, Target};
 use qualcache_loadtest::workload::{Mix, Workload};
@@ -43,6 +44,18 @@ enum Command {
     },
     /// Run terminals against a target and report latency, throughput and errors.
     Run(Box<RunArgs>),
+    /// Plot several runs' latency side by side (SVG), from their --json reports.
+    Plot {
+        /// The SVG file to write.
+        #[arg(long, value_name = "FILE.svg")]
+        out: PathBuf,
+        /// Above the plots.
+        #[arg(long, default_value = "latency side by side")]
+        title: String,
+        /// NAME=REPORT.json for each run, in the order of the legend.
+        #[arg(required = true, value_name = "NAME=REPORT.json", value_parser = parse_named)]
+        runs: Vec<(String, PathBuf)>,
+    },
     /// Serve the plain-quinn echo ceiling (same TLS, the daemon's answer size per lookup).
     EchoServer {
         /// UDP address.
@@ -149,6 +162,9 @@ struct RunArgs {
     /// Also write the report as JSON here (--find-max: the highest step held, else the first step).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also plot the run as SVG here: latency by percentile (per kind), answers/s and p99 second by second; --find-max adds each step's p99 against its rate (and plots the highest step held).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// Name the server certificate must carry (QUIC targets).
     #[arg(long, default_value = "localhost")]
     server_name: String,
@@ -271,6 +287,15 @@ fn parse_step(s: &str) -> Result<f64, String> {
     )
 }
 
+fn parse_named(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(path)))
+        }
+        _ => Err("expected NAME=REPORT.json, e.g. qualcached=/tmp/q.json".into()),
+    }
+}
+
 fn parse_target(s: &str) -> Result<Target> {
     let (scheme, addr) = s
         .split_once("://")
@@ -297,6 +322,23 @@ fn slo_met(r: &Report, a: &RunArgs) -> bool {
 fn write_json(path: &std::path::Path, r: &Report) -> Result<()> {
     std::fs::write(path, serde_json::to_string_pretty(r)?)
         .with_context(|| format!("writing the report to {}", path.display()))
+}
+
+/// Writes `--plot`: the run, and the `--find-max` steps if any.
+fn write_plot(path: &std::path::Path, r: &Report, a: &RunArgs, steps: Vec<Step>) -> Result<()> {
+    let what = match &steps[..] {
+        [] => format!("{:.0} requests/s offered", r.profile.rate()),
+        _ => format!("highest rate held, {:.0}/s", r.profile.rate()),
+    };
+    let mut figure = Figure::of_run(
+        format!("{}: {} terminals, {what}", r.target, r.terminals),
+        r,
+    );
+    figure.slo_p99_ms = Some(a.slo_p99_ms);
+    figure.steps = steps;
+    figure.write_svg(path)?;
+    println!("plot written to {}", path.display());
+    Ok(())
 }
 
 fn print(r: &Report, a: &RunArgs) {
@@ -411,15 +453,24 @@ async fn main_run(a: RunArgs) -> Result<bool> {
         if let Some(path) = &a.json {
             write_json(path, &report)?;
         }
+        if let Some(path) = &a.plot {
+            write_plot(path, &report, &a, Vec::new())?;
+        }
         return Ok(slo_met(&report, &a));
     }
     let mut rate = a.rate;
     let mut held: Option<Report> = None;
     let mut first_broken: Option<Report> = None;
     let mut tries = 0;
+    let mut steps = Vec::new();
     loop {
         let report = run(&opts(Profile::Constant { rate, seconds }), workload.clone()).await?;
         let ok = slo_met(&report, &a);
+        steps.push(Step {
+            rate,
+            p99_ms: report.latency.p99_ms,
+            held: ok,
+        });
         tries += 1;
         let verdict = match (ok, tries < a.tries) {
             (true, _) => "held",
@@ -455,6 +506,9 @@ async fn main_run(a: RunArgs) -> Result<bool> {
             if let Some(path) = &a.json {
                 write_json(path, &r)?;
             }
+            if let Some(path) = &a.plot {
+                write_plot(path, &r, &a, steps)?;
+            }
             Ok(true)
         }
         None => {
@@ -463,6 +517,9 @@ async fn main_run(a: RunArgs) -> Result<bool> {
                 print(&r, &a);
                 if let Some(path) = &a.json {
                     write_json(path, &r)?;
+                }
+                if let Some(path) = &a.plot {
+                    write_plot(path, &r, &a, steps)?;
                 }
             }
             Ok(false)
@@ -513,6 +570,15 @@ fn main() -> ExitCode {
                 let n =
                     qualcache_loadtest::redis_peer::load(&redis, &snapshot, &probes, &key).await?;
                 println!("{n} keys stored in {redis}");
+                Ok(true)
+            }
+            Command::Plot { out, title, runs } => {
+                let curves = runs
+                    .into_iter()
+                    .map(|(name, path)| Ok((name, Curves::read(&path)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                Figure::compare(title, &curves).write_svg(&out)?;
+                println!("plot written to {}", out.display());
                 Ok(true)
             }
             Command::EchoServer {

@@ -13,7 +13,7 @@ use futures_util::stream::{self, FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use qualcache::client::Client;
 use qualcache::protocol::pb;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::pacer::Pacer;
@@ -174,6 +174,53 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
+/// The latency at one percentile.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Percentile {
+    /// Percentile, 0 to below 100.
+    pub percentile: f64,
+    /// Latency there, milliseconds.
+    pub ms: f64,
+}
+
+/// Points per decade of the distribution's log scale (90, 99, 99.9, ...).
+const POINTS_PER_DECADE: f64 = 20.0;
+
+/// The latency distribution of `h` on the usual log scale of percentiles:
+/// `POINTS_PER_DECADE` points from 0 to 90, from 90 to 99, and so on, as
+/// far as the sample resolves (99.9 needs a thousand values); empty when
+/// `h` is.
+pub fn distribution(h: &Histogram<u64>) -> Vec<Percentile> {
+    let n = h.len() as f64;
+    let mut out = Vec::new();
+    for i in 0.. {
+        // x decades: percentile 100 (1 - 10^-x).
+        let x = f64::from(i) / POINTS_PER_DECADE;
+        if n == 0.0 || 10f64.powf(x) > n || x > 7.0 {
+            break;
+        }
+        let q = 1.0 - 10f64.powf(-x);
+        out.push(Percentile {
+            percentile: q * 100.0,
+            ms: h.value_at_quantile(q) as f64 / 1000.0,
+        });
+    }
+    out
+}
+
+/// One second of a run, as the generator saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Second {
+    /// Seconds since the schedule started (the end of this second).
+    pub t_s: f64,
+    /// Requests answered in it (correctly or not), per second.
+    pub answered_per_s: f64,
+    /// p99 latency of the requests that ended in it, milliseconds.
+    pub p99_ms: f64,
+    /// Requests that failed in it (timeouts, refusals).
+    pub errors: u64,
+}
+
 fn latency(h: &Histogram<u64>) -> Latency {
     let ms = |v: u64| v as f64 / 1000.0;
     Latency {
@@ -211,6 +258,11 @@ pub struct Report {
     pub latency: Latency,
     /// Latency by request kind.
     pub by_kind: BTreeMap<Kind, Latency>,
+    /// The latency distribution of all requests (`all`) and of each kind,
+    /// for plotting.
+    pub distribution: BTreeMap<String, Vec<Percentile>>,
+    /// Second by second: answers, p99 and errors.
+    pub timeline: Vec<Second>,
     /// Failures by kind (timeout, stream, overloaded, no_credit: refused by
     /// flow control before it was sent, unavailable, invalid).
     pub errors: BTreeMap<String, u64>,
@@ -402,7 +454,7 @@ fn client_endpoint(server: SocketAddr) -> Result<quinn::Endpoint> {
 /// Handshakes a shard runs at once while connecting.
 const CONCURRENT_HANDSHAKES: usize = 128;
 
-/// How often a shard reports to the progress bar.
+/// How often a shard reports its answers (timeline, progress bar).
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// What one shard is given: its share of the terminals and of the client
@@ -515,6 +567,21 @@ impl Window {
         }
     }
 
+    /// This window as the `n`th second of the run.
+    fn second(&self, n: usize) -> Second {
+        let ended = self.latency.len();
+        Second {
+            t_s: n as f64,
+            answered_per_s: ended.saturating_sub(self.errors) as f64,
+            p99_ms: if ended == 0 {
+                0.0
+            } else {
+                self.latency.value_at_quantile(0.99) as f64 / 1000.0
+            },
+            errors: self.errors,
+        }
+    }
+
     fn add(&mut self, other: &Window) {
         let _ = self.latency.add(&other.latency);
         self.errors += other.errors;
@@ -528,8 +595,8 @@ struct ShardLink {
     ready: oneshot::Sender<Result<Histogram<u64>>>,
     /// When the schedule starts; dropped if another shard failed.
     start: oneshot::Receiver<tokio::time::Instant>,
-    /// Progress windows, if there is a progress bar.
-    progress: Option<mpsc::UnboundedSender<Window>>,
+    /// The shard's answers every `PROGRESS_EVERY` (timeline, progress bar).
+    progress: mpsc::UnboundedSender<Window>,
     /// The figures, once the schedule has run.
     done: oneshot::Sender<Result<ShardFigures>>,
 }
@@ -584,7 +651,7 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
         let link = ShardLink {
             ready: ready_tx,
             start: start_rx,
-            progress: opts.progress.then(|| progress_tx.clone()),
+            progress: progress_tx.clone(),
             done: done_tx,
         };
         threads.push(
@@ -627,9 +694,7 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
     for s in starts {
         let _ = s.send(start);
     }
-    if opts.progress {
-        show_progress(&mut progress_rx, start, total).await;
-    }
+    let timeline = watch(&mut progress_rx, start, total, opts.progress).await;
     let mut figures = Vec::with_capacity(shards);
     for d in dones {
         figures.push(d.await.context("a load thread stopped")??);
@@ -679,6 +744,14 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
         throughput_rps: answered as f64 / total,
         latency: latency(&all),
         by_kind: by_kind.iter().map(|(k, h)| (*k, latency(h))).collect(),
+        distribution: std::iter::once(("all".to_string(), distribution(&all)))
+            .chain(
+                by_kind
+                    .iter()
+                    .map(|(k, h)| (k.name().to_string(), distribution(h))),
+            )
+            .collect(),
+        timeline,
         errors,
         error_examples,
         mismatches,
@@ -689,37 +762,63 @@ pub async fn run(opts: &RunOptions, workload: Arc<Workload>) -> Result<Report> {
     })
 }
 
-/// The progress bar: elapsed time, answers per second and p99 of the last
-/// half second, errors and mismatches so far; until every shard is done.
-async fn show_progress(
+/// Collects the shards' windows until every shard is done: second by
+/// second for the report's timeline and, with `bar`, a progress bar
+/// (elapsed time, answers per second and p99 of the last half second,
+/// errors and mismatches so far).
+async fn watch(
     windows: &mut mpsc::UnboundedReceiver<Window>,
     start: tokio::time::Instant,
     total: f64,
-) {
-    let bar = indicatif::ProgressBar::new((total * 1000.0) as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    bar: bool,
+) -> Vec<Second> {
+    let bar = bar.then(|| {
+        let bar = indicatif::ProgressBar::new((total * 1000.0) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
     let (mut window, mut since) = (Window::new(), Instant::now());
     let (mut errors, mut mismatches) = (0, 0);
+    let mut timeline = Vec::new();
+    let mut second = Window::new();
     while let Some(w) = windows.recv().await {
+        // A window covers the shard's last `PROGRESS_EVERY`: it counts in
+        // the second its middle falls in.
+        let elapsed = start.elapsed().as_secs_f64() - PROGRESS_EVERY.as_secs_f64() / 2.0;
+        // (Requests that end after the schedule, by their deadlines at
+        // the latest, count in its last second.)
+        while (timeline.len() + 1) as f64 <= elapsed.min(total.ceil() - 1.0) {
+            timeline.push(second.second(timeline.len() + 1));
+            second = Window::new();
+        }
+        second.add(&w);
         window.add(&w);
         let dt = since.elapsed();
         if dt >= Duration::from_millis(500) {
             errors += window.errors;
             mismatches += window.mismatches;
-            bar.set_position(start.elapsed().as_millis() as u64);
-            bar.set_message(format!(
-                "{:>8.0} answers/s  p99 {:>7.2} ms  errors {errors}  mismatches {mismatches}",
-                window.latency.len() as f64 / dt.as_secs_f64(),
-                window.latency.value_at_quantile(0.99) as f64 / 1000.0,
-            ));
+            if let Some(bar) = &bar {
+                bar.set_position(start.elapsed().as_millis() as u64);
+                bar.set_message(format!(
+                    "{:>8.0} answers/s  p99 {:>7.2} ms  errors {errors}  mismatches {mismatches}",
+                    window.latency.len() as f64 / dt.as_secs_f64(),
+                    window.latency.value_at_quantile(0.99) as f64 / 1000.0,
+                ));
+            }
             window = Window::new();
             since = Instant::now();
         }
     }
-    bar.finish_and_clear();
+    if !second.latency.is_empty() {
+        timeline.push(second.second(timeline.len() + 1));
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    timeline
 }
 
 /// A shard's thread: its own single-threaded runtime.
@@ -830,7 +929,7 @@ async fn schedule(
     plan: &ShardPlan,
     clients: &[Conn],
     start: tokio::time::Instant,
-    progress: Option<mpsc::UnboundedSender<Window>>,
+    progress: mpsc::UnboundedSender<Window>,
 ) -> Result<ShardFigures> {
     let check = !matches!(plan.target, Target::Echo(_));
     let total = plan.profile.seconds();
@@ -880,19 +979,15 @@ async fn schedule(
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 figures.record(done, &mut window);
             }
-            _ = report.tick(), if progress.is_some() => {
-                if let Some(p) = &progress {
-                    let _ = p.send(std::mem::replace(&mut window, Window::new()));
-                }
+            _ = report.tick() => {
+                let _ = progress.send(std::mem::replace(&mut window, Window::new()));
             }
         }
         if !sending && in_flight.is_empty() {
             break;
         }
     }
-    if let Some(p) = &progress {
-        let _ = p.send(window);
-    }
+    let _ = progress.send(window);
     figures.quic = QuicTraffic::of(clients)
         .zip(traffic_before)
         .map(|(a, b)| a.since(b));

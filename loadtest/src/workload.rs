@@ -21,6 +21,17 @@ pub enum Kind {
     Batch,
 }
 
+impl Kind {
+    /// Its name in reports: `card`, `insurance`, `batch`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Card => "card",
+            Kind::Insurance => "insurance",
+            Kind::Batch => "batch",
+        }
+    }
+}
+
 /// The request mix.
 #[derive(Debug, Clone, Copy)]
 pub struct Mix {

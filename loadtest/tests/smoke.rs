@@ -9,6 +9,7 @@ use qualcache::probe::ProbeLookup;
 use qualcache::protocol::Limits;
 use qualcache::server::{self, Shared};
 use qualcache::snapshot::Snapshot;
+use qualcache_loadtest::plot::Figure;
 use qualcache_loadtest::redis_peer::RedisUrl;
 use qualcache_loadtest::run::{run, Profile, RunOptions, Target};
 use qualcache_loadtest::workload::{Mix, Workload};
@@ -125,11 +126,99 @@ async fn a_short_run_answers_everything_correctly() {
             "{quic:?}"
         );
         assert!(quic.acks_received > 0, "{quic:?}");
+
+        // The figures to plot: each kind's distribution, rising, and the
+        // run second by second (1.5 s: two seconds), every answer in one.
+        for kind in ["all", "card", "insurance", "batch"] {
+            let d = &report.distribution[kind];
+            assert!(d.len() > 20, "{kind}: {d:?}");
+            assert_eq!(d[0].percentile, 0.0);
+            assert!(d
+                .windows(2)
+                .all(|w| w[0].percentile < w[1].percentile && w[0].ms <= w[1].ms));
+        }
+        assert_eq!(report.timeline.len(), 2, "{:?}", report.timeline);
+        let answered: f64 = report.timeline.iter().map(|s| s.answered_per_s).sum();
+        assert_eq!(answered as u64, report.answered);
+
+        // --plot: an SVG that parses, with a line per kind named.
+        let svg = dir.path().join("run.svg");
+        Figure::of_run("the smoke run".into(), &report)
+            .write_svg(&svg)
+            .unwrap();
+        let texts = svg_texts(&svg);
+        for name in [
+            "the smoke run",
+            "latency by percentile",
+            "all",
+            "card",
+            "insurance",
+            "batch",
+            "99.9",
+        ] {
+            assert!(texts.iter().any(|t| t == name), "no {name:?} in {texts:?}");
+        }
+
+        // `plot`: runs side by side from their --json reports.
+        let json = serde_json::to_string(&report).unwrap();
+        for name in ["first", "second"] {
+            std::fs::write(dir.path().join(format!("{name}.json")), &json).unwrap();
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
+            .current_dir(dir.path())
+            .args([
+                "plot",
+                "--out",
+                "both.svg",
+                "--title",
+                "two runs",
+                "qualcached=first.json",
+                "redis=second.json",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let texts = svg_texts(&dir.path().join("both.svg"));
+        for name in [
+            "two runs",
+            "qualcached",
+            "redis",
+            "answers per second",
+            "p99 latency per second",
+        ] {
+            assert!(texts.iter().any(|t| t == name), "no {name:?} in {texts:?}");
+        }
+        // A report that is not one is refused by name.
+        std::fs::write(dir.path().join("bad.json"), "{}").unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qualcache-loadtest"))
+            .current_dir(dir.path())
+            .args(["plot", "--out", "bad.svg", "x=bad.json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("bad.json: not a qualcache-loadtest report"),
+            "{err}"
+        );
+
         let _ = tx.send(());
         task.await.unwrap();
     })
     .await
     .expect("bounded");
+}
+
+/// Every text of an SVG file, which must parse as XML.
+fn svg_texts(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("the SVG parses as XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    doc.descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .map(|t| t.trim().to_string())
+        .collect()
 }
 
 /// A server that takes every request and never answers: each request must

@@ -250,15 +250,16 @@ impl Store {
 
     /// Builds a new generation from the source; returns it.
     pub fn build(&self) -> Result<u64> {
-        // A long build (the first one, most of all) shows in the log as it goes.
-        let opts = BuildOptions {
+        // A long build (the first one, most of all) shows in the log as it
+        // goes, timed from its start (not the synthetic data's).
+        let opts = || BuildOptions {
             progress: Progress::to(Logged::new("building a snapshot")),
             skip_invalid: false,
             card_key_id: self.card_key.id(),
         };
         let csv = match &self.source {
             Source::Postgres { pg, .. } => {
-                let summary = build_from_postgres(pg, &self.dir, &opts, |e| {
+                let summary = build_from_postgres(pg, &self.dir, &opts(), |e| {
                     tracing::warn!(qualification_id = e.line, column = e.column, reason = %e.reason, "row skipped")
                 })
                 .with_context(|| format!("building a snapshot from {}", pg.describe()))?;
@@ -270,7 +271,7 @@ impl Store {
         let summary = build_from_csv(
             &csv,
             &self.dir,
-            &opts,
+            &opts(),
             |e| tracing::warn!(line = e.line, column = e.column, reason = %e.reason, "row skipped"),
         )
         .with_context(|| format!("building a snapshot from {}", csv.display()))?;
