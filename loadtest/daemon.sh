@@ -1,7 +1,8 @@
 # Sourced by loadtest/soak.sh and loadtest/overload.sh: a qualcached of
 # their own in a working folder $W, on 127.0.0.1:$PORT (admin
 # 127.0.0.1:$ADMIN_PORT), serving the CSV $W/data/enrollees.csv with the
-# certificates in $W/certs. Sets DAEMON to its process id.
+# certificates in $W/certs. Sets DAEMON to its process id. DAEMON_CPUS
+# (a taskset CPU list, e.g. 0) pins it.
 
 # Writes $W/qualcached.toml; $1: more [server] keys, one per line.
 write_config() {
@@ -30,7 +31,9 @@ CONF
 # Starts the daemon (log in $W/$1) and waits until it is ready (at most
 # 10 minutes: a first build of many records); fails if it exits.
 start_daemon() {
-  target/release/qualcached --config "$W/qualcached.toml" 2> "$W/$1" &
+  local pin=()
+  [ -n "${DAEMON_CPUS:-}" ] && pin=(taskset -c "$DAEMON_CPUS")
+  "${pin[@]}" target/release/qualcached --config "$W/qualcached.toml" 2> "$W/$1" &
   DAEMON=$!
   for _ in $(seq 3000); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN_PORT/readyz")" = 200 ] && return 0
