@@ -26,7 +26,7 @@ PORT=${PORT:-4463}
 ADMIN_PORT=${ADMIN_PORT:-9484}
 SETTINGS=${SETTINGS:-true false}
 GEN=()
-CALM=()
+CALM_NICE=()
 FLOOD_NICE=()
 if [ "${PIN:-0}" = 1 ]; then
   DAEMON_CPUS=${DAEMON_CPUS:-0}
@@ -35,7 +35,7 @@ fi
 if [ -n "${GEN_CPUS:-}" ]; then
   GEN=(taskset -c "$GEN_CPUS")
   FLOOD_NICE=(nice -n 10)
-  CALM=(nice -n -10)
+  CALM_NICE=(nice -n -10)
 fi
 W=$(mktemp -d)
 DAEMON=
@@ -66,14 +66,14 @@ adaptive_stream_credit = $adaptive"
   "${GEN[@]}" "${FLOOD_NICE[@]}" "${LT[@]}" --terminals "$TERMINALS" --profile constant --rate "$((max * FACTOR))" --seconds 20 \
     --json "$W/flood-$adaptive.json" > /dev/null &
   FLOOD=$!
-  "${GEN[@]}" "${CALM[@]}" "${LT[@]}" --terminals 1 --profile constant --rate 50 --seconds 20 --seed 2 \
+  "${GEN[@]}" "${CALM_NICE[@]}" "${LT[@]}" --terminals 1 --profile constant --rate 50 --seconds 20 --seed 2 \
     --json "$W/calm-$adaptive.json" > /dev/null &
   CALM=$!
   sleep 19
   during=$(rss)
   wait "$FLOOD" || true
   wait "$CALM" || true
-  "${GEN[@]}" "${CALM[@]}" "${LT[@]}" --terminals 1 --profile constant --rate 50 --seconds 10 --seed 3 \
+  "${GEN[@]}" "${CALM_NICE[@]}" "${LT[@]}" --terminals 1 --profile constant --rate 50 --seconds 10 --seed 3 \
     --json "$W/after-$adaptive.json" > /dev/null || true
   after=$(rss)
   echo "$adaptive $max $before $during $after" >> "$W/rss.txt"
