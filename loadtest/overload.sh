@@ -10,6 +10,8 @@
 #   loadtest/overload.sh
 #
 # Environment: RECORDS (default 1000000), TERMINALS (200), FACTOR (3),
+# SLO_ERRORS (0.001: the error rate --find-max allows, since a server that
+# sheds may refuse a few requests near its maximum),
 # PORT (4463), ADMIN_PORT (9484), SETTINGS ("true false": the values of
 # adaptive_stream_credit to run), KEEP=1 keeps the working folder.
 # PIN=1 separates the parties on a 2-core machine: the daemon alone on
@@ -59,7 +61,7 @@ for adaptive in $SETTINGS; do
   write_config "max_in_flight = 256
 adaptive_stream_credit = $adaptive"
   start_daemon "qualcached-$adaptive.log"
-  "${GEN[@]}" "${LT[@]}" --terminals "$TERMINALS" --find-max --rate 4000 --seconds 10 --json "$W/max-$adaptive.json" > /dev/null || true
+  "${GEN[@]}" "${LT[@]}" --terminals "$TERMINALS" --find-max --rate 4000 --seconds 10 --slo-error-rate "${SLO_ERRORS:-0.001}" --json "$W/max-$adaptive.json" > /dev/null || true
   max=$(python3 -c "import json; print(int(json.load(open('$W/max-$adaptive.json'))['profile']['rate']))")
   before=$(rss)
   # The flood and, beside it, one well-behaved terminal (the last certificate).
