@@ -168,6 +168,17 @@ fn draw(
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
+/// A panel of the figure: its caption, margin and axis label areas.
+fn panel<'a, 'b>(area: &'a Area<'b>, caption: &str) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70);
+    builder
+}
+
 /// A positive range around `values` for a log axis, with some room.
 fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     let (lo, hi) = values
@@ -195,11 +206,7 @@ fn percentiles(f: &Figure, area: &Area<'_>) -> Result<()> {
             .iter()
             .flat_map(|(_, d)| d.iter().map(|p| p.ms)),
     );
-    let mut chart = ChartBuilder::on(area)
-        .caption("latency by percentile", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = panel(area, "latency by percentile")
         .build_cartesian_2d((0..xmax).with_key_points(keys), y.clone().log_scale())
         .map_err(e)?;
     chart
@@ -248,11 +255,7 @@ fn over_time(
         .fold(0.0f64, f64::max)
         .max(1e-3)
         * 1.1;
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = panel(area, caption)
         .build_cartesian_2d(0.0..tmax, 0.0..ymax)
         .map_err(e)?;
     chart
@@ -282,11 +285,7 @@ fn steps(f: &Figure, area: &Area<'_>) -> Result<()> {
     let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
     let rates = log_range(f.steps.iter().map(|s| s.rate));
     let y = log_range(f.steps.iter().map(|s| s.p99_ms).chain(f.slo_p99_ms));
-    let mut chart = ChartBuilder::on(area)
-        .caption("p99 of each --find-max step", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = panel(area, "p99 of each --find-max step")
         .build_cartesian_2d(rates.clone().log_scale(), y.clone().log_scale())
         .map_err(e)?;
     chart
