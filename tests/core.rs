@@ -1344,35 +1344,13 @@ mod generated {
         assert!(left.is_empty(), "temporary files left: {left:?}");
     }
 
-    /// What a progress watcher was told: each stage with its total, and
-    /// the units reported in it.
-    #[derive(Default)]
-    struct Tape(std::sync::Mutex<Vec<(String, Option<u64>, u64)>>);
-
-    impl qualcache::progress::Watch for Tape {
-        fn stage(&self, what: &str, total: Option<u64>, _: qualcache::progress::Unit) {
-            self.0.lock().unwrap().push((what.to_string(), total, 0));
-        }
-        fn advance(&self, n: u64) {
-            let mut stages = self.0.lock().unwrap();
-            stages.last_mut().expect("advance before any stage").2 += n;
-        }
-        fn finish(&self) {}
-    }
-
-    impl Tape {
-        fn stages(&self) -> Vec<(String, Option<u64>, u64)> {
-            std::mem::take(&mut *self.0.lock().unwrap())
-        }
-    }
-
     /// `gen`, `snapshot build` and `snapshot verify` say what they are
     /// doing and how far they are, and reach their totals exactly.
     #[test]
     fn long_tasks_report_how_far_they_are() {
         use qualcache::progress::Progress;
         let dir = tempdir();
-        let tape = std::sync::Arc::new(Tape::default());
+        let tape = std::sync::Arc::new(util::Tape::default());
         let g = generate(&GenOptions {
             progress: Progress::to(tape.clone()),
             records: 50_000,

@@ -214,7 +214,7 @@ async fn load_then_build_answers_every_probe_as_the_csv_path_does() {
 
         // A build reports the rows read against the expected count (the
         // planner's, exact after the load's ANALYZE).
-        let tape = std::sync::Arc::new(Tape::default());
+        let tape = std::sync::Arc::new(util::Tape::default());
         let opts = qualcache::build::BuildOptions {
             progress: qualcache::progress::Progress::to(tape.clone()),
             skip_invalid: false,
@@ -226,7 +226,7 @@ async fn load_then_build_answers_every_probe_as_the_csv_path_does() {
         })
         .await
         .unwrap();
-        let stages = tape.0.lock().unwrap().clone();
+        let stages = tape.stages();
         assert_eq!(
             stages[0],
             (
@@ -237,21 +237,6 @@ async fn load_then_build_answers_every_probe_as_the_csv_path_does() {
         );
     })
     .await;
-}
-
-/// What a progress watcher was told: each stage, its total and the units
-/// reported in it.
-#[derive(Default)]
-struct Tape(std::sync::Mutex<Vec<(String, Option<u64>, u64)>>);
-
-impl qualcache::progress::Watch for Tape {
-    fn stage(&self, what: &str, total: Option<u64>, _: qualcache::progress::Unit) {
-        self.0.lock().unwrap().push((what.to_string(), total, 0));
-    }
-    fn advance(&self, n: u64) {
-        self.0.lock().unwrap().last_mut().unwrap().2 += n;
-    }
-    fn finish(&self) {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

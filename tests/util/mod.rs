@@ -227,3 +227,26 @@ pub fn signal(pid: &str, signal: &str) {
         .unwrap();
     assert!(status.success(), "kill {signal} {pid}: {status}");
 }
+
+/// What a progress watcher was told: each stage with its total, and the
+/// units reported in it.
+#[derive(Default)]
+pub struct Tape(std::sync::Mutex<Vec<(String, Option<u64>, u64)>>);
+
+impl qualcache::progress::Watch for Tape {
+    fn stage(&self, what: &str, total: Option<u64>, _: qualcache::progress::Unit) {
+        self.0.lock().unwrap().push((what.to_string(), total, 0));
+    }
+    fn advance(&self, n: u64) {
+        let mut stages = self.0.lock().unwrap();
+        stages.last_mut().expect("advance before any stage").2 += n;
+    }
+    fn finish(&self) {}
+}
+
+impl Tape {
+    /// The stages told so far, and forgets them.
+    pub fn stages(&self) -> Vec<(String, Option<u64>, u64)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
