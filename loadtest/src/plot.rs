@@ -218,18 +218,10 @@ fn percentiles(f: &Figure, area: &Area<'_>) -> Result<()> {
         .draw()
         .map_err(e)?;
     for (i, (name, d)) in f.distributions.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                d.iter()
-                    .map(|p| (milli_decades(p.percentile), p.ms.max(y.start))),
-                color.stroke_width(2),
-            ))
-            .map_err(e)?
-            .label(name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        let points = d
+            .iter()
+            .map(|p| (milli_decades(p.percentile), p.ms.max(y.start)));
+        line(&mut chart, i, name, points)?;
     }
     legend(&mut chart)
 }
@@ -266,17 +258,7 @@ fn over_time(
         .draw()
         .map_err(e)?;
     for (i, (name, t)) in f.timelines.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                t.iter().map(|s| (s.t_s, value(s))),
-                color.stroke_width(2),
-            ))
-            .map_err(e)?
-            .label(name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        line(&mut chart, i, name, t.iter().map(|s| (s.t_s, value(s))))?;
     }
     legend(&mut chart)
 }
@@ -296,15 +278,9 @@ fn steps(f: &Figure, area: &Area<'_>) -> Result<()> {
         .y_label_formatter(&|v| format!("{v}"))
         .draw()
         .map_err(e)?;
+    let points = f.steps.iter().map(|s| (s.rate, s.p99_ms.max(y.start)));
+    line(&mut chart, 0, "p99 per step (dots: held)", points)?;
     let color = Palette99::pick(0).to_rgba();
-    chart
-        .draw_series(LineSeries::new(
-            f.steps.iter().map(|s| (s.rate, s.p99_ms.max(y.start))),
-            color.stroke_width(2),
-        ))
-        .map_err(e)?
-        .label("p99 per step (dots: held)")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     chart
         .draw_series(f.steps.iter().map(|s| {
             let style = if s.held {
@@ -326,6 +302,29 @@ fn steps(f: &Figure, area: &Area<'_>) -> Result<()> {
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(1)));
     }
     legend(&mut chart)
+}
+
+/// Draws line `i` of a panel (its colour the palette's `i`th), named in
+/// the legend.
+fn line<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    i: usize,
+    name: &str,
+    points: impl Iterator<Item = (X::ValueType, Y::ValueType)>,
+) -> Result<()>
+where
+    X: Ranged,
+    Y: Ranged,
+    X::ValueType: Clone + 'static,
+    Y::ValueType: Clone + 'static,
+{
+    let color = Palette99::pick(i).to_rgba();
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(2)))
+        .map_err(|e| anyhow!("{e}"))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    Ok(())
 }
 
 fn legend<'a, X: Ranged, Y: Ranged>(
