@@ -266,7 +266,7 @@ impl Collector for DaemonCollector {
                 &mut e,
                 "stream_credit",
                 "Requests one connection may have open now (server.max_streams_per_connection, \
-                 lowered while the server is short of CPU)",
+                 lowered while the server is behind)",
                 f64::from(credit.now()),
             )?;
             gauge(
@@ -275,10 +275,16 @@ impl Collector for DaemonCollector {
                 "How late the runtime last woke a 5 ms timer (ready work waiting for a worker)",
                 credit.lag().as_secs_f64(),
             )?;
+            gauge(
+                &mut e,
+                "receive_queue_bytes",
+                "Bytes last seen waiting in the server's UDP receive queues",
+                credit.queued() as f64,
+            )?;
             counter(
                 &mut e,
                 "stream_credit_cuts",
-                "Times the stream credit was halved because the server was short of CPU",
+                "Times the stream credit was halved because the server was behind (scheduling lag or receive queue)",
                 credit.shrinks(),
             )?;
         }

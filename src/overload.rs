@@ -9,11 +9,18 @@
 //! terminal cannot send a request at all, and learns so at once, without
 //! costing the server anything.
 //!
-//! [`Credit`] measures how late the runtime wakes a timer (its scheduling
-//! lag: ready work waiting for a worker), and sets the credit per
-//! connection by additive-increase, multiplicative-decrease: halved while
-//! the lag stays above [`HIGH_LAG`], grown back by a quarter (at least
-//! one) every [`GROW_EVERY`] while it is below [`LOW_LAG`]. Connections
+//! [`Credit`] watches two things: how late the runtime wakes a timer (its
+//! scheduling lag: ready work waiting for a worker), and the bytes waiting
+//! in the server's UDP receive queues (requests sent on credit granted
+//! before, which no task has seen yet: where a flood's backlog sits while
+//! the runtime itself keeps up; the kernel's own count, so no terminal can
+//! raise it but by sending). It sets the credit per connection by
+//! additive-increase, multiplicative-decrease: halved while either stays
+//! above its high mark ([`HIGH_LAG`], [`HIGH_QUEUED`]), grown back by a
+//! quarter (at least one) every [`GROW_EVERY`] while both are below their
+//! low marks ([`LOW_LAG`], [`LOW_QUEUED`]). A connection holds the lower
+//! of that and its own credit, which starts at [`START_CREDIT`] and grows
+//! only as the terminal uses it ([`own_credit`]). Connections
 //! apply the current credit when they accept their next stream (credit
 //! already granted cannot be taken back; a lower limit stops new credit
 //! until the terminal's open streams fall under it).
@@ -33,6 +40,24 @@ pub const LOW_LAG: Duration = Duration::from_millis(1);
 pub const SHRINK_EVERY: Duration = Duration::from_millis(50);
 /// How often the credit grows while the lag stays low.
 pub const GROW_EVERY: Duration = Duration::from_millis(100);
+/// Bytes queued in the receive queues above which the credit is halved
+/// (the kernel counts each datagram's buffer, about 1-2 KiB for a
+/// request: a few hundred requests, a few milliseconds of work).
+pub const HIGH_QUEUED: u64 = 256 << 10;
+/// Bytes queued below which the credit may grow.
+pub const LOW_QUEUED: u64 = 64 << 10;
+/// The credit a connection starts with (its handshake grants it); it
+/// doubles each time the terminal uses all of it, up to the server's
+/// credit. Credit granted cannot be taken back, so a terminal that has
+/// never needed more cannot pile up more than this the moment a flood
+/// begins.
+pub const START_CREDIT: u32 = 8;
+/// The credit every connection keeps, however far the server's falls: a
+/// reception terminal may have a second request open while its first is
+/// answered, so a well-behaved one is not refused while a flood is.
+pub const LEAST_CREDIT: u32 = 2;
+/// How often the receive queues are read (`/proc/net/udp`, `udp6`).
+pub const QUEUE_PROBE_EVERY: Duration = Duration::from_millis(20);
 
 /// The stream credit each connection gets now.
 #[derive(Debug)]
@@ -43,6 +68,8 @@ pub struct Credit {
     max: u32,
     /// The last lag measured, microseconds.
     lag_micros: AtomicU64,
+    /// The bytes last seen in the receive queues.
+    queued: AtomicU64,
     /// Times the credit was halved.
     shrinks: AtomicU64,
 }
@@ -55,6 +82,7 @@ impl Credit {
             now: AtomicU32::new(max),
             max,
             lag_micros: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             shrinks: AtomicU64::new(0),
         }
     }
@@ -80,29 +108,42 @@ impl Credit {
         self.shrinks.load(Relaxed)
     }
 
-    /// Folds one lag measurement taken at `at` into the credit;
-    /// `last_change` is when it last changed (updated here).
-    pub fn observe(&self, lag: Duration, at: Instant, last_change: &mut Instant) {
+    /// The bytes last seen in the server's UDP receive queues.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Relaxed)
+    }
+
+    /// Folds one measurement taken at `at` (the scheduling lag, the bytes
+    /// in the receive queues) into the credit; `last_change` is when it
+    /// last changed (updated here).
+    pub fn observe(&self, lag: Duration, queued: u64, at: Instant, last_change: &mut Instant) {
         self.lag_micros.store(lag.as_micros() as u64, Relaxed);
+        self.queued.store(queued, Relaxed);
         let now = self.now();
         let since = at.saturating_duration_since(*last_change);
-        if lag > HIGH_LAG && now > 1 && since >= SHRINK_EVERY {
+        let behind = lag > HIGH_LAG || queued > HIGH_QUEUED;
+        let keeping_up = lag < LOW_LAG && queued < LOW_QUEUED;
+        if behind && now > 1 && since >= SHRINK_EVERY {
             self.now.store((now / 2).max(1), Relaxed);
             self.shrinks.fetch_add(1, Relaxed);
             *last_change = at;
-        } else if lag < LOW_LAG && now < self.max && since >= GROW_EVERY {
+        } else if keeping_up && now < self.max && since >= GROW_EVERY {
             self.now
                 .store((now + (now / 4).max(1)).min(self.max), Relaxed);
             *last_change = at;
         }
     }
 
-    /// Probes the runtime's scheduling lag every [`PROBE_EVERY`] and sets
-    /// the credit, until the task is dropped.
-    pub async fn run(&self) {
+    /// Probes the runtime's scheduling lag every [`PROBE_EVERY`] and the
+    /// receive queues of the UDP sockets bound to `port` every
+    /// [`QUEUE_PROBE_EVERY`] (none: the lag alone), and sets the credit,
+    /// until the task is dropped.
+    pub async fn run(&self, port: Option<u16>) {
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_change = Instant::now();
+        let mut queued = 0;
+        let mut last_read: Option<Instant> = None;
         loop {
             let due = tick.tick().await;
             let now = Instant::now();
@@ -110,14 +151,106 @@ impl Credit {
             let lag = now
                 .saturating_duration_since(due)
                 .saturating_sub(Duration::from_millis(1));
-            self.observe(lag, now, &mut last_change);
+            if let Some(port) = port {
+                if last_read.is_none_or(|t| now.duration_since(t) >= QUEUE_PROBE_EVERY) {
+                    // A read of procfs: memory the kernel formats, no disk.
+                    queued = receive_queue_bytes(port).unwrap_or(0);
+                    last_read = Some(now);
+                }
+            }
+            self.observe(lag, queued, now, &mut last_change);
         }
     }
+}
+
+/// A connection's own credit after it accepted a stream, with `open`
+/// requests now open: doubled (up to `max`) when the terminal has used
+/// all of `own`, else unchanged.
+#[inline]
+pub fn own_credit(own: u32, open: usize, max: u32) -> u32 {
+    if open >= own as usize {
+        own.saturating_mul(2).min(max).max(own)
+    } else {
+        own
+    }
+}
+
+/// The bytes waiting in the receive queues of this machine's UDP sockets
+/// bound to `port` (IPv4 and IPv6), from `/proc/net/udp` and `udp6`;
+/// `None` where neither can be read.
+pub fn receive_queue_bytes(port: u16) -> Option<u64> {
+    let mut any = false;
+    let mut total = 0;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            any = true;
+            total += queued_in(&text, port);
+        }
+    }
+    any.then_some(total)
+}
+
+/// The `rx_queue` of every socket of a `/proc/net/udp` table bound to
+/// `port`, summed (sockets sharing the port with `SO_REUSEPORT` each have
+/// their own queue). Lines that do not parse are skipped.
+fn queued_in(table: &str, port: u16) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1)?;
+            let queues = fields.nth(2)?;
+            let local_port = u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()?;
+            let rx = u64::from_str_radix(queues.split_once(':')?.1, 16).ok()?;
+            (local_port == port).then_some(rx)
+        })
+        .sum()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_receive_queue_of_the_port_is_read_from_the_kernel_table() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+ 1053: 0100007F:1151 00000000:0000 07 00000000:00080000 00:00000000 00000000     0        0 21403 2 0000000000000000 0
+ 1053: 0100007F:1151 00000000:0000 07 00000000:00000400 00:00000000 00000000     0        0 21404 2 0000000000000000 0
+ 2000: 0100007F:0035 00000000:0000 07 00000000:00FFFFFF 00:00000000 00000000     0        0 21405 2 0000000000000000 0
+ garbage
+";
+        // Port 4433 is 0x1151: both of its sockets, not port 53's.
+        assert_eq!(queued_in(table, 4433), 0x80000 + 0x400);
+        assert_eq!(queued_in(table, 9), 0);
+    }
+
+    #[test]
+    fn a_connection_earns_its_credit_by_using_it() {
+        assert_eq!(own_credit(START_CREDIT, 3, 64), START_CREDIT);
+        assert_eq!(own_credit(8, 8, 64), 16);
+        assert_eq!(own_credit(32, 40, 64), 64);
+        assert_eq!(own_credit(64, 64, 64), 64, "never past the most");
+        assert_eq!(own_credit(8, 8, 4), 8, "never below what was granted");
+    }
+
+    #[test]
+    fn a_full_receive_queue_cuts_the_credit_like_lag() {
+        let credit = Credit::new(64);
+        let start = Instant::now();
+        let mut last = start;
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(60), &mut last);
+        assert_eq!((credit.now(), credit.queued()), (32, HIGH_QUEUED + 1));
+        // Between the marks: no change; below both: growth.
+        credit.observe(Duration::ZERO, LOW_QUEUED, at(200), &mut last);
+        assert_eq!(credit.now(), 32);
+        credit.observe(Duration::ZERO, LOW_QUEUED - 1, at(300), &mut last);
+        assert_eq!(credit.now(), 40);
+        // Lag still counts alone.
+        credit.observe(Duration::from_millis(10), 0, at(400), &mut last);
+        assert_eq!(credit.now(), 20);
+    }
 
     #[test]
     fn halves_under_lag_and_grows_back_when_it_is_gone() {
@@ -126,25 +259,25 @@ mod tests {
         let mut last = start;
         let at = |ms: u64| start + Duration::from_millis(ms);
         // Lag, but too soon after the last change: nothing yet.
-        credit.observe(Duration::from_millis(10), at(10), &mut last);
+        credit.observe(Duration::from_millis(10), 0, at(10), &mut last);
         assert_eq!(credit.now(), 64);
-        credit.observe(Duration::from_millis(10), at(60), &mut last);
+        credit.observe(Duration::from_millis(10), 0, at(60), &mut last);
         assert_eq!(credit.now(), 32);
-        credit.observe(Duration::from_millis(10), at(80), &mut last);
+        credit.observe(Duration::from_millis(10), 0, at(80), &mut last);
         assert_eq!(credit.now(), 32, "one halving per 50 ms");
         for i in 0..10 {
-            credit.observe(Duration::from_millis(10), at(120 + 50 * i), &mut last);
+            credit.observe(Duration::from_millis(10), 0, at(120 + 50 * i), &mut last);
         }
         assert_eq!(credit.now(), 1, "never below one stream");
         assert_eq!(credit.shrinks(), 6);
         // Between the thresholds: no change.
-        credit.observe(Duration::from_millis(2), at(2000), &mut last);
+        credit.observe(Duration::from_millis(2), 0, at(2000), &mut last);
         assert_eq!(credit.now(), 1);
         // No lag: back to full within seconds.
         let mut t = 2000;
         while credit.now() < 64 {
             t += 100;
-            credit.observe(Duration::ZERO, at(t), &mut last);
+            credit.observe(Duration::ZERO, 0, at(t), &mut last);
             assert!(t < 5000, "credit {} after {} ms", credit.now(), t - 2000);
         }
         assert_eq!(credit.now(), 64);

@@ -461,9 +461,14 @@ pub async fn serve_many(
     ));
     let controller = shared.credit.is_some().then(|| {
         let shared = shared.clone();
+        // The endpoints share one port (`bind_many`).
+        let port = endpoints
+            .first()
+            .and_then(|e| e.local_addr().ok())
+            .map(|a| a.port());
         tokio::spawn(async move {
             if let Some(credit) = &shared.credit {
-                credit.run().await;
+                credit.run(port).await;
             }
         })
     });
@@ -634,8 +639,13 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
     // finds nothing to do (about 10 % of the daemon's CPU at 5,000
     // lookups/s, BENCHMARKS.md).
     let mut requests = FuturesUnordered::new();
-    // The stream credit this connection was last given.
-    let mut credit = shared.credit.as_ref().map(Credit::max);
+    // The stream credit this connection was last given (its handshake's,
+    // `START_CREDIT` when the credit is adaptive), and its own credit.
+    let mut credit = shared
+        .credit
+        .as_ref()
+        .map(|c| crate::overload::START_CREDIT.min(c.max()));
+    let mut own = credit.unwrap_or(0);
     loop {
         tokio::select! {
             biased;
@@ -646,7 +656,8 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
                     Ok((send, recv)) => {
                         requests.push(request(send, recv, shared.clone(), &terminal, institution));
                         if let (Some(given), Some(c)) = (&mut credit, &shared.credit) {
-                            let now = c.now();
+                            own = crate::overload::own_credit(own, requests.len(), c.max());
+                            let now = c.now().min(own).max(crate::overload::LEAST_CREDIT);
                             if now != *given {
                                 conn.set_max_concurrent_bi_streams(now.into());
                                 *given = now;

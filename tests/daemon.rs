@@ -39,6 +39,13 @@ impl Running {
     }
 
     async fn start_with(max_in_flight: u64) -> Running {
+        Running::start_configured(max_in_flight, None).await
+    }
+
+    /// With `adaptive`, stream credit is adaptive up to that many streams
+    /// per connection (as `server.adaptive_stream_credit`), connections
+    /// handshaken with `overload::START_CREDIT`, as the daemon does.
+    async fn start_configured(max_in_flight: u64, adaptive: Option<u32>) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let certs = certs::generate(&dir.path().join("certs"), 16).unwrap();
         let data = dir.path().join("data");
@@ -69,8 +76,25 @@ impl Running {
             )
             .with_max_in_flight(max_in_flight),
         );
+        let (shared, config) = match adaptive {
+            Some(max) => {
+                let shared = Arc::into_inner(shared).unwrap().with_adaptive_credit(max);
+                let transport = qualcache::tls::Transport {
+                    max_streams: qualcache::overload::START_CREDIT.min(max),
+                    ..Default::default()
+                };
+                let config = qualcache::tls::server_config(
+                    &certs.server_cert,
+                    &certs.server_key,
+                    &certs.ca,
+                    transport,
+                )
+                .unwrap();
+                (Arc::new(shared), config)
+            }
+            None => (shared, util::server_tls(&certs)),
+        };
         shared.swap(Arc::new(Snapshot::open(&built.path).unwrap()));
-        let config = util::server_tls(&certs);
         let endpoint = server::bind("127.0.0.1:0".parse().unwrap(), config, 1 << 20).unwrap();
         let (addr, tx, task) = spawn_server(vec![endpoint], shared.clone(), Duration::from_secs(5));
         Running {
@@ -803,6 +827,66 @@ async fn required_audit_refuses_lookups_while_it_cannot_write() {
                 .load(std::sync::atomic::Ordering::Relaxed)
                 >= 1
         );
+    })
+    .await;
+}
+
+/// Opens streams on `client`, up to `most`, each left open (a byte sent,
+/// never finished, so the server holds it), waiting up to 2 s for credit
+/// on its way; returns them.
+async fn open_streams(client: &Client, most: usize) -> Vec<(quinn::SendStream, quinn::RecvStream)> {
+    let mut open = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while open.len() < most && tokio::time::Instant::now() < deadline {
+        if let Ok(opened) =
+            tokio::time::timeout(Duration::from_millis(100), client.open_stream()).await
+        {
+            let (mut send, recv) = opened.unwrap();
+            send.write_all(&[0x0a]).await.unwrap();
+            open.push((send, recv));
+        }
+    }
+    open
+}
+
+/// With adaptive stream credit a connection starts with
+/// `overload::START_CREDIT` streams (a request past them is not even
+/// sent) and earns more only by using them all, up to its configured
+/// most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_earns_stream_credit_by_using_it() {
+    use prost::Message;
+    use qualcache::overload::START_CREDIT;
+    bounded(async {
+        let server = Running::start_configured(server::DEFAULT_MAX_IN_FLIGHT, Some(64)).await;
+        let busy = server.client_n(0).await;
+        // Streams opened but not yet sent take credit all the same.
+        let mut first = Vec::new();
+        for _ in 0..START_CREDIT {
+            first.push(busy.open_stream().await.unwrap());
+        }
+        let status = qualcache::protocol::pb::Request {
+            as_of: 0,
+            kind: Some(qualcache::protocol::pb::request::Kind::Status(
+                qualcache::protocol::pb::StatusRequest {},
+            )),
+        };
+        match busy.try_request_raw(&status.encode_to_vec()).await {
+            Err(qualcache::client::ClientError::NoCredit) => {}
+            other => panic!("past its first credit a request is not sent: {other:?}"),
+        }
+        // Used, all of them: 16 granted; all 16 used: 32; then 64, the most.
+        for (send, _) in &mut first {
+            send.write_all(&[0x0a]).await.unwrap();
+        }
+        let more = open_streams(&busy, 100).await;
+        assert_eq!(
+            first.len() + more.len(),
+            64,
+            "earned up to the configured most"
+        );
+        drop((first, more));
+        server.stop().await;
     })
     .await;
 }

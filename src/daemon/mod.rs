@@ -68,12 +68,13 @@ pub async fn run(config: Config, mut handlers: Signals) -> Result<()> {
         crate::certs::generate(dir, crate::certs::DEV_TERMINALS)?;
         tracing::info!(dir = %dir.display(), "development certificates created");
     }
-    let tls = crate::tls::server_config(
-        &config.cert,
-        &config.key,
-        &config.client_ca,
-        config.transport,
-    )?;
+    let mut transport = config.transport;
+    if config.adaptive_stream_credit {
+        // A connection starts with the least credit and earns more by
+        // using it (`overload::own_credit`).
+        transport.max_streams = transport.max_streams.min(crate::overload::START_CREDIT);
+    }
+    let tls = crate::tls::server_config(&config.cert, &config.key, &config.client_ca, transport)?;
     // Leases are safe now: the SIGIO handler is installed.
     let store = Store::new(&config, card_key.clone()).with_leases();
     let mut shared = Shared::new(card_key, config.limits)
