@@ -164,8 +164,11 @@ impl Credit {
 }
 
 /// A connection's own credit after it accepted a stream, with `open`
-/// requests now open: doubled (up to `max`) when the terminal has used
-/// all of `own`, else unchanged.
+/// requests now being read or answered by it: doubled (up to `max`) when
+/// they fill all of `own`, else unchanged. (Streams whose answer is
+/// written but not yet acknowledged also hold credit and are not counted:
+/// a terminal earns more only when its requests really pile up, which a
+/// reception terminal's rarely do.)
 #[inline]
 pub fn own_credit(own: u32, open: usize, max: u32) -> u32 {
     if open >= own as usize {
