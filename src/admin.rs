@@ -373,6 +373,62 @@ impl Collector for DaemonCollector {
                 .encode_family(&[("result", result)])?
                 .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
         }
+        if let Some(o) = shared.overlay() {
+            gauge(
+                &mut e,
+                "overlay_persons",
+                "Persons changed in the database since the snapshot was built, answered from the overlay",
+                o.persons() as f64,
+            )?;
+            gauge(
+                &mut e,
+                "overlay_records",
+                "Qualification records in the overlay",
+                o.records() as f64,
+            )?;
+            gauge(
+                &mut e,
+                "overlay_unreadable_persons",
+                "Persons in the overlay whose latest change could not be read (answered UNAVAILABLE)",
+                o.unreadable() as f64,
+            )?;
+            gauge(
+                &mut e,
+                "change_position",
+                "The database change counter the answers reflect",
+                o.position() as f64,
+            )?;
+        }
+        counter(
+            &mut e,
+            "changes_applied",
+            "Changed persons read from the database's change log and applied to the overlay",
+            m.changes_applied.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "changes_unreadable",
+            "Changed persons whose rows failed the checks (answered UNAVAILABLE until they change again or a snapshot covers them)",
+            m.changes_unreadable.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "change_read_failures",
+            "Reads of the change log that failed (the database unreachable, say)",
+            m.change_read_failures.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "change_listener_reconnects",
+            "Times the change listener's connection to the database was made again",
+            m.listener_reconnects.load(Ordering::Relaxed),
+        )?;
+        histogram(
+            &mut e,
+            "freshness_lag",
+            "From a change's statement in the database to the overlay answering it",
+            &m.freshness_lag,
+        )?;
         counter(
             &mut e,
             "snapshot_lease_breaks",

@@ -242,6 +242,10 @@ pub struct RawSource {
     pub password_env: Option<String>,
     /// `postgres`: seconds between checks of the change counter (default 60).
     pub rebuild_interval_secs: Option<u64>,
+    /// `postgres`: most changed persons the overlay holds before a
+    /// snapshot is built early (default 1,000,000; 0: no overlay, changes
+    /// are answered after the next snapshot only).
+    pub overlay_max_persons: Option<u64>,
 }
 
 impl Default for RawSource {
@@ -256,13 +260,14 @@ impl Default for RawSource {
             password_file: None,
             password_env: None,
             rebuild_interval_secs: None,
+            overlay_max_persons: None,
         }
     }
 }
 
 impl RawSource {
     /// Each key: its name, whether the file gives it, the kind it is for.
-    fn given(&self) -> [(&'static str, bool, &'static str); 8] {
+    fn given(&self) -> [(&'static str, bool, &'static str); 9] {
         [
             ("source.path", self.path.is_some(), "csv"),
             ("source.records", self.records.is_some(), "synthetic"),
@@ -282,6 +287,11 @@ impl RawSource {
             (
                 "source.rebuild_interval_secs",
                 self.rebuild_interval_secs.is_some(),
+                "postgres",
+            ),
+            (
+                "source.overlay_max_persons",
+                self.overlay_max_persons.is_some(),
                 "postgres",
             ),
         ]
@@ -315,6 +325,9 @@ pub enum Source {
         pg: Box<crate::store::postgres::PgSource>,
         /// How often the change counter is checked.
         rebuild_interval: Duration,
+        /// Most changed persons answered from the overlay before a
+        /// snapshot is built early; 0: no overlay.
+        overlay_max_persons: usize,
     },
 }
 
@@ -548,6 +561,15 @@ impl Config {
                         1,
                         WEEK,
                     )?,
+                    overlay_max_persons: match src.overlay_max_persons.unwrap_or(1_000_000) {
+                        n @ 0..=100_000_000 => n as usize,
+                        n => {
+                            return Err(invalid(
+                                "source.overlay_max_persons",
+                                format!("{n} is more than 100,000,000 (a snapshot is cheaper)"),
+                            ))
+                        }
+                    },
                 }
             }
             other => {
@@ -753,11 +775,13 @@ mod tests {
         let Source::Postgres {
             pg,
             rebuild_interval,
+            overlay_max_persons,
         } = &c.source
         else {
             panic!("{:?}", c.source);
         };
         assert_eq!(*rebuild_interval, Duration::from_secs(7));
+        assert_eq!(*overlay_max_persons, 1_000_000);
         assert_eq!(pg.describe(), "postgres://app@db:6543/records?schema=q2");
         assert!(!format!("{c:?}").contains("s3cret"));
     }
@@ -776,6 +800,14 @@ mod tests {
                 "server.max_batch: must be at least 1",
             ),
             ("[server]\nmax_batch = \"many\"", "invalid type"),
+            (
+                "[source]\nkind = \"postgres\"\nurl = \"postgres://a@b/c\"\noverlay_max_persons = 200000000",
+                "source.overlay_max_persons: 200000000 is more than 100,000,000",
+            ),
+            (
+                "[source]\nkind = \"csv\"\noverlay_max_persons = 5",
+                "source.overlay_max_persons",
+            ),
             (
                 "[source]\nkind = \"mysql\"",
                 "source.kind: \"mysql\" is not one of",

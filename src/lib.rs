@@ -59,6 +59,7 @@ pub mod daemon;
 pub mod gen;
 pub mod metrics;
 pub mod model;
+pub mod overlay;
 pub mod overload;
 pub mod probe;
 pub mod progress;

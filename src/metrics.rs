@@ -40,6 +40,20 @@ pub struct Metrics {
     /// Connection attempts answered with a QUIC Retry (prove the address
     /// first), the handshakes in progress being many.
     pub handshake_retries: AtomicU64,
+    /// Changed persons applied to the overlay (a database source's
+    /// change feed).
+    pub changes_applied: AtomicU64,
+    /// Changed persons whose rows could not be read (answered
+    /// UNAVAILABLE until a later change or a snapshot).
+    pub changes_unreadable: AtomicU64,
+    /// Reads of the change feed that failed (the database down, say).
+    pub change_read_failures: AtomicU64,
+    /// Times the change listener's connection was made again after it was
+    /// lost or could not be made.
+    pub listener_reconnects: AtomicU64,
+    /// From a change's statement in the database to the overlay that
+    /// answers it being swapped in.
+    pub freshness_lag: Timing,
 }
 
 impl Metrics {
@@ -55,6 +69,11 @@ impl Metrics {
             reload_time: Timing::new(),
             handshake_failures: [const { AtomicU64::new(0) }; HandshakeFailure::ALL.len()],
             handshake_retries: AtomicU64::new(0),
+            changes_applied: AtomicU64::new(0),
+            changes_unreadable: AtomicU64::new(0),
+            change_read_failures: AtomicU64::new(0),
+            listener_reconnects: AtomicU64::new(0),
+            freshness_lag: Timing::new(),
         }
     }
 

@@ -9,6 +9,7 @@ use prost::Message;
 use crate::audit::{Ids, Lookup};
 use crate::metrics::{Metrics, RequestKind};
 use crate::model::{CardKey, CardSerial, Date, InsuranceKey, Qualification, Status};
+use crate::overlay::{Looked, Overlay};
 use crate::probe::{LookupError, ProbeLookup};
 use crate::snapshot::{Answer, Snapshot};
 
@@ -44,6 +45,9 @@ impl Default for Limits {
 pub struct Context<'a> {
     /// The snapshot answering, if one is loaded.
     pub snapshot: Option<&'a Snapshot>,
+    /// The persons changed since the snapshot was built, answered as they
+    /// are now (a database source's change feed); `None` without one.
+    pub overlay: Option<&'a Overlay>,
     /// Key for card serial digests.
     pub card_key: &'a CardKey,
     /// Today in Japan time (used when `as_of` is 0).
@@ -159,7 +163,11 @@ pub fn handle_audited(
             single(&mut resp, a);
         }
         Kind::Insurance(i) => {
-            let a = note("insurance", false, insurance(snapshot, &i, as_of, collect));
+            let a = note(
+                "insurance",
+                false,
+                insurance(ctx, snapshot, &i, as_of, collect),
+            );
             single(&mut resp, a);
         }
         Kind::Batch(b) => {
@@ -178,9 +186,11 @@ pub fn handle_audited(
                     Some(pb::batch_item::Kind::Card(c)) => {
                         note("card", true, card(ctx, snapshot, c, as_of, collect))
                     }
-                    Some(pb::batch_item::Kind::Insurance(i)) => {
-                        note("insurance", true, insurance(snapshot, i, as_of, collect))
-                    }
+                    Some(pb::batch_item::Kind::Insurance(i)) => note(
+                        "insurance",
+                        true,
+                        insurance(ctx, snapshot, i, as_of, collect),
+                    ),
                     None => note(
                         "none",
                         true,
@@ -217,6 +227,8 @@ pub fn handle_audited(
                     .metrics
                     .reload_failures
                     .load(std::sync::atomic::Ordering::Relaxed),
+                change_position: ctx.overlay.map_or(0, |o| o.position()),
+                overlay_persons: ctx.overlay.map_or(0, |o| o.persons() as u64),
             });
         }
     }
@@ -272,15 +284,16 @@ fn card(
         Ok(s) => s,
         Err(e) => return refused(LookupError::Serial(e).to_string()),
     };
-    answered(
-        &snapshot.lookup_card(&ctx.card_key.digest(&serial), as_of),
-        snapshot,
-        whom,
-    )
+    let digest = ctx.card_key.digest(&serial);
+    match ctx.overlay {
+        Some(o) if !o.is_empty() => looked(o.lookup_card(snapshot, &digest, as_of), snapshot, whom),
+        _ => answered(&snapshot.lookup_card(&digest, as_of), snapshot, whom),
+    }
 }
 
 /// An insurance lookup's answer, as [`card`].
 fn insurance(
+    ctx: &Context<'_>,
     snapshot: &Snapshot,
     i: &pb::InsuranceLookup,
     as_of: Date,
@@ -297,11 +310,35 @@ fn insurance(
         Ok(d) => d,
         Err(e) => return refused(format!("insurance: birth: {e}")),
     };
-    answered(
-        &snapshot.lookup_insurance(&key, birth, as_of),
-        snapshot,
-        whom,
-    )
+    match ctx.overlay {
+        Some(o) if !o.is_empty() => looked(
+            o.lookup_insurance(snapshot, &key, birth, as_of),
+            snapshot,
+            whom,
+        ),
+        _ => answered(
+            &snapshot.lookup_insurance(&key, birth, as_of),
+            snapshot,
+            whom,
+        ),
+    }
+}
+
+/// The wire answer of a lookup through the overlay: a person whose latest
+/// change could not be read is answered UNAVAILABLE (nothing of theirs is
+/// in the answer, so the audit trail records nobody).
+fn looked(l: Looked<'_>, snapshot: &Snapshot, whom: bool) -> (pb::Answer, (Ids, Ids)) {
+    match l {
+        Looked::Answer(a) => answered(&a, snapshot, whom),
+        Looked::Unreadable => (
+            pb::Answer {
+                status: pb::Status::Unavailable as i32,
+                reason: "this person's latest change could not be read; retry later".into(),
+                ..pb::Answer::default()
+            },
+            (Ids::Nobody, Ids::Nobody),
+        ),
+    }
 }
 
 fn answered(a: &Answer<'_>, snapshot: &Snapshot, whom: bool) -> (pb::Answer, (Ids, Ids)) {
@@ -472,6 +509,7 @@ mod tests {
         static METRICS: Metrics = Metrics::new();
         Context {
             snapshot: None,
+            overlay: None,
             card_key: KEY.get_or_init(CardKey::demo),
             today: today.parse().unwrap(),
             limits: Limits::default(),

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{AuditMode, Auditor, Unaudited};
 use crate::metrics::{HandshakeFailure, Metrics, RequestKind, RequestMetrics};
 use crate::model::{CardKey, Date, InstitutionCode};
+use crate::overlay::Overlay;
 use crate::overload::Credit;
 use crate::protocol::{self, Context, Limits};
 use crate::snapshot::Snapshot;
@@ -33,6 +34,11 @@ pub struct Shared {
     /// keeps the snapshot it loaded until it is answered, and the old
     /// mapping is dropped with its last reader.
     snapshot: ArcSwapOption<Snapshot>,
+    /// The persons changed since the snapshot was built (a database
+    /// source's change feed), swapped whole like the snapshot.
+    overlay: ArcSwapOption<Overlay>,
+    /// Told at each snapshot swap.
+    swapped: tokio::sync::Notify,
     /// Digests card serials; must be the key the snapshots were built with.
     card_key: CardKey,
     /// Request size and batch limits.
@@ -84,6 +90,8 @@ impl Shared {
     pub fn new(card_key: CardKey, limits: Limits) -> Shared {
         Shared {
             snapshot: ArcSwapOption::empty(),
+            overlay: ArcSwapOption::empty(),
+            swapped: tokio::sync::Notify::new(),
             card_key,
             limits,
             started: Instant::now(),
@@ -238,12 +246,32 @@ impl Shared {
 
     /// Makes `snapshot` the one answering; returns the one it replaces.
     pub fn swap(&self, snapshot: Arc<Snapshot>) -> Option<Arc<Snapshot>> {
-        self.snapshot.swap(Some(snapshot))
+        let old = self.snapshot.swap(Some(snapshot));
+        self.swapped.notify_one();
+        old
+    }
+
+    /// Resolves after the next [`swap`](Self::swap) (or at once if one
+    /// happened since the last call returned): the change follower
+    /// retires what the new snapshot covers.
+    pub async fn snapshot_swapped(&self) {
+        self.swapped.notified().await;
     }
 
     /// The snapshot answering now.
     pub fn current(&self) -> Option<Arc<Snapshot>> {
         self.snapshot.load_full()
+    }
+
+    /// Makes `overlay` the one answering over the snapshot (`None`: the
+    /// snapshot alone).
+    pub fn swap_overlay(&self, overlay: Option<Arc<Overlay>>) {
+        self.overlay.store(overlay);
+    }
+
+    /// The overlay answering now.
+    pub fn overlay(&self) -> Option<Arc<Overlay>> {
+        self.overlay.load_full()
     }
 
     /// Build and reload counters.
@@ -261,8 +289,10 @@ impl Shared {
     /// mode, lookups that cannot be audited are not answered (UNAVAILABLE).
     fn answer(&self, bytes: &[u8], who: InstitutionCode) -> (RequestKind, protocol::pb::Response) {
         let snapshot = self.snapshot.load();
+        let overlay = self.overlay.load();
         let ctx = Context {
             snapshot: snapshot.as_deref(),
+            overlay: overlay.as_deref(),
             card_key: &self.card_key,
             today: Date::today_jst(),
             limits: self.limits,

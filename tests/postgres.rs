@@ -401,6 +401,9 @@ const PASS: u8 = 0;
 /// then both ends are closed: small queries pass, an export dies midway.
 const CUT: u8 = 1;
 const CUT_AFTER: u64 = 32 * 1024;
+/// The database is down: new connections are closed at once, and live
+/// ones are closed when the server next sends anything.
+const DOWN: u8 = 2;
 
 impl Relay {
     async fn start(upstream: SocketAddr) -> Relay {
@@ -411,7 +414,12 @@ impl Relay {
         let m = mode.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                let live = m.clone();
                 let mode = m.load(Ordering::SeqCst);
+                if mode == DOWN {
+                    drop(client);
+                    continue;
+                }
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
@@ -429,7 +437,9 @@ impl Relay {
                             Ok(n) => n,
                         };
                         passed += n as u64;
-                        if mode == CUT && passed > CUT_AFTER {
+                        if (mode == CUT && passed > CUT_AFTER)
+                            || live.load(Ordering::SeqCst) == DOWN
+                        {
                             break;
                         }
                         if cw.write_all(&buf[..n]).await.is_err() {
@@ -523,7 +533,7 @@ async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lo
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\ndir = \"{0}/audit\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\nreload_interval_secs = 3600\n[source]\nkind = \"postgres\"\nurl = \"{db}\"\nschema = \"{1}\"\nrebuild_interval_secs = 1\n",
+                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\ndir = \"{0}/audit\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\nreload_interval_secs = 3600\n[source]\nkind = \"postgres\"\nurl = \"{db}\"\nschema = \"{1}\"\nrebuild_interval_secs = 1\n# Rebuilds are what this test is about.\noverlay_max_persons = 0\n",
                 d.display(),
                 schema.name
             ),
@@ -737,6 +747,414 @@ async fn hand_made_history_builds_the_same_from_postgres() {
                 && err.contains("as qualification_id 2 in an overlapping period"),
             "{err}"
         );
+    })
+    .await;
+}
+
+/// A person picked for the freshness test: one registered card, one
+/// qualification holding today.
+#[derive(Debug, Clone)]
+struct Picked {
+    id: i64,
+    serial: String,
+    insurer: String,
+    symbol: String,
+    number: String,
+    branch: String,
+    birth: u32,
+}
+
+fn card_request(serial: &str, as_of: u32) -> pb::Request {
+    pb::Request {
+        as_of,
+        kind: Some(pb::request::Kind::Card(pb::CardLookup {
+            serial: serial.into(),
+        })),
+    }
+}
+
+fn key_request(p: &Picked, number: &str, as_of: u32) -> pb::Request {
+    pb::Request {
+        as_of,
+        kind: Some(pb::request::Kind::Insurance(pb::InsuranceLookup {
+            insurer: p.insurer.clone(),
+            symbol: p.symbol.clone(),
+            number: number.into(),
+            branch: p.branch.clone(),
+            birth: p.birth,
+        })),
+    }
+}
+
+/// The status a request is answered with (a lookup's, else the response's).
+async fn status_of(client: &Client, req: &pb::Request) -> (i32, Option<pb::Answer>) {
+    let r = client.request(req).await.unwrap();
+    match r.answer {
+        Some(a) => (a.status, Some(a)),
+        None => (r.status, None),
+    }
+}
+
+/// Waits (bounded: the latency is measured by a benchmark, not here) until
+/// `req` is answered `want`; returns the answer.
+async fn eventually(client: &Client, req: &pb::Request, want: Status, what: &str) -> pb::Answer {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, answer) = status_of(client, req).await;
+        if status == want.code() as i32 {
+            return answer.unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still answered {status}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running qualcached with its log and client.
+struct Daemon {
+    child: Killed,
+    log: Log,
+    client: Client,
+    admin: SocketAddr,
+}
+
+impl Daemon {
+    async fn start(config: &Path, certs: &Path) -> Daemon {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qualcached"))
+            .args(["--config", config.to_str().unwrap()])
+            .env_remove("QUALCACHE_CARD_KEY")
+            .env("QUALCACHE_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let log = Log(rx);
+        let line = log.wait_for("the admin listener", |l| l.contains("admin listener"));
+        let admin: SocketAddr = line
+            .split("admin=")
+            .nth(1)
+            .and_then(|a| a.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        let line = log.wait_for("serving", |l| {
+            util::listen_addr(l).is_some() && l.contains("serving")
+        });
+        let addr = util::listen_addr(&line).unwrap();
+        let client = Client::connect(addr, "localhost", util::first_terminal(certs))
+            .await
+            .unwrap();
+        Daemon {
+            child: Killed(child),
+            log,
+            client,
+            admin,
+        }
+    }
+
+    async fn stop(self) {
+        self.client.close().await;
+        util::signal(&self.child.0.id().to_string(), "-TERM");
+        let mut child = self.child;
+        let code = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(code.success(), "exit status {code:?}");
+    }
+}
+
+/// A child process killed when dropped, so a test that failed leaves no
+/// daemon behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Changes committed in PostgreSQL are answered between snapshots, from
+/// the overlay: a loss, a new job, a card restricted and withdrawn, a new
+/// person, a person deleted, a key changed, 10,000 persons in one
+/// transaction; after a restart (replayed before serving), after the
+/// database was unreachable (caught up), and after a rebuild that
+/// retires the overlay (answers unchanged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_changes_are_answered_between_snapshots() {
+    bounded(async {
+        let Some(schema) = Schema::fresh().await else { return };
+        let dir = util::tempdir();
+        let d = dir.path();
+        let g = generate(&d.join("data"), 5_000);
+        qualcache::store::postgres::migrate::migrate(&schema.source).await.unwrap();
+        qualcache::store::postgres::load::load(&schema.source, &g.csv, false, &Default::default()).await.unwrap();
+        let upstream: SocketAddr = {
+            let u: tokio_postgres::Config = url().parse().unwrap();
+            let host = match &u.get_hosts()[0] {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                _ => "127.0.0.1".into(),
+            };
+            let port = u.get_ports().first().copied().unwrap_or(5432);
+            let mut addrs = tokio::net::lookup_host((host.as_str(), port)).await.unwrap();
+            addrs.next().unwrap()
+        };
+        let relay = Relay::start(upstream).await;
+        let db = {
+            let u: tokio_postgres::Config = url().parse().unwrap();
+            format!(
+                "postgres://{}@{}/{}",
+                u.get_user().unwrap_or("postgres"),
+                relay.addr,
+                u.get_dbname().unwrap_or("postgres")
+            )
+        };
+        let config = d.join("qualcached.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\nmode = \"off\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\nreload_interval_secs = 3600\n[source]\nkind = \"postgres\"\nurl = \"{db}\"\nschema = \"{1}\"\nrebuild_interval_secs = 3600\n",
+                d.display(),
+                schema.name
+            ),
+        )
+        .unwrap();
+        let certs = d.join("certs");
+        let daemon = Daemon::start(&config, &certs).await;
+        let c = schema.client().await;
+
+        // Persons with one registered card whose serial a probe knows and
+        // one qualification holding today, without public expense.
+        let today = qualcache::model::Date::today_jst();
+        let day = qualcache::protocol::day(today);
+        let iso = today.to_string();
+        let serials: std::collections::HashMap<Vec<u8>, String> = read_probes(&g.probes)
+            .unwrap()
+            .into_iter()
+            .filter_map(|p| match p.lookup {
+                ProbeLookup::Card { serial } => Some((
+                    CardKey::demo().digest(&serial.parse().unwrap()).as_bytes().to_vec(),
+                    serial,
+                )),
+                _ => None,
+            })
+            .collect();
+        let rows = c
+            .query(
+                "SELECT p.person_id, k.digest, q.insurer_number, coalesce(q.symbol, ''), q.number,
+                        coalesce(q.branch, ''), to_char(p.birth_date, 'YYYYMMDD')::int
+                   FROM persons p JOIN card_links k USING (person_id) JOIN qualifications q USING (person_id)
+                  WHERE k.status = 'registered' AND q.lost_date IS NULL
+                    AND q.acquired_date < $1::text::date
+                    AND NOT EXISTS (SELECT 1 FROM public_expenses e WHERE e.qualification_id = q.qualification_id)
+                    AND (SELECT count(*) FROM qualifications o WHERE o.person_id = p.person_id) = 1
+                  ORDER BY p.person_id",
+                &[&iso],
+            )
+            .await
+            .unwrap();
+        let picked: Vec<Picked> = rows
+            .iter()
+            .filter_map(|r| {
+                Some(Picked {
+                    id: r.get(0),
+                    serial: serials.get(&r.get::<_, Vec<u8>>(1))?.clone(),
+                    insurer: r.get(2),
+                    symbol: r.get(3),
+                    number: r.get(4),
+                    branch: r.get(5),
+                    birth: r.get::<_, i32>(6) as u32,
+                })
+            })
+            .take(8)
+            .collect();
+        assert_eq!(picked.len(), 8, "not enough persons to change");
+        let client = &daemon.client;
+        for p in &picked {
+            assert_eq!(status_of(client, &card_request(&p.serial, day)).await.0, Status::Valid.code() as i32);
+            assert_eq!(status_of(client, &key_request(p, &p.number, day)).await.0, Status::Valid.code() as i32);
+        }
+        let [lost, job, restricted, withdrawn, deleted, rekeyed, restarted, outage] = &picked[..] else {
+            unreachable!()
+        };
+        // What each change must be answered with, checked again later.
+        let mut expect: Vec<(pb::Request, Status, &str)> = Vec::new();
+
+        // A qualification lost today.
+        c.execute(
+            "UPDATE qualifications SET lost_date = $1::text::date, loss_reason = '03' WHERE person_id = $2",
+            &[&iso, &lost.id],
+        )
+        .await
+        .unwrap();
+        expect.push((key_request(lost, &lost.number, day), Status::Lost, "lost today, by key"));
+        expect.push((card_request(&lost.serial, day), Status::Lost, "lost today, by card"));
+
+        // A new job: the old qualification lost, a new one under another insurer.
+        let other: String = c
+            .query_one("SELECT insurer_number FROM insurers WHERE insurer_number <> $1 ORDER BY 1 LIMIT 1", &[&job.insurer])
+            .await
+            .unwrap()
+            .get(0);
+        c.batch_execute(&format!(
+            "BEGIN;
+             UPDATE qualifications SET lost_date = '{iso}', loss_reason = '03' WHERE person_id = {id};
+             INSERT INTO qualifications (person_id, insurer_number, card_class, number, branch, relation,
+                                         acquired_date, copay_percent, preschool)
+                  SELECT {id}, '{other}', card_class, '77000001', '00', relation, '{iso}', copay_percent, preschool
+                    FROM qualifications WHERE person_id = {id};
+             COMMIT;",
+            id = job.id
+        ))
+        .await
+        .unwrap();
+        let new_job = Picked {
+            insurer: other.clone(),
+            symbol: String::new(),
+            branch: "00".into(),
+            ..job.clone()
+        };
+        expect.push((key_request(job, &job.number, day), Status::LostWithNewer, "the old job's key"));
+        expect.push((key_request(&new_job, "77000001", day), Status::Valid, "the new job's key"));
+        expect.push((card_request(&job.serial, day), Status::Valid, "the card after a new job"));
+
+        // A card restricted (the numbers still answer), a card withdrawn.
+        c.execute("UPDATE card_links SET status = 'restricted' WHERE person_id = $1", &[&restricted.id])
+            .await
+            .unwrap();
+        expect.push((card_request(&restricted.serial, day), Status::CardRestricted, "a restricted card"));
+        expect.push((key_request(restricted, &restricted.number, day), Status::Valid, "the restricted card's holder by key"));
+        c.execute("UPDATE card_links SET status = 'withdrawn' WHERE person_id = $1", &[&withdrawn.id])
+            .await
+            .unwrap();
+        expect.push((card_request(&withdrawn.serial, day), Status::CardNotRegistered, "a withdrawn card"));
+
+        // A person deleted; a key changed.
+        c.execute("DELETE FROM persons WHERE person_id = $1", &[&deleted.id]).await.unwrap();
+        expect.push((key_request(deleted, &deleted.number, day), Status::NotFound, "a deleted person by key"));
+        expect.push((card_request(&deleted.serial, day), Status::CardNotRegistered, "a deleted person's card"));
+        c.execute("UPDATE qualifications SET number = '66000001' WHERE person_id = $1", &[&rekeyed.id])
+            .await
+            .unwrap();
+        expect.push((key_request(rekeyed, &rekeyed.number, day), Status::NotFound, "the old key of a changed key"));
+        expect.push((key_request(rekeyed, "66000001", day), Status::Valid, "the new key"));
+
+        // A new person with a new card.
+        let serial = "A1B2C3D4E5F60718";
+        let digest = CardKey::demo().digest(&serial.parse().unwrap());
+        c.batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO persons SELECT 900000000, name, name_kana, sex, birth_date FROM persons WHERE person_id = {id};
+             INSERT INTO qualifications (person_id, insurer_number, card_class, symbol, number, branch, relation,
+                                         acquired_date, copay_percent, preschool)
+                  SELECT 900000000, insurer_number, card_class, symbol, '55000001', branch, relation,
+                         acquired_date, copay_percent, preschool
+                    FROM qualifications WHERE person_id = {id};
+             INSERT INTO card_links VALUES (900000000, '\\x{digest}', 'registered');
+             COMMIT;",
+            id = restarted.id
+        ))
+        .await
+        .unwrap();
+        expect.push((card_request(serial, day), Status::Valid, "a new person's card"));
+        expect.push((key_request(restarted, "55000001", day), Status::Valid, "a new person's key"));
+
+        // 10,000 persons in one transaction.
+        c.batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO persons SELECT 800000000 + g, name, name_kana, sex, birth_date
+               FROM persons, generate_series(1, 10000) g WHERE person_id = {id};
+             INSERT INTO qualifications (person_id, insurer_number, card_class, symbol, number, branch, relation,
+                                         acquired_date, copay_percent, preschool)
+                  SELECT 800000000 + g, insurer_number, card_class, symbol, (44000000 + g)::text, branch, relation,
+                         acquired_date, copay_percent, preschool
+                    FROM qualifications, generate_series(1, 10000) g WHERE person_id = {id};
+             COMMIT;",
+            id = restarted.id
+        ))
+        .await
+        .unwrap();
+        for n in [1, 5_000, 10_000] {
+            expect.push((key_request(restarted, &(44_000_000 + n).to_string(), day), Status::Valid, "one of 10,000 new persons"));
+        }
+        for (req, want, what) in &expect {
+            eventually(client, req, *want, what).await;
+        }
+        let a = eventually(client, &card_request(&job.serial, day), Status::Valid, "new job").await;
+        assert_eq!(a.qualification.unwrap().number, "77000001");
+        let status = server_status(client).await;
+        assert_eq!(status.generation, 1, "answered by a rebuild, not the overlay");
+        assert_eq!(status.change_position, schema.source.change_counter().await.unwrap());
+        // lost, job, restricted, withdrawn, deleted, rekeyed, a new person and 10,000.
+        assert_eq!(status.overlay_persons, 10_007);
+
+        // Restarted between changes: the log is replayed before serving.
+        daemon.stop().await;
+        c.execute("UPDATE card_links SET status = 'restricted' WHERE person_id = $1", &[&restarted.id])
+            .await
+            .unwrap();
+        let daemon = Daemon::start(&config, &certs).await;
+        let client = &daemon.client;
+        assert_eq!(server_status(client).await.generation, 1);
+        assert_eq!(
+            status_of(client, &card_request(&restarted.serial, day)).await.0,
+            Status::CardRestricted.code() as i32,
+            "a change made while the daemon was down is answered from the first request"
+        );
+        expect.push((card_request(&restarted.serial, day), Status::CardRestricted, "restricted while down"));
+        for (req, want, what) in &expect {
+            assert_eq!(status_of(client, req).await.0, want.code() as i32, "after a restart: {what}");
+        }
+
+        // The database unreachable: the snapshot and overlay keep serving;
+        // once it is back, the follower catches up.
+        relay.set(DOWN);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c.execute("UPDATE card_links SET status = 'withdrawn' WHERE person_id = $1", &[&outage.id])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(status_of(client, &card_request(&outage.serial, day)).await.0, Status::Valid.code() as i32);
+        assert_eq!(status_of(client, &expect[0].0).await.0, expect[0].1.code() as i32);
+        daemon.log.wait_for("the outage", |l| l.contains("change feed is unreachable") || l.contains("connection ended"));
+        relay.set(PASS);
+        eventually(client, &card_request(&outage.serial, day), Status::CardNotRegistered, "a change made while the database was unreachable").await;
+        expect.push((card_request(&outage.serial, day), Status::CardNotRegistered, "withdrawn during the outage"));
+        let (_, metrics) = util::http_get(daemon.admin, "/metrics").await;
+        assert!(util::sample(&metrics, "qualcache_change_listener_reconnects_total").unwrap() >= 1.0, "{metrics}");
+        assert!(util::sample(&metrics, "qualcache_changes_applied_total").unwrap() >= 10_009.0);
+        assert!(util::sample(&metrics, "qualcache_freshness_lag_seconds_count").unwrap() >= 1.0);
+
+        // A rebuild covers every change: the overlay empties, answers stay.
+        util::signal(&daemon.child.0.id().to_string(), "-HUP");
+        let mut status = server_status(client).await;
+        for _ in 0..600 {
+            if status.generation == 2 && status.overlay_persons == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            status = server_status(client).await;
+        }
+        assert_eq!((status.generation, status.overlay_persons), (2, 0), "the rebuild did not retire the overlay");
+        for (req, want, what) in &expect {
+            assert_eq!(status_of(client, req).await.0, want.code() as i32, "after the rebuild: {what}");
+        }
+        // The log is pruned up to the oldest snapshot kept (generation 1).
+        let log = qualcache::store::postgres::status(&schema.source).await.unwrap().change_log;
+        let first = Snapshot::open(&d.join("snap/1.qcs")).unwrap().header().source_version;
+        assert_eq!(log.pruned_through, first);
+        assert!(log.oldest > first, "{log:?}");
+        daemon.stop().await;
     })
     .await;
 }

@@ -24,6 +24,7 @@ fn examples() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let key = CardKey::demo();
     let ctx = Context {
         snapshot: Some(&snapshot),
+        overlay: None,
         card_key: &key,
         today: "20200101".parse().unwrap(),
         limits: Limits::default(),

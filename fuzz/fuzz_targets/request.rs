@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
     let key = CardKey::demo();
     let ctx = Context {
         snapshot: Some(snapshot()),
+        overlay: None,
         card_key: &key,
         today: "20261204".parse().unwrap(),
         limits: Limits::default(),

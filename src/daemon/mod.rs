@@ -25,6 +25,7 @@
 //! loop that reloads on signals and timers, with backoff), `signals` (the
 //! handlers, turned into [`Signal`]s), and [`run`] here.
 
+mod follower;
 mod generations;
 mod reload;
 mod signals;
@@ -154,6 +155,29 @@ pub async fn run(config: Config, mut handlers: Signals) -> Result<()> {
         config.endpoints,
     )
     .with_context(|| format!("binding {}", config.listen))?;
+    let rebuild_now = Arc::new(tokio::sync::Notify::new());
+    let follower = match &config.source {
+        Source::Postgres {
+            pg,
+            overlay_max_persons,
+            ..
+        } if *overlay_max_persons > 0 => {
+            let follower = follower::Follower {
+                pg: (**pg).clone(),
+                dir: config.snapshot_dir.clone(),
+                max_persons: *overlay_max_persons,
+                card_key_id: shared.card_key().id(),
+                rebuild: rebuild_now.clone(),
+            };
+            let (ready_tx, ready) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(follower.run(shared.clone(), ready_tx));
+            // Changes committed after the snapshot are answered from the
+            // first request on (or the first try failed and was logged).
+            let _ = ready.await;
+            Some(task.abort_handle())
+        }
+        _ => None,
+    };
     let listen = endpoints[0].local_addr().unwrap_or(config.listen);
     tracing::info!(%listen, endpoints = endpoints.len(), generation, records, "serving");
     notify_systemd(&[sd_notify::NotifyState::Ready]);
@@ -173,6 +197,7 @@ pub async fn run(config: Config, mut handlers: Signals) -> Result<()> {
             } => Some(*rebuild_interval),
             _ => None,
         },
+        rebuild_now,
     ));
     let reloader_abort = reloader.abort_handle();
     if let Some(admin) = &admin {
@@ -198,6 +223,9 @@ pub async fn run(config: Config, mut handlers: Signals) -> Result<()> {
     )
     .await;
     reloader_abort.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
     if let Some(audit) = audit {
         // Write and seal what the last requests queued.
         tokio::task::spawn_blocking(move || audit.shutdown())

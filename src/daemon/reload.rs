@@ -18,7 +18,8 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 
 /// Reloads on SIGHUP, every `reload_interval` (a newer generation on disk,
 /// a changed CSV) and, for a database source, checks the change counter
-/// every `rebuild_interval`. After a failure it retries with exponential
+/// every `rebuild_interval`, and when the change follower asks
+/// (`rebuild_now`). After a failure it retries with exponential
 /// backoff; a retry of a build that failed on the source's content waits
 /// for the source to change ([`Store::reload`]), but a SIGHUP builds
 /// again. On SIGTERM / SIGINT it fires `stop`, abandoning a build in
@@ -30,6 +31,7 @@ pub(super) async fn reload_loop(
     stop: tokio::sync::oneshot::Sender<()>,
     reload_interval: Duration,
     rebuild_interval: Option<Duration>,
+    rebuild_now: Arc<tokio::sync::Notify>,
 ) {
     let first_tick = |period| {
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -55,6 +57,10 @@ pub(super) async fn reload_loop(
             _ = reload_tick.tick() => ("timer", !store.source_is_database()),
             _ = rebuild_tick.tick(), if rebuild_interval.is_some() => ("rebuild timer", true),
             _ = sleep_until_some(retry_at), if retry_at.is_some() => ("retry", true),
+            // The change follower asks for a snapshot early (the overlay
+            // is full, or a change touches everyone); a failed build's
+            // retry keeps its backoff.
+            _ = rebuild_now.notified(), if retry_at.is_none() => ("changes", true),
             s = signals.recv() => match s {
                 Some(Signal::Reload) => {
                     // An operator's SIGHUP retries a build that failed

@@ -22,6 +22,13 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Now, Unix microseconds.
+pub fn unix_now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// A moment given in Unix nanoseconds, as ISO 8601 (RFC 3339) in Japan
 /// time, the domain's time zone: `2026-12-05T10:55:03.25+09:00` (whole
 /// seconds without a fraction). Empty for a moment `time` cannot hold.

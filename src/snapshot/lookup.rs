@@ -116,6 +116,11 @@ impl fmt::Debug for QualView<'_> {
 #[derive(Clone, Copy)]
 pub struct Matches<'a> {
     body: &'a ArchivedBody,
+    /// Persons of `body` whose matches do not count (an overlay replaces
+    /// them).
+    except: Option<&'a PersonSet>,
+    /// A second body whose matches follow (the overlay's).
+    also: Option<&'a ArchivedBody>,
     key: InsuranceKey,
     birth: Date,
     as_of: Date,
@@ -130,23 +135,96 @@ impl fmt::Debug for Matches<'_> {
 impl<'a> Matches<'a> {
     /// Each matching qualification.
     pub fn iter(&self) -> impl Iterator<Item = QualView<'a>> + 'a {
-        let (body, key, birth, as_of) = (self.body, self.key, self.birth, self.as_of);
-        key_candidates(body, &key, birth).filter_map(move |row| {
-            let rec = body.quals.get(row as usize)?;
-            KeyQuery::new(&key, birth, as_of)
-                .matches(body, rec)
-                .then_some(QualView {
-                    body,
-                    index: row,
-                    rec,
-                    as_of: as_of.day_number(),
+        let (key, birth, as_of) = (self.key, self.birth, self.as_of);
+        [Some((self.body, self.except)), self.also.map(|b| (b, None))]
+            .into_iter()
+            .flatten()
+            .flat_map(move |(body, except)| {
+                key_candidates(body, &key, birth).filter_map(move |row| {
+                    let rec = body.quals.get(row as usize)?;
+                    (KeyQuery::new(&key, birth, as_of).matches(body, rec)
+                        && !superseded(body, except, rec.person.to_native()))
+                    .then_some(QualView {
+                        body,
+                        index: row,
+                        rec,
+                        as_of: as_of.day_number(),
+                    })
                 })
-        })
+            })
+    }
+}
+
+/// Store ids of persons whose records in a body no longer count: an
+/// overlay holds their current records (or knows they have none). A hash
+/// set of ids; a lookup asks it only about the persons it hits.
+#[derive(Debug, Clone, Default)]
+pub struct PersonSet(std::collections::HashSet<u64, super::builder::IntHash>);
+
+impl PersonSet {
+    /// An empty set.
+    pub fn new() -> PersonSet {
+        PersonSet::default()
+    }
+
+    /// Adds a person's store id.
+    pub fn insert(&mut self, id: u64) {
+        self.0.insert(id);
+    }
+
+    /// Removes a person's store id.
+    pub fn remove(&mut self, id: u64) {
+        self.0.remove(&id);
+    }
+
+    /// Whether the set holds `id`.
+    #[inline]
+    pub fn contains(&self, id: u64) -> bool {
+        self.0.contains(&id)
+    }
+
+    /// How many persons.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The ids, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+/// Whether person `index` of `body` is one of `except`'s.
+#[inline(always)]
+fn superseded(body: &ArchivedBody, except: Option<&PersonSet>, index: u32) -> bool {
+    match except {
+        None => false,
+        Some(set) => body
+            .person_ids
+            .get(index as usize)
+            .is_some_and(|id| set.contains(id.to_native())),
     }
 }
 
 /// Looks a card digest up as of a day.
 pub fn by_card<'a>(body: &'a ArchivedBody, digest: &CardDigest, as_of: Date) -> Answer<'a> {
+    by_card_in(body, None, digest, as_of).0
+}
+
+/// [`by_card`], not counting the persons in `except`; also says which
+/// person of `except` held the card, if one did.
+#[inline(always)]
+fn by_card_in<'a>(
+    body: &'a ArchivedBody,
+    except: Option<&PersonSet>,
+    digest: &CardDigest,
+    as_of: Date,
+) -> (Answer<'a>, Option<u64>) {
     let hash = card_hash(digest.as_bytes());
     for row in probe(&body.card_slots, hash, tag_of(hash), TAG_ALL) {
         let Some(person) = body.persons.get(row as usize) else {
@@ -155,7 +233,11 @@ pub fn by_card<'a>(body: &'a ArchivedBody, digest: &CardDigest, as_of: Date) -> 
         if person.card != *digest.as_bytes() {
             continue;
         }
-        return match CardStatus::from_byte(person.card_status) {
+        if superseded(body, except, row) {
+            let id = body.person_ids.get(row as usize).map(|i| i.to_native());
+            return (Answer::CardNotRegistered, id);
+        }
+        let answer = match CardStatus::from_byte(person.card_status) {
             Some(CardStatus::Registered) => current_of_person(
                 body,
                 person.first_qual.to_native(),
@@ -165,8 +247,82 @@ pub fn by_card<'a>(body: &'a ArchivedBody, digest: &CardDigest, as_of: Date) -> 
             Some(CardStatus::Restricted) => Answer::CardRestricted,
             _ => Answer::CardNotRegistered,
         };
+        return (answer, None);
     }
-    Answer::CardNotRegistered
+    (Answer::CardNotRegistered, None)
+}
+
+/// Looks a card up in `newer` (an overlay's body) and then in `base` (the
+/// snapshot's) without the persons in `replaced` (those the overlay holds
+/// as they are now, present in `newer` or not). A card found in `newer`
+/// answers from it (unless it is not registered there: a card is unique
+/// across persons, so the base cannot then hold it for a current person).
+/// Also says which replaced person of `base` held the card, if one did.
+pub fn by_card_over<'a>(
+    base: &'a ArchivedBody,
+    replaced: &PersonSet,
+    newer: Option<&'a ArchivedBody>,
+    digest: &CardDigest,
+    as_of: Date,
+) -> (Answer<'a>, Option<u64>) {
+    if let Some(newer) = newer {
+        let a = by_card(newer, digest, as_of);
+        if !matches!(a, Answer::CardNotRegistered) {
+            return (a, None);
+        }
+    }
+    by_card_in(base, Some(replaced), digest, as_of)
+}
+
+/// Looks an insurance key up in `base` without the persons in `replaced`
+/// and in `newer` (an overlay's body, holding those persons as they are
+/// now), and answers as if one body held both: without a branch, matches
+/// of two persons are a multiple hit; with one, the qualification holding
+/// on the as-of day, else the most recently acquired. Also says which
+/// replaced person of `base` matched, if one did.
+pub fn by_insurance_over<'a>(
+    base: &'a ArchivedBody,
+    replaced: &'a PersonSet,
+    newer: Option<&'a ArchivedBody>,
+    key: &InsuranceKey,
+    birth: Date,
+    as_of: Date,
+) -> (Answer<'a>, Option<u64>) {
+    let (old, skipped) = by_insurance_in(base, Some(replaced), key, birth, as_of);
+    let Some(newer) = newer else {
+        return (old, skipped);
+    };
+    let new = by_insurance(newer, key, birth, as_of);
+    let answer = match (old, new) {
+        (a, Answer::NotFound) | (Answer::NotFound, a) => a,
+        // Two persons (the base's are not the overlay's).
+        _ if key.branch.is_none() => Answer::Multiple(Matches {
+            body: base,
+            except: Some(replaced),
+            also: Some(newer),
+            key: *key,
+            birth,
+            as_of,
+        }),
+        (
+            Answer::Found {
+                qualification: a, ..
+            },
+            Answer::Found {
+                qualification: b, ..
+            },
+        ) => {
+            let day = as_of.day_number();
+            if rank(a.rec, day) > rank(b.rec, day) {
+                old
+            } else {
+                new
+            }
+        }
+        // With a branch, both answers are `Found`.
+        (_, new) => new,
+    };
+    (answer, skipped)
 }
 
 /// Looks an insurance key and birth date up as of a day. A wrong birth date
@@ -183,6 +339,20 @@ pub fn by_insurance<'a>(
     birth: Date,
     as_of: Date,
 ) -> Answer<'a> {
+    by_insurance_in(body, None, key, birth, as_of).0
+}
+
+/// [`by_insurance`], not counting the persons in `except`; also says
+/// which person of `except` matched, if one did.
+#[inline(always)]
+fn by_insurance_in<'a>(
+    body: &'a ArchivedBody,
+    except: Option<&'a PersonSet>,
+    key: &InsuranceKey,
+    birth: Date,
+    as_of: Date,
+) -> (Answer<'a>, Option<u64>) {
+    let mut skipped = None;
     let query = KeyQuery::new(key, birth, as_of);
     let day = as_of.day_number();
     let mut best: Option<(u32, &ArchivedQualRec)> = None;
@@ -193,28 +363,39 @@ pub fn by_insurance<'a>(
         if !query.matches(body, rec) {
             continue;
         }
+        if superseded(body, except, rec.person.to_native()) {
+            skipped = body
+                .person_ids
+                .get(rec.person.to_native() as usize)
+                .map(|i| i.to_native());
+            continue;
+        }
         if key.branch.is_some() && holds_on(rec, day) {
             // The builder refuses overlapping periods for one key, so on
             // any day at most one qualification of a full key holds.
-            return evaluate(body, row, rec, as_of);
+            return (evaluate(body, row, rec, as_of), skipped);
         }
         match best {
             Some((_, b)) if key.branch.is_none() && b.person != rec.person => {
-                return Answer::Multiple(Matches {
+                let matches = Matches {
                     body,
+                    except,
+                    also: None,
                     key: *key,
                     birth,
                     as_of,
-                });
+                };
+                return (Answer::Multiple(matches), skipped);
             }
             Some((_, b)) if rank(b, day) >= rank(rec, day) => {}
             _ => best = Some((row, rec)),
         }
     }
-    match best {
+    let answer = match best {
         Some((index, rec)) => evaluate(body, index, rec, as_of),
         None => Answer::NotFound,
-    }
+    };
+    (answer, skipped)
 }
 
 /// Whether a qualification holds on day number `day` (acquired by then is

@@ -203,27 +203,7 @@ fn write_tmp_and_link(
     let hashing = out.into_inner().map_err(|e| io_err(e.into_error()))?;
     let (archive_len, checksum) = (hashing.len, hashing.hasher.digest128());
 
-    let mut header = Header {
-        format_version: FORMAT_VERSION,
-        schema_version: SCHEMA_VERSION,
-        pointer_width: POINTER_WIDTH,
-        endianness: "little",
-        aligned: true,
-        generation: 0,
-        created_at_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        records: body.quals.len() as u64,
-        persons: body.persons.len() as u64,
-        archive_offset: HEADER_LEN as u64,
-        archive_len,
-        checksum_algorithm: "xxh3-128",
-        checksum,
-        card_key_id: meta.card_key_id,
-        source_version: meta.source_version,
-        source: meta.source.clone(),
-    };
+    let mut header = header_for(body, meta, archive_len, checksum);
     // Take the next free generation; retry if another builder wins a race.
     let mut generation = newest_generation(dir)?.unwrap_or(0) + 1;
     loop {
@@ -247,6 +227,50 @@ fn write_tmp_and_link(
             Err(e) => return Err(SnapshotError::io(&path, e)),
         }
     }
+}
+
+/// The header of a snapshot of `body` (generation 0: the caller sets it).
+fn header_for(body: &Body, meta: &SnapshotMeta, archive_len: u64, checksum: u128) -> Header {
+    Header {
+        format_version: FORMAT_VERSION,
+        schema_version: SCHEMA_VERSION,
+        pointer_width: POINTER_WIDTH,
+        endianness: "little",
+        aligned: true,
+        generation: 0,
+        created_at_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        records: body.quals.len() as u64,
+        persons: body.persons.len() as u64,
+        archive_offset: HEADER_LEN as u64,
+        archive_len,
+        checksum_algorithm: "xxh3-128",
+        checksum,
+        card_key_id: meta.card_key_id,
+        source_version: meta.source_version,
+        source: meta.source.clone(),
+    }
+}
+
+/// The bytes of a snapshot file of `body` as `generation`, made in
+/// memory (the daemon's overlay of changed persons is one, never
+/// written to disk).
+pub fn snapshot_bytes(
+    body: &Body,
+    meta: &SnapshotMeta,
+    generation: u64,
+) -> Result<Vec<u8>, SnapshotError> {
+    let archive = rkyv::to_bytes::<rancor::Error>(body)
+        .map_err(|e| SnapshotError::Invalid(format!("serialising the archive: {e}")))?;
+    let checksum = xxhash_rust::xxh3::xxh3_128(&archive);
+    let mut header = header_for(body, meta, archive.len() as u64, checksum);
+    header.generation = generation;
+    let mut bytes = Vec::with_capacity(HEADER_LEN + archive.len());
+    bytes.extend_from_slice(&header.encode());
+    bytes.extend_from_slice(&archive);
+    Ok(bytes)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {

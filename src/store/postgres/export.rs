@@ -50,23 +50,70 @@ const BATCH: usize = 1024;
 /// Batches buffered per stream.
 const QUEUE: usize = 16;
 
-const QUALIFICATIONS: &str = "COPY (
+const QUALIFICATIONS: &str = "
     SELECT qualification_id, person_id, insurer_number, card_class, symbol, number, branch,
            relation, acquired_date, lost_date, loss_reason,
            cert_issued, cert_valid_from, cert_valid_until, copay_percent, preschool
-      FROM qualifications ORDER BY person_id, qualification_id
-) TO STDOUT (FORMAT binary)";
+      FROM qualifications";
+const QUALIFICATION_ORDER: &str = "ORDER BY person_id, qualification_id";
 const QUALIFICATION_COLUMNS: usize = 16;
 
-const PERSONS: &str = "COPY (
-    SELECT person_id, name, name_kana, sex, birth_date FROM persons ORDER BY person_id
-) TO STDOUT (FORMAT binary)";
+const PERSONS: &str = "SELECT person_id, name, name_kana, sex, birth_date FROM persons";
 const PERSON_COLUMNS: usize = 5;
 
-const CARDS: &str = "COPY (
-    SELECT person_id, digest, status FROM card_links ORDER BY person_id
-) TO STDOUT (FORMAT binary)";
+const CARDS: &str = "SELECT person_id, digest, status FROM card_links";
 const CARD_COLUMNS: usize = 3;
+
+/// Which persons an export reads.
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    /// Everyone (a snapshot build).
+    All,
+    /// These persons (the daemon's overlay of changed persons).
+    Persons(&'a [u64]),
+}
+
+impl Scope<'_> {
+    /// `query` (a SELECT of a table with a `person_id` column) limited to
+    /// the scope, as a binary COPY in person order.
+    fn copy(&self, query: &str, order: &str) -> String {
+        format!(
+            "COPY ({query}{} {order}) TO STDOUT (FORMAT binary)",
+            self.filter("person_id")
+        )
+    }
+
+    /// A WHERE clause limiting `column` (a person id) to the scope; empty
+    /// for everyone. The ids are integers, so the literal is safe.
+    fn filter(&self, column: &str) -> String {
+        match self {
+            Scope::All => String::new(),
+            Scope::Persons(ids) => {
+                let mut list = String::with_capacity(ids.len() * 8);
+                for (i, id) in ids.iter().enumerate() {
+                    if i > 0 {
+                        list.push(',');
+                    }
+                    list.push_str(&id.to_string());
+                }
+                format!(" WHERE {column} = ANY('{{{list}}}'::bigint[])")
+            }
+        }
+    }
+
+    /// An attachment table's COPY (first column: the qualification id),
+    /// limited to the qualifications of the scope's persons.
+    fn attached(&self, table: &str, columns: &str) -> String {
+        match self {
+            Scope::All => format!("COPY {table} ({columns}) TO STDOUT (FORMAT binary)"),
+            Scope::Persons(_) => format!(
+                "COPY (SELECT {columns} FROM {table} WHERE qualification_id IN \
+                 (SELECT qualification_id FROM qualifications{})) TO STDOUT (FORMAT binary)",
+                self.filter("person_id")
+            ),
+        }
+    }
+}
 
 /// What an export read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,18 +265,90 @@ pub async fn export(
 
     // The big tables stream on their own connections while the leader
     // reads the small ones.
+    let all = Scope::All;
     let quals = follow(
         source,
         &snapshot,
-        QUALIFICATIONS,
+        all.copy(QUALIFICATIONS, QUALIFICATION_ORDER),
         QUALIFICATION_COLUMNS,
         qual_row,
     )
     .await?;
-    let persons = follow(source, &snapshot, PERSONS, PERSON_COLUMNS, person_row).await?;
-    let cards = follow(source, &snapshot, CARDS, CARD_COLUMNS, card_row).await?;
-    let attachments = attachments(&tx).await?;
+    let persons = follow(
+        source,
+        &snapshot,
+        all.copy(PERSONS, "ORDER BY person_id"),
+        PERSON_COLUMNS,
+        person_row,
+    )
+    .await?;
+    let cards = follow(
+        source,
+        &snapshot,
+        all.copy(CARDS, "ORDER BY person_id"),
+        CARD_COLUMNS,
+        card_row,
+    )
+    .await?;
+    let attachments = attachments(&tx, all).await?;
+    let rows = merge(quals, persons, cards, attachments, &mut sink).await?;
+    tx.commit()
+        .await
+        .map_err(|e| query_error("ending the export transaction", &e))?;
+    Ok(Exported {
+        change_counter,
+        rows,
+    })
+}
 
+/// Reads the current rows of the persons `ids` (ascending, distinct)
+/// inside `tx`, which the caller opened (REPEATABLE READ, so they are one
+/// consistent view with whatever else it reads there), decoded and
+/// checked exactly as [`export`] does, and hands them to `sink` in
+/// (person, qualification id) order. A person without qualifications
+/// (deleted, or never given one) yields no record. Returns the rows read.
+pub async fn export_persons(
+    tx: &tokio_postgres::Transaction<'_>,
+    ids: &[u64],
+    mut sink: impl FnMut(Result<(u64, EnrolleeRecord), RowError>),
+) -> Result<u64, PgError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let scope = Scope::Persons(ids);
+    let quals = collected(
+        tx,
+        &scope.copy(QUALIFICATIONS, QUALIFICATION_ORDER),
+        QUALIFICATION_COLUMNS,
+        qual_row,
+    )
+    .await?;
+    let persons = collected(
+        tx,
+        &scope.copy(PERSONS, "ORDER BY person_id"),
+        PERSON_COLUMNS,
+        person_row,
+    )
+    .await?;
+    let cards = collected(
+        tx,
+        &scope.copy(CARDS, "ORDER BY person_id"),
+        CARD_COLUMNS,
+        card_row,
+    )
+    .await?;
+    let attachments = attachments(tx, scope).await?;
+    merge(quals, persons, cards, attachments, &mut sink).await
+}
+
+/// Merges the three ordered streams with the attachments into records.
+async fn merge(
+    quals: Stream<Result<QualRow, RowError>>,
+    persons: Stream<PersonRow>,
+    cards: Stream<CardRow>,
+    attachments: Attachments,
+    sink: &mut impl FnMut(Result<(u64, EnrolleeRecord), RowError>),
+) -> Result<u64, PgError> {
     let mut merge = Merge {
         quals,
         persons: Cursor::new(persons),
@@ -250,13 +369,24 @@ pub async fn export(
     // Streams that ended early or failed surface here.
     merge.persons.finish().await?;
     merge.cards.finish().await?;
-    tx.commit()
-        .await
-        .map_err(|e| query_error("ending the export transaction", &e))?;
-    Ok(Exported {
-        change_counter,
-        rows,
-    })
+    Ok(rows)
+}
+
+/// Runs `query` to its end on `tx` and makes its decoded rows a stream
+/// of one batch (for the few rows of a scoped export).
+async fn collected<T>(
+    tx: &tokio_postgres::Transaction<'_>,
+    query: &str,
+    columns: usize,
+    decode: fn(&RawRow) -> T,
+) -> Result<Stream<T>, PgError> {
+    let mut rows = Vec::new();
+    read_all(tx, query, columns, |row| rows.push(decode(row))).await?;
+    let (tx, rx) = mpsc::channel(1);
+    // The channel has room for this one batch; the sender is dropped, so
+    // the stream ends after it.
+    let _ = tx.try_send(Ok(rows));
+    Ok(Stream { rx })
 }
 
 /// One follower stream: rows decoded on a task, sent in batches.
@@ -276,7 +406,7 @@ impl<T> Stream<T> {
 async fn follow<T: Send + 'static>(
     source: &PgSource,
     snapshot: &str,
-    query: &'static str,
+    query: String,
     columns: usize,
     decode: fn(&RawRow) -> T,
 ) -> Result<Stream<T>, PgError> {
@@ -284,7 +414,7 @@ async fn follow<T: Send + 'static>(
     let (tx, rx) = mpsc::channel(QUEUE);
     let snapshot = snapshot.to_string();
     tokio::spawn(async move {
-        if let Err(e) = stream(&mut client, &snapshot, query, columns, decode, &tx).await {
+        if let Err(e) = stream(&mut client, &snapshot, &query, columns, decode, &tx).await {
             let _ = tx.send(Err(e)).await;
         }
     });
@@ -294,7 +424,7 @@ async fn follow<T: Send + 'static>(
 async fn stream<T>(
     client: &mut Client,
     snapshot: &str,
-    query: &'static str,
+    query: &str,
     columns: usize,
     decode: fn(&RawRow) -> T,
     out: &mpsc::Sender<Result<Vec<T>, PgError>>,
@@ -506,7 +636,10 @@ impl Merge {
 }
 
 /// Reads the insurers and the qualifications' attachments on the leader.
-async fn attachments(tx: &tokio_postgres::Transaction<'_>) -> Result<Attachments, PgError> {
+async fn attachments(
+    tx: &tokio_postgres::Transaction<'_>,
+    scope: Scope<'_>,
+) -> Result<Attachments, PgError> {
     let mut a = Attachments::default();
     read_all(
         tx,
@@ -525,7 +658,10 @@ async fn attachments(tx: &tokio_postgres::Transaction<'_>) -> Result<Attachments
     .await?;
     a.elderly = read_attached(
         tx,
-        "COPY elderly_certificates (qualification_id, valid_from, valid_until, percent) TO STDOUT (FORMAT binary)",
+        &scope.attached(
+            "elderly_certificates",
+            "qualification_id, valid_from, valid_until, percent",
+        ),
         4,
         |r| {
             Ok(ElderlyCertificate {
@@ -538,14 +674,17 @@ async fn attachments(tx: &tokio_postgres::Transaction<'_>) -> Result<Attachments
     .await?;
     a.limit = read_attached(
         tx,
-        "COPY limit_certificates (qualification_id, category) TO STDOUT (FORMAT binary)",
+        &scope.attached("limit_certificates", "qualification_id, category"),
         2,
         |r| r.parsed((1, "limit_category")),
     )
     .await?;
     a.disease = read_attached(
         tx,
-        "COPY disease_certificates (qualification_id, disease, monthly_cap_yen) TO STDOUT (FORMAT binary)",
+        &scope.attached(
+            "disease_certificates",
+            "qualification_id, disease, monthly_cap_yen",
+        ),
         3,
         |r| {
             Ok(SpecificDisease {
@@ -558,7 +697,10 @@ async fn attachments(tx: &tokio_postgres::Transaction<'_>) -> Result<Attachments
     .await?;
     a.public = read_attached(
         tx,
-        "COPY public_expenses (qualification_id, payer, recipient, welfare_office, registered) TO STDOUT (FORMAT binary)",
+        &scope.attached(
+            "public_expenses",
+            "qualification_id, payer, recipient, welfare_office, registered",
+        ),
         5,
         |r| {
             Ok(PublicExpense {

@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "repeated_keys",
         include_str!("migrations/0002_repeated_keys.sql"),
     ),
+    (
+        3,
+        "change_log",
+        include_str!("migrations/0003_change_log.sql"),
+    ),
 ];
 
 /// What a migrate run did.

@@ -6,7 +6,9 @@
 //! - [`export`]: streams every qualification with binary COPY into the
 //!   snapshot builder: three ordered streams on follower connections that
 //!   share one exported REPEATABLE READ, read-only snapshot, so they read
-//!   one state of the database.
+//!   one state of the database; also the current rows of a few persons.
+//! - [`changes`]: the change feed (the change log after a position, with
+//!   the changed persons' rows, in one view; `LISTEN`; pruning).
 //!
 //! All objects live in one PostgreSQL schema ([`PgSource::schema`],
 //! `qualcache` by default); every connection sets `search_path` to it.
@@ -15,6 +17,7 @@
 //! message, SQLSTATE, table and constraint, never its DETAIL (which quotes
 //! the failing row).
 
+pub mod changes;
 mod copy;
 pub mod export;
 pub mod load;
@@ -209,6 +212,8 @@ pub struct Status {
     pub change_counter: u64,
     /// Qualification rows (exact count).
     pub qualifications: u64,
+    /// The change log: its rows, oldest version and pruned mark.
+    pub change_log: changes::LogStatus,
 }
 
 /// The schema version, change counter and row count of `source`.
@@ -225,6 +230,7 @@ pub async fn status(source: &PgSource) -> Result<Status, PgError> {
         schema_version,
         change_counter,
         qualifications: row.get::<_, i64>(0) as u64,
+        change_log: changes::log_status(&client).await?,
     })
 }
 
