@@ -187,7 +187,10 @@ async fn load_then_build_answers_every_probe_as_the_csv_path_does() {
 
         let (ok, out, err) = cli(&schema, &["db", "migrate", "--url", &url]);
         assert!(ok, "{err}");
-        assert!(out.contains("\"applied\": [\n    1,\n    2\n  ]"), "{out}");
+        assert!(
+            out.contains("\"applied\": [\n    1,\n    2,\n    3\n  ]"),
+            "{out}"
+        );
         let (ok, out, err) = cli(&schema, &["db", "load", "--url", &url, "--csv", csv]);
         assert!(ok, "{err}");
         assert!(out.contains("\"records\": 20000"), "{out}");
@@ -798,15 +801,27 @@ async fn status_of(client: &Client, req: &pb::Request) -> (i32, Option<pb::Answe
 /// Waits (bounded: the latency is measured by a benchmark, not here) until
 /// `req` is answered `want`; returns the answer.
 async fn eventually(client: &Client, req: &pb::Request, want: Status, what: &str) -> pb::Answer {
+    eventually_code(client, req, want.code() as i32, what)
+        .await
+        .unwrap()
+}
+
+/// [`eventually`] for any wire status; the answer, if it has one.
+async fn eventually_code(
+    client: &Client,
+    req: &pb::Request,
+    want: i32,
+    what: &str,
+) -> Option<pb::Answer> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let (status, answer) = status_of(client, req).await;
-        if status == want.code() as i32 {
-            return answer.unwrap();
+        if status == want {
+            return answer;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{what}: still answered {status}, expected {want:?}"
+            "{what}: still answered {status}, expected {want}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -976,15 +991,16 @@ async fn committed_changes_are_answered_between_snapshots() {
                     birth: r.get::<_, i32>(6) as u32,
                 })
             })
-            .take(8)
+            .take(9)
             .collect();
-        assert_eq!(picked.len(), 8, "not enough persons to change");
+        assert_eq!(picked.len(), 9, "not enough persons to change");
         let client = &daemon.client;
         for p in &picked {
             assert_eq!(status_of(client, &card_request(&p.serial, day)).await.0, Status::Valid.code() as i32);
             assert_eq!(status_of(client, &key_request(p, &p.number, day)).await.0, Status::Valid.code() as i32);
         }
-        let [lost, job, restricted, withdrawn, deleted, rekeyed, restarted, outage] = &picked[..] else {
+        let [lost, job, restricted, withdrawn, deleted, rekeyed, restarted, outage, bad] = &picked[..]
+        else {
             unreachable!()
         };
         // What each change must be answered with, checked again later.
@@ -1090,13 +1106,38 @@ async fn committed_changes_are_answered_between_snapshots() {
         for (req, want, what) in &expect {
             eventually(client, req, *want, what).await;
         }
+        // A change that fails the checks (a half-width space in the name):
+        // the person is answered UNAVAILABLE, not from the old snapshot,
+        // until a good change of the person.
+        c.execute("UPDATE persons SET name = replace(name, '　', ' ') WHERE person_id = $1", &[&bad.id])
+            .await
+            .unwrap();
+        eventually_code(
+            client,
+            &card_request(&bad.serial, day),
+            pb::Status::Unavailable as i32,
+            "a change that fails the checks",
+        )
+        .await;
+        assert_eq!(
+            status_of(client, &key_request(bad, &bad.number, day)).await.0,
+            pb::Status::Unavailable as i32
+        );
+        let line = daemon.log.wait_for("the unreadable change", |l| l.contains("fails the checks"));
+        assert!(line.contains(&format!("person_id={}", bad.id)), "{line}");
+        assert!(!line.contains(&bad.serial) && !line.contains('　'), "personal data in the log: {line}");
+        c.execute("UPDATE persons SET name = replace(name, ' ', '　') WHERE person_id = $1", &[&bad.id])
+            .await
+            .unwrap();
+        eventually(client, &card_request(&bad.serial, day), Status::Valid, "a good change after a bad one").await;
         let a = eventually(client, &card_request(&job.serial, day), Status::Valid, "new job").await;
         assert_eq!(a.qualification.unwrap().number, "77000001");
         let status = server_status(client).await;
         assert_eq!(status.generation, 1, "answered by a rebuild, not the overlay");
         assert_eq!(status.change_position, schema.source.change_counter().await.unwrap());
-        // lost, job, restricted, withdrawn, deleted, rekeyed, a new person and 10,000.
-        assert_eq!(status.overlay_persons, 10_007);
+        // lost, job, restricted, withdrawn, deleted, rekeyed, bad, a new
+        // person and 10,000.
+        assert_eq!(status.overlay_persons, 10_008);
 
         // Restarted between changes: the log is replayed before serving.
         daemon.stop().await;
@@ -1132,7 +1173,7 @@ async fn committed_changes_are_answered_between_snapshots() {
         expect.push((card_request(&outage.serial, day), Status::CardNotRegistered, "withdrawn during the outage"));
         let (_, metrics) = util::http_get(daemon.admin, "/metrics").await;
         assert!(util::sample(&metrics, "qualcache_change_listener_reconnects_total").unwrap() >= 1.0, "{metrics}");
-        assert!(util::sample(&metrics, "qualcache_changes_applied_total").unwrap() >= 10_009.0);
+        assert!(util::sample(&metrics, "qualcache_changes_applied_total").unwrap() >= 10_010.0);
         assert!(util::sample(&metrics, "qualcache_freshness_lag_seconds_count").unwrap() >= 1.0);
 
         // A rebuild covers every change: the overlay empties, answers stay.

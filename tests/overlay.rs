@@ -1,0 +1,374 @@
+//! The overlay of changed persons over a snapshot, without a database: a
+//! changed person's records replace theirs in the snapshot entirely (old
+//! keys and cards stop answering, new ones answer), multiple hits span
+//! both, an unreadable person is answered UNAVAILABLE, and a snapshot
+//! that covers a change retires it.
+
+mod util;
+
+use qualcache::model::{CardKey, CardStatus, Date, InsuranceKey, Status};
+use qualcache::overlay::{Changes, Looked, Overlay, PersonChange};
+use qualcache::protocol::{self, pb, Context};
+use qualcache::snapshot::{Answer, Snapshot};
+use util::*;
+
+const AS_OF: &str = "20261101";
+const TWINS: &str = "20150505";
+
+fn base(dir: &std::path::Path) -> Snapshot {
+    use CardStatus::*;
+    snapshot(
+        dir,
+        vec![
+            // 1: will move to another key and have the card restricted.
+            rec(
+                1,
+                card("A1", Registered),
+                qual("100", Some(0), "19800101", "20100401"),
+            ),
+            // 2 and 3: twins under one key; 2 will change, 3 is deleted.
+            rec(
+                2,
+                card("B2", Registered),
+                qual("200", Some(1), TWINS, "20150505"),
+            ),
+            rec(3, None, qual("200", Some(2), TWINS, "20150505")),
+            // 4: untouched.
+            rec(
+                4,
+                card("D4", Registered),
+                qual("400", Some(0), "19700101", "20000401"),
+            ),
+            // 5: its change cannot be read.
+            rec(
+                5,
+                card("E5", Registered),
+                qual("500", Some(0), "19750101", "20000401"),
+            ),
+        ],
+    )
+}
+
+fn change(
+    person_id: u64,
+    version: u64,
+    records: Vec<qualcache::model::EnrolleeRecord>,
+) -> PersonChange {
+    PersonChange {
+        person_id,
+        version,
+        records: Ok(records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (1000 * person_id + i as u64, r))
+            .collect()),
+    }
+}
+
+fn overlay() -> (Changes, Overlay) {
+    use CardStatus::*;
+    let mut changes = Changes::new(10);
+    let unreadable = PersonChange {
+        person_id: 5,
+        version: 13,
+        records: Err(qualcache::model::row::RowError {
+            line: 77,
+            column: Some("name"),
+            reason: "parts must be separated by exactly one U+3000".into(),
+            unit: qualcache::model::row::RowUnit::Qualification,
+        }),
+    };
+    changes.apply(
+        [
+            change(
+                1,
+                11,
+                vec![rec(
+                    1,
+                    card("A1", Restricted),
+                    qual("900", Some(0), "19800101", "20100401"),
+                )],
+            ),
+            change(
+                2,
+                12,
+                vec![rec(
+                    2,
+                    card("B2", Registered),
+                    lost(qual("200", Some(1), TWINS, "20150505"), "20261001"),
+                )],
+            ),
+            change(3, 12, vec![]),
+            change(
+                9,
+                13,
+                vec![rec(
+                    9,
+                    card("C3", Registered),
+                    qual("990", Some(0), "19900101", "20200401"),
+                )],
+            ),
+            unreadable,
+        ],
+        13,
+    );
+    let o = changes.overlay(CardKey::demo().id()).unwrap();
+    (changes, o)
+}
+
+fn key(number: &str, branch: Option<u8>) -> InsuranceKey {
+    let branch = branch.map(|b| format!("{b:02}"));
+    InsuranceKey::parse("01130012", Some("1234"), number, branch.as_deref()).unwrap()
+}
+
+fn answer<'a>(l: Looked<'a>) -> Answer<'a> {
+    match l {
+        Looked::Answer(a) => a,
+        Looked::Unreadable => panic!("answered unreadable"),
+    }
+}
+
+#[test]
+fn a_changed_persons_records_replace_theirs_in_the_snapshot() {
+    let dir = tempdir();
+    let snap = base(dir.path());
+    let (_, o) = overlay();
+    let as_of: Date = date(AS_OF);
+    assert_eq!(
+        (o.persons(), o.records(), o.unreadable(), o.position()),
+        (5, 3, 1, 13)
+    );
+
+    let by_key = |n: &str, b: Option<u8>, birth: &str| {
+        answer(o.lookup_insurance(&snap, &key(n, b), date(birth), as_of))
+    };
+    let by_card = |s: &str| answer(o.lookup_card(&snap, &digest(s), as_of));
+
+    // Person 1 moved to key 900 and had the card restricted.
+    assert_eq!(
+        by_key("100", Some(0), "19800101").status(),
+        Status::NotFound
+    );
+    let moved = by_key("900", Some(0), "19800101");
+    assert_eq!(moved.status(), Status::Valid);
+    assert_eq!(moved.persons().collect::<Vec<_>>(), [1]);
+    assert_eq!(by_card("A1").status(), Status::CardRestricted);
+
+    // Person 2 lost the qualification; person 3 is gone.
+    assert_eq!(by_key("200", Some(1), TWINS).status(), Status::Lost);
+    assert_eq!(by_key("200", Some(2), TWINS).status(), Status::NotFound);
+    let twins = by_key("200", None, TWINS);
+    assert_eq!(
+        twins.status(),
+        Status::Lost,
+        "only the changed twin is left"
+    );
+    assert_eq!(twins.persons().collect::<Vec<_>>(), [2]);
+
+    // A new person answers by key and card; the untouched one as before.
+    assert_eq!(by_key("990", Some(0), "19900101").status(), Status::Valid);
+    assert_eq!(by_card("C3").status(), Status::Valid);
+    assert_eq!(by_key("400", Some(0), "19700101").status(), Status::Valid);
+    assert_eq!(by_card("D4").status(), Status::Valid);
+    assert_eq!(by_card("FF").status(), Status::CardNotRegistered);
+
+    // The unreadable person, by key and by card.
+    assert!(matches!(
+        o.lookup_insurance(&snap, &key("500", Some(0)), date("19750101"), as_of),
+        Looked::Unreadable
+    ));
+    assert!(matches!(
+        o.lookup_card(&snap, &digest("E5"), as_of),
+        Looked::Unreadable
+    ));
+}
+
+#[test]
+fn a_multiple_hit_spans_the_snapshot_and_the_overlay() {
+    use CardStatus::*;
+    let dir = tempdir();
+    let snap = base(dir.path());
+    // Only twin 2 changes (a new card); twin 3 stays in the snapshot.
+    let mut changes = Changes::new(10);
+    changes.apply(
+        [change(
+            2,
+            11,
+            vec![rec(
+                2,
+                card("B3", Registered),
+                qual("200", Some(1), TWINS, "20150505"),
+            )],
+        )],
+        11,
+    );
+    let o = changes.overlay(CardKey::demo().id()).unwrap();
+    let as_of = date(AS_OF);
+    let a = answer(o.lookup_insurance(&snap, &key("200", None), date(TWINS), as_of));
+    assert_eq!(a.status(), Status::MultipleHits);
+    let mut persons: Vec<u64> = a.persons().collect();
+    persons.sort_unstable();
+    assert_eq!(persons, [2, 3]);
+    let wire = protocol::answer(&a, &snap);
+    assert_eq!(wire.matches.len(), 2);
+    // With the branch, each twin alone; the old card no longer answers.
+    let one = answer(o.lookup_insurance(&snap, &key("200", Some(1)), date(TWINS), as_of));
+    assert_eq!(one.persons().collect::<Vec<_>>(), [2]);
+    assert_eq!(
+        answer(o.lookup_card(&snap, &digest("B2"), as_of)).status(),
+        Status::CardNotRegistered
+    );
+    assert_eq!(
+        answer(o.lookup_card(&snap, &digest("B3"), as_of)).status(),
+        Status::Valid
+    );
+}
+
+#[test]
+fn with_a_branch_the_qualification_holding_wins_across_both() {
+    use CardStatus::*;
+    let dir = tempdir();
+    // Person 4's number was given again to person 7 after 4 lost it.
+    let snap = snapshot(
+        dir.path(),
+        vec![rec(
+            4,
+            None,
+            lost(qual("700", Some(0), "19700101", "20000401"), "20200101"),
+        )],
+    );
+    let mut changes = Changes::new(1);
+    changes.apply(
+        [change(
+            7,
+            2,
+            vec![rec(
+                7,
+                card("77", Registered),
+                qual("700", Some(0), "19700101", "20200401"),
+            )],
+        )],
+        2,
+    );
+    let o = changes.overlay(CardKey::demo().id()).unwrap();
+    let a = answer(o.lookup_insurance(&snap, &key("700", Some(0)), date("19700101"), date(AS_OF)));
+    assert_eq!(a.status(), Status::Valid);
+    assert_eq!(a.persons().collect::<Vec<_>>(), [7]);
+    // Before person 7 acquired it, the snapshot's lost one answers.
+    let a = answer(o.lookup_insurance(
+        &snap,
+        &key("700", Some(0)),
+        date("19700101"),
+        date("20200201"),
+    ));
+    assert_eq!(a.status(), Status::Lost);
+    assert_eq!(a.persons().collect::<Vec<_>>(), [4]);
+}
+
+#[test]
+fn an_unreadable_person_is_answered_unavailable_on_the_wire() {
+    let dir = tempdir();
+    let snap = base(dir.path());
+    let (_, o) = overlay();
+    let metrics = qualcache::metrics::Metrics::new();
+    let ctx = Context {
+        snapshot: Some(&snap),
+        overlay: Some(&o),
+        card_key: &CardKey::demo(),
+        today: date(AS_OF),
+        limits: Default::default(),
+        uptime_seconds: 0,
+        now_unix: 0,
+        connections: 0,
+        metrics: &metrics,
+    };
+    let card = |serial: &str| pb::Request {
+        as_of: 0,
+        kind: Some(pb::request::Kind::Card(pb::CardLookup {
+            serial: serial.into(),
+        })),
+    };
+    let r = protocol::handle(&ctx, card("E5"));
+    assert_eq!(r.status, pb::Status::Unavailable as i32);
+    assert!(r.answer.is_none());
+    assert!(
+        r.reason.contains("latest change could not be read"),
+        "{}",
+        r.reason
+    );
+    let r = protocol::handle(&ctx, card("A1"));
+    assert_eq!(r.answer.unwrap().status, pb::Status::CardRestricted as i32);
+    let status = protocol::handle(
+        &ctx,
+        pb::Request {
+            as_of: 0,
+            kind: Some(pb::request::Kind::Status(pb::StatusRequest {})),
+        },
+    )
+    .server
+    .unwrap();
+    assert_eq!((status.change_position, status.overlay_persons), (13, 5));
+}
+
+#[test]
+fn a_snapshot_retires_the_changes_it_covers() {
+    let (mut changes, _) = overlay();
+    assert_eq!(changes.len(), 5);
+    // A snapshot at position 12 covers persons 1 (11), 2 and 3 (12).
+    assert_eq!(changes.retire(12), 3);
+    let o = changes.overlay(CardKey::demo().id()).unwrap();
+    assert_eq!((o.persons(), o.unreadable()), (2, 1));
+    assert_eq!(changes.retire(13), 2);
+    assert!(changes.is_empty());
+    // A later change of an unreadable person that reads cleanly clears it.
+    let (mut changes, _) = overlay();
+    changes.apply(
+        [change(
+            5,
+            14,
+            vec![rec(5, None, qual("500", Some(0), "19750101", "20000401"))],
+        )],
+        14,
+    );
+    let o = changes.overlay(CardKey::demo().id()).unwrap();
+    assert_eq!((o.unreadable(), o.position()), (0, 14));
+}
+
+#[test]
+fn a_changed_person_whose_rows_a_build_refuses_is_unreadable_not_dropped() {
+    let dir = tempdir();
+    let snap = base(dir.path());
+    // Two changed persons now claim one key in overlapping periods. The
+    // overlay's build refuses the later row (as a snapshot build would,
+    // naming it), and that row's person is answered UNAVAILABLE, not
+    // left out silently (which would let the snapshot's old answer
+    // through); the other keeps its answer.
+    let mut changes = Changes::new(1);
+    changes.apply(
+        [
+            change(
+                1,
+                2,
+                vec![rec(1, None, qual("800", Some(0), "19800101", "20100401"))],
+            ),
+            change(
+                4,
+                2,
+                vec![rec(4, None, qual("800", Some(0), "19800101", "20120401"))],
+            ),
+        ],
+        2,
+    );
+    let o = changes.overlay(CardKey::demo().id()).unwrap();
+    assert_eq!((o.persons(), o.unreadable()), (2, 1));
+    let as_of = date(AS_OF);
+    assert!(matches!(
+        o.lookup_insurance(&snap, &key("400", Some(0)), date("19700101"), as_of),
+        Looked::Unreadable
+    ));
+    let kept = answer(o.lookup_insurance(&snap, &key("800", Some(0)), date("19800101"), as_of));
+    assert_eq!(
+        (kept.status(), kept.persons().collect::<Vec<_>>()),
+        (Status::Valid, vec![1])
+    );
+}
