@@ -190,6 +190,11 @@ pub async fn load(
     tx.batch_execute("SET LOCAL work_mem = '512MB'")
         .await
         .map_err(|e| query_error("setting work_mem", &e))?;
+    // One whole-table row in the change log for the load, not one per
+    // person (migration 3): a daemon builds a snapshot for it.
+    tx.batch_execute("SELECT set_config('qualcache.whole_change', 'bulk', true)")
+        .await
+        .map_err(|e| query_error("marking the load as a whole-table change", &e))?;
     if replace {
         tx.batch_execute(&format!("TRUNCATE {TABLES}"))
             .await

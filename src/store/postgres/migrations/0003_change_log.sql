@@ -13,8 +13,10 @@
 -- A person id of NULL means "every person may have changed" (TRUNCATE, an
 -- insurer renamed, a bulk load): it cannot be applied person by person, so
 -- the daemon builds a new snapshot instead. After a TRUNCATE in a
--- transaction (what `qualcache db load` does) the rest of the
--- transaction logs no per-person rows: the whole-table marker covers them.
+-- transaction the rest of the transaction logs no per-person rows: the
+-- whole-table marker covers them. A bulk loader (`qualcache db load`) sets
+-- `qualcache.whole_change` to 'bulk' for its transaction first, which
+-- logs one marker for the whole load.
 --
 -- Pruning: `change_counter.pruned_through` is the highest version whose
 -- log rows may have been deleted. A reader whose position is below it
@@ -44,6 +46,10 @@ BEGIN
     IF coalesce(current_setting('qualcache.whole_change', true), '') = 'on' THEN
         -- A whole-table marker of this transaction covers every row.
         NULL;
+    ELSIF current_setting('qualcache.whole_change', true) = 'bulk' THEN
+        -- A bulk load said so before its first write: one marker.
+        INSERT INTO change_log (version, person_id) VALUES (v, NULL);
+        PERFORM set_config('qualcache.whole_change', 'on', true);
     ELSIF whole THEN
         INSERT INTO change_log (version, person_id) VALUES (v, NULL);
         IF TG_OP = 'TRUNCATE' THEN

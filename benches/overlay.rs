@@ -1,0 +1,201 @@
+//! Lookup cost through the overlay of changed persons, against the
+//! snapshot alone (today's path), in the same run: with an empty overlay
+//! (the request path's check that skips it) and with 100,000 changed
+//! persons (their current records in an in-memory snapshot, their records
+//! in the mapped snapshot no longer counting).
+//!
+//! Keys are drawn at random from the whole data set, as in `lookup`, so
+//! some lookups reach a changed person (answered from the overlay) and
+//! the rest pay the overlay's miss and the replaced-person check.
+//!
+//! `QUALCACHE_BENCH_SIZES=1000000` limits the sizes (default 1 M, 10 M).
+
+#[path = "common.rs"]
+mod common;
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use qualcache::model::{CardDigest, CardKey, Date, EnrolleeRecord, InsuranceKey};
+use qualcache::overlay::{Changes, Looked, Overlay, PersonChange};
+use qualcache::snapshot::{Answer, Snapshot};
+use qualcache::store::csv::CsvReader;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Keys per benchmark (a power of two).
+const KEYS: usize = 1 << 20;
+
+/// Changed persons in the full overlay.
+const CHANGED: usize = 100_000;
+
+/// What the request path does (`protocol`): the overlay only when it
+/// speaks for someone.
+fn card<'a>(
+    snap: &'a Snapshot,
+    overlay: Option<&'a Overlay>,
+    d: &CardDigest,
+    as_of: Date,
+) -> Answer<'a> {
+    match overlay {
+        Some(o) if !o.is_empty() => match o.lookup_card(snap, d, as_of) {
+            Looked::Answer(a) => a,
+            Looked::Unreadable => Answer::NotFound,
+        },
+        _ => snap.lookup_card(d, as_of),
+    }
+}
+
+fn insurance<'a>(
+    snap: &'a Snapshot,
+    overlay: Option<&'a Overlay>,
+    k: &(InsuranceKey, Date),
+    as_of: Date,
+) -> Answer<'a> {
+    match overlay {
+        Some(o) if !o.is_empty() => match o.lookup_insurance(snap, &k.0, k.1, as_of) {
+            Looked::Answer(a) => a,
+            Looked::Unreadable => Answer::NotFound,
+        },
+        _ => snap.lookup_insurance(&k.0, k.1, as_of),
+    }
+}
+
+/// The snapshot, an overlay of `CHANGED` persons spread over the data
+/// (every n-th person, records as read), and shuffled sample keys.
+fn load(records: u64) -> (Snapshot, Overlay, Vec<CardDigest>, Vec<(InsuranceKey, Date)>) {
+    let dir = common::data(records);
+    let snap = Snapshot::open(&common::snapshot_file(&dir)).unwrap();
+    let persons = snap.header().persons as usize;
+    let every = (persons / CHANGED).max(1);
+    let mut reader = CsvReader::open(&dir.join("enrollees.csv")).unwrap();
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let sample_every = (records / KEYS as u64).max(1);
+    let (mut cards, mut keys) = (Vec::new(), Vec::new());
+    let mut changed: Vec<PersonChange> = Vec::with_capacity(CHANGED);
+    let mut person_index = 0usize;
+    let mut last_person = None;
+    while let Some(row) = reader.next_record() {
+        let (line, rec): (u64, EnrolleeRecord) = row.unwrap();
+        if last_person != Some(rec.person_id) {
+            last_person = Some(rec.person_id);
+            person_index += 1;
+            if person_index % every == 0 && changed.len() < CHANGED {
+                changed.push(PersonChange {
+                    person_id: rec.person_id,
+                    version: 2,
+                    records: Ok(Vec::new()),
+                });
+            }
+        }
+        if let Some(c) = changed.last_mut().filter(|c| c.person_id == rec.person_id) {
+            if let Ok(r) = c.records.as_mut() {
+                r.push((line, rec.clone()));
+            }
+        }
+        let q = &rec.qualification;
+        if let Some(c) = rec.card {
+            if next() % sample_every == 0 {
+                cards.push(c.digest);
+            }
+        }
+        if next() % sample_every == 0 {
+            keys.push((
+                InsuranceKey {
+                    insurer: q.insurer_number,
+                    symbol: q.symbol,
+                    number: q.number,
+                    branch: q.branch,
+                },
+                q.birth_date,
+            ));
+        }
+    }
+    shuffle(&mut cards, &mut next);
+    shuffle(&mut keys, &mut next);
+    let pow2 = |n: usize| if n == 0 { 0 } else { 1 << n.ilog2() };
+    cards.truncate(pow2(cards.len()).min(KEYS));
+    keys.truncate(pow2(keys.len()).min(KEYS));
+    let mut changes = Changes::new(1);
+    changes.apply(changed, 2);
+    let overlay = changes.overlay(CardKey::demo().id()).unwrap();
+    eprintln!(
+        "overlay: {} persons, {} records",
+        overlay.persons(),
+        overlay.records()
+    );
+    (snap, overlay, cards, keys)
+}
+
+fn shuffle<T>(v: &mut [T], next: &mut impl FnMut() -> u64) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+}
+
+fn lookups(c: &mut Criterion) {
+    let as_of: Date = "20261101".parse().unwrap();
+    for n in common::sizes() {
+        let (snap, full, cards, keys) = load(n);
+        let empty = Overlay::empty(1);
+        let mut g = c.benchmark_group(format!("overlay/{}", common::label(n)));
+        macro_rules! bench {
+            ($name:literal, $keys:expr, |$k:ident| $body:expr) => {{
+                let keys = &$keys;
+                let mut i = 0usize;
+                g.bench_function(BenchmarkId::from_parameter($name), |b| {
+                    b.iter(|| {
+                        i = (i + 1) & (keys.len() - 1);
+                        let $k = &keys[i];
+                        black_box($body)
+                    })
+                });
+            }};
+        }
+        bench!("card_hit/snapshot", cards, |d| snap
+            .lookup_card(d, as_of)
+            .status());
+        bench!("card_hit/empty_overlay", cards, |d| card(
+            &snap,
+            Some(&empty),
+            d,
+            as_of
+        )
+        .status());
+        bench!("card_hit/overlay_100k", cards, |d| card(
+            &snap,
+            Some(&full),
+            d,
+            as_of
+        )
+        .status());
+        bench!("insurance_hit/snapshot", keys, |k| snap
+            .lookup_insurance(&k.0, k.1, as_of)
+            .status());
+        bench!("insurance_hit/empty_overlay", keys, |k| insurance(
+            &snap,
+            Some(&empty),
+            k,
+            as_of
+        )
+        .status());
+        bench!("insurance_hit/overlay_100k", keys, |k| insurance(
+            &snap,
+            Some(&full),
+            k,
+            as_of
+        )
+        .status());
+        g.finish();
+    }
+}
+
+criterion_group!(benches, lookups);
+criterion_main!(benches);
