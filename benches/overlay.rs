@@ -64,7 +64,14 @@ fn insurance<'a>(
 
 /// The snapshot, an overlay of `CHANGED` persons spread over the data
 /// (every n-th person, records as read), and shuffled sample keys.
-fn load(records: u64) -> (Snapshot, Overlay, Vec<CardDigest>, Vec<(InsuranceKey, Date)>) {
+fn load(
+    records: u64,
+) -> (
+    Snapshot,
+    Overlay,
+    Vec<CardDigest>,
+    Vec<(InsuranceKey, Date)>,
+) {
     let dir = common::data(records);
     let snap = Snapshot::open(&common::snapshot_file(&dir)).unwrap();
     let persons = snap.header().persons as usize;
@@ -125,7 +132,7 @@ fn load(records: u64) -> (Snapshot, Overlay, Vec<CardDigest>, Vec<(InsuranceKey,
     keys.truncate(pow2(keys.len()).min(KEYS));
     let mut changes = Changes::new(1);
     changes.apply(changed, 2);
-    let overlay = changes.overlay(CardKey::demo().id()).unwrap();
+    let overlay = changes.overlay(CardKey::demo().id(), Some(&snap)).unwrap();
     eprintln!(
         "overlay: {} persons, {} records",
         overlay.persons(),
@@ -145,6 +152,18 @@ fn lookups(c: &mut Criterion) {
     for n in common::sizes() {
         let (snap, full, cards, keys) = load(n);
         let empty = Overlay::empty(1);
+        let one = {
+            let mut c = Changes::new(1);
+            c.apply(
+                [PersonChange {
+                    person_id: u64::MAX - 1,
+                    version: 2,
+                    records: Ok(Vec::new()),
+                }],
+                2,
+            );
+            c.overlay(CardKey::demo().id(), Some(&snap)).unwrap()
+        };
         let mut g = c.benchmark_group(format!("overlay/{}", common::label(n)));
         macro_rules! bench {
             ($name:literal, $keys:expr, |$k:ident| $body:expr) => {{
@@ -159,6 +178,49 @@ fn lookups(c: &mut Criterion) {
                 });
             }};
         }
+        // Latency: the next key depends on the previous answer, so lookups
+        // cannot overlap their cache misses (a server's requests do not
+        // either: each is parsed, answered and encoded on its own).
+        macro_rules! latency {
+            ($name:literal, $keys:expr, |$k:ident| $body:expr) => {{
+                let keys = &$keys;
+                let mut i = 0usize;
+                g.bench_function(BenchmarkId::from_parameter($name), |b| {
+                    b.iter(|| {
+                        let $k = &keys[i];
+                        let r = black_box($body.code()) as usize;
+                        i = (i + 1 + (r & 0x1000)) & (keys.len() - 1);
+                    })
+                });
+            }};
+        }
+        latency!("card_hit_latency/snapshot", cards, |d| snap
+            .lookup_card(d, as_of)
+            .status());
+        latency!("card_hit_latency/overlay_100k", cards, |d| card(
+            &snap,
+            Some(&full),
+            d,
+            as_of
+        )
+        .status());
+        latency!("insurance_hit_latency/snapshot", keys, |k| snap
+            .lookup_insurance(&k.0, k.1, as_of)
+            .status());
+        latency!("insurance_hit_latency/overlay_1", keys, |k| insurance(
+            &snap,
+            Some(&one),
+            k,
+            as_of
+        )
+        .status());
+        latency!("insurance_hit_latency/overlay_100k", keys, |k| insurance(
+            &snap,
+            Some(&full),
+            k,
+            as_of
+        )
+        .status());
         bench!("card_hit/snapshot", cards, |d| snap
             .lookup_card(d, as_of)
             .status());
@@ -182,6 +244,13 @@ fn lookups(c: &mut Criterion) {
         bench!("insurance_hit/empty_overlay", keys, |k| insurance(
             &snap,
             Some(&empty),
+            k,
+            as_of
+        )
+        .status());
+        bench!("insurance_hit/overlay_1", keys, |k| insurance(
+            &snap,
+            Some(&one),
             k,
             as_of
         )

@@ -1,11 +1,15 @@
-# Sourced by loadtest/soak.sh and loadtest/overload.sh: a qualcached of
+# Sourced by loadtest/soak.sh, loadtest/overload.sh and loadtest/freshness.sh: a qualcached of
 # their own in a working folder $W, on 127.0.0.1:$PORT (admin
 # 127.0.0.1:$ADMIN_PORT), serving the CSV $W/data/enrollees.csv with the
 # certificates in $W/certs. Sets DAEMON to its process id. DAEMON_CPUS
 # (a taskset CPU list, e.g. 0) pins it.
 
-# Writes $W/qualcached.toml; $1: more [server] keys, one per line.
+# Writes $W/qualcached.toml; $1: more [server] keys, one per line; $2: a
+# [source] section instead of the CSV.
 write_config() {
+  local source=${2:-"[source]
+kind = \"csv\"
+path = \"$W/data/enrollees.csv\""}
   cat > "$W/qualcached.toml" <<CONF
 [server]
 listen = "127.0.0.1:$PORT"
@@ -22,9 +26,7 @@ client_ca = "$W/certs/ca.pem"
 dir = "$W/snap"
 keep = 3
 reload_interval_secs = 3600
-[source]
-kind = "csv"
-path = "$W/data/enrollees.csv"
+$source
 CONF
 }
 

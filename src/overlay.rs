@@ -27,9 +27,12 @@ use std::path::Path;
 
 use crate::model::row::{RowError, RowUnit};
 use crate::model::{CardDigest, Date, EnrolleeRecord, InsuranceKey};
-use crate::snapshot::lookup::{by_card_over, by_insurance_over};
+use crate::snapshot::body::{card_hash, key_tag, tag_of, NONE};
+use crate::snapshot::lookup::{by_card_over, by_insurance_over, insurance_hash};
 use crate::snapshot::write::{snapshot_bytes, SnapshotMeta};
-use crate::snapshot::{Answer, BuildError, Builder, PersonSet, Snapshot, SnapshotError};
+use crate::snapshot::{
+    Answer, BuildError, Builder, Except, PersonBits, PersonSet, Snapshot, SnapshotError,
+};
 
 /// Persons changed since the served snapshot, as they are now.
 #[derive(Debug, Default)]
@@ -39,10 +42,64 @@ pub struct Overlay {
     /// Every person the overlay speaks for (with records or without):
     /// their records in the snapshot no longer count.
     replaced: PersonSet,
+    /// The same persons as indexes of one snapshot (its generation and
+    /// the bits), so lookups over that snapshot test a bit instead of
+    /// reading and hashing store ids; over another snapshot (for the
+    /// moment between a swap and the next overlay) the ids are used.
+    replaced_in: Option<(u64, PersonBits)>,
     /// Persons whose latest change could not be read.
     unreadable: PersonSet,
     /// The change position (store change counter) it reflects.
     position: u64,
+    /// Which insurance keys (with birth date) and cards the overlay may
+    /// hold, so that most lookups (of persons who did not change) skip
+    /// its index.
+    keys: Filter,
+    cards: Filter,
+}
+
+/// A Bloom filter (two bits per entry, 16 bits per entry: about 1.4 %
+/// false positives) over 32-bit hash values; small enough to stay in the
+/// CPU cache.
+#[derive(Debug, Clone, Default)]
+struct Filter {
+    words: Vec<u64>,
+    /// 64 minus log2 of the bit count.
+    shift: u32,
+}
+
+impl Filter {
+    fn with_entries(n: usize) -> Filter {
+        let bits = (n.max(1) * 16).next_power_of_two().max(64);
+        Filter {
+            words: vec![0; bits / 64],
+            shift: 64 - bits.trailing_zeros(),
+        }
+    }
+
+    #[inline(always)]
+    fn positions(&self, v: u32) -> [usize; 2] {
+        let v = u64::from(v);
+        [
+            (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize,
+            (v.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> self.shift) as usize,
+        ]
+    }
+
+    fn insert(&mut self, v: u32) {
+        for p in self.positions(v) {
+            self.words[p / 64] |= 1 << (p % 64);
+        }
+    }
+
+    #[inline(always)]
+    fn may_contain(&self, v: u32) -> bool {
+        if self.words.is_empty() {
+            return false;
+        }
+        let [a, b] = self.positions(v);
+        (self.words[a / 64] >> (a % 64)) & (self.words[b / 64] >> (b % 64)) & 1 != 0
+    }
 }
 
 /// What a lookup through an overlay found.
@@ -88,19 +145,36 @@ impl Overlay {
         self.position
     }
 
+    /// The replaced persons, in the fastest form valid for `base`.
+    #[inline]
+    fn except(&self, base: &Snapshot) -> Except<'_> {
+        match &self.replaced_in {
+            Some((generation, bits)) if *generation == base.header().generation => {
+                Except::Indexes(bits)
+            }
+            _ => Except::Ids(&self.replaced),
+        }
+    }
+
     /// A card lookup over `base`.
+    #[inline]
     pub fn lookup_card<'a>(
         &'a self,
         base: &'a Snapshot,
         digest: &CardDigest,
         as_of: Date,
     ) -> Looked<'a> {
-        let newer = self.records.as_ref().map(Snapshot::body);
-        let (answer, skipped) = by_card_over(base.body(), &self.replaced, newer, digest, as_of);
-        self.looked(answer, skipped)
+        let newer = self
+            .records
+            .as_ref()
+            .map(Snapshot::body)
+            .filter(|_| self.cards.may_contain(tag_of(card_hash(digest.as_bytes()))));
+        let (answer, skipped) = by_card_over(base.body(), self.except(base), newer, digest, as_of);
+        self.looked(base, answer, skipped)
     }
 
     /// An insurance lookup over `base`.
+    #[inline]
     pub fn lookup_insurance<'a>(
         &'a self,
         base: &'a Snapshot,
@@ -108,16 +182,36 @@ impl Overlay {
         birth: Date,
         as_of: Date,
     ) -> Looked<'a> {
-        let newer = self.records.as_ref().map(Snapshot::body);
-        let (answer, skipped) =
-            by_insurance_over(base.body(), &self.replaced, newer, key, birth, as_of);
-        self.looked(answer, skipped)
+        let hash = insurance_hash(key, birth);
+        let newer = self
+            .records
+            .as_ref()
+            .map(Snapshot::body)
+            .filter(|_| self.keys.may_contain(key_tag(hash, 0) >> 8));
+        let (answer, skipped) = by_insurance_over(
+            base.body(),
+            self.except(base),
+            newer,
+            key,
+            birth,
+            as_of,
+            hash,
+        );
+        self.looked(base, answer, skipped)
     }
 
-    fn looked<'a>(&self, answer: Answer<'a>, skipped: Option<u64>) -> Looked<'a> {
-        match skipped {
-            Some(id) if self.unreadable.contains(id) => Looked::Unreadable,
-            _ => Looked::Answer(answer),
+    /// The answer, unless the lookup reached an unreadable person
+    /// (`skipped`: the index in `base` of a replaced person it reached).
+    #[inline]
+    fn looked<'a>(&self, base: &Snapshot, answer: Answer<'a>, skipped: Option<u32>) -> Looked<'a> {
+        let unreadable = skipped
+            .filter(|_| !self.unreadable.is_empty())
+            .and_then(|i| base.body().person_ids.get(i as usize))
+            .is_some_and(|id| self.unreadable.contains(id.to_native()));
+        if unreadable {
+            Looked::Unreadable
+        } else {
+            Looked::Answer(answer)
         }
     }
 }
@@ -223,14 +317,24 @@ impl Changes {
             .map(|(id, _)| *id)
     }
 
-    /// Makes the overlay of the persons held. A person whose records a
+    /// Makes the overlay of the persons held, for lookups over `base`
+    /// (the snapshot serving; it answers over any other snapshot too, a
+    /// little slower). A person whose records a
     /// snapshot build refuses (an insurance key held twice in one period
     /// among the changed persons, say) is marked unreadable, logged by
     /// person id and store row, and the overlay is made without it.
-    pub fn overlay(&mut self, card_key_id: u64) -> Result<Overlay, SnapshotError> {
+    pub fn overlay(
+        &mut self,
+        card_key_id: u64,
+        base: Option<&Snapshot>,
+    ) -> Result<Overlay, SnapshotError> {
         loop {
             match self.try_overlay(card_key_id) {
-                Ok(o) => return Ok(o),
+                Ok(mut o) => {
+                    o.replaced_in = base
+                        .map(|b| (b.header().generation, PersonBits::of(b.body(), &o.replaced)));
+                    return Ok(o);
+                }
                 Err(Refused::Rows(rows)) => {
                     let persons: Vec<u64> = rows
                         .iter()
@@ -292,11 +396,27 @@ impl Changes {
             let bytes = snapshot_bytes(&body, &meta, 0).map_err(Refused::Snapshot)?;
             Some(Snapshot::from_bytes(Path::new("overlay"), &bytes).map_err(Refused::Snapshot)?)
         };
+        let (mut keys, mut cards) = (Filter::default(), Filter::default());
+        if let Some(r) = &records {
+            let b = r.body();
+            keys = Filter::with_entries(b.quals.len());
+            cards = Filter::with_entries(b.persons.len());
+            // The slots' tags are the hash bits a lookup computes.
+            for slot in b.key_slots.iter().filter(|s| s.row != NONE) {
+                keys.insert(slot.tag.to_native() >> 8);
+            }
+            for slot in b.card_slots.iter().filter(|s| s.row != NONE) {
+                cards.insert(slot.tag.to_native());
+            }
+        }
         Ok(Overlay {
             records,
             replaced,
+            replaced_in: None,
             unreadable,
             position: self.position,
+            keys,
+            cards,
         })
     }
 }

@@ -15,6 +15,7 @@
 //! It talks to the daemon only through `qualcache::client`.
 
 pub mod echo;
+pub mod freshness;
 pub mod pacer;
 pub mod plot;
 pub mod redis_peer;

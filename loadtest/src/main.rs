@@ -56,6 +56,36 @@ enum Command {
         #[arg(required = true, value_name = "NAME=REPORT.json", value_parser = parse_named)]
         runs: Vec<(String, PathBuf)>,
     },
+    /// Time changes committed in PostgreSQL until qualcached answers them: commit-to-answer latency of single-person changes, then the change throughput of one large transaction.
+    Freshness {
+        /// The daemon, qualcache://ADDR; its [source] must be this database.
+        #[arg(long, default_value = "qualcache://127.0.0.1:4433")]
+        target: String,
+        /// Output of `qualcache certs` (the first terminal certificate is used).
+        #[arg(long, default_value = "data/demo-daemon/certs")]
+        certs: PathBuf,
+        /// The database the daemon follows (postgres://USER@HOST:PORT/DATABASE; password from $QUALCACHE_PG_PASSWORD).
+        #[arg(long)]
+        pg_url: String,
+        /// Its qualcache schema.
+        #[arg(long, default_value = qualcache::store::postgres::DEFAULT_SCHEMA)]
+        schema: String,
+        /// probes.jsonl of the data loaded (the card serials changed come from it).
+        #[arg(long)]
+        probes: PathBuf,
+        /// Card key file [default: $QUALCACHE_CARD_KEY, else the demo key].
+        #[arg(long)]
+        card_key_file: Option<PathBuf>,
+        /// Single-person changes to time, one after another.
+        #[arg(long, default_value_t = 1000, value_parser = parse_count)]
+        changes: usize,
+        /// Persons changed in the one large transaction timed after them (0: none).
+        #[arg(long, default_value_t = 100_000)]
+        batch: u64,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Serve the plain-quinn echo ceiling (same TLS, the daemon's answer size per lookup).
     EchoServer {
         /// UDP address.
@@ -570,6 +600,49 @@ fn main() -> ExitCode {
                 let n =
                     qualcache_loadtest::redis_peer::load(&redis, &snapshot, &probes, &key).await?;
                 println!("{n} keys stored in {redis}");
+                Ok(true)
+            }
+            Command::Freshness {
+                target,
+                certs,
+                pg_url,
+                schema,
+                probes,
+                card_key_file,
+                changes,
+                batch,
+                json,
+            } => {
+                let Target::Qualcache(addr) = parse_target(&target)? else {
+                    bail!("--target must be qualcache://ADDR");
+                };
+                let password = std::env::var(qualcache::store::postgres::PASSWORD_ENV).ok();
+                let pg = qualcache::store::postgres::PgSource::new(&pg_url, &schema, password.as_deref())?;
+                let report = qualcache_loadtest::freshness::run(&qualcache_loadtest::freshness::FreshnessOptions {
+                    addr,
+                    certs,
+                    pg,
+                    probes,
+                    card_key: card_key(card_key_file.as_deref())?,
+                    changes,
+                    batch,
+                })
+                .await?;
+                let m = &report.commit_to_answer_ms;
+                println!(
+                    "commit to answer, {} single-person changes: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    report.changes, m.p50, m.p90, m.p99, m.max
+                );
+                if report.batch_persons > 0 {
+                    println!(
+                        "one transaction of {} persons: answered after {:.2} s ({:.0} persons/s)",
+                        report.batch_persons, report.batch_seconds, report.batch_persons_per_second
+                    );
+                }
+                if let Some(path) = json {
+                    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
                 Ok(true)
             }
             Command::Plot { out, title, runs } => {

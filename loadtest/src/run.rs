@@ -406,7 +406,9 @@ pub fn udp_rcvbuf_errors() -> Option<u64> {
 
 /// Terminal credentials (certificate, key) found in `certs/terminals`,
 /// sorted.
-fn terminal_certs(certs: &std::path::Path, n: usize) -> Result<Vec<(PathBuf, PathBuf)>> {
+/// The first `n` terminal credentials (certificate, key) of a `qualcache
+/// certs` folder.
+pub fn terminal_certs(certs: &std::path::Path, n: usize) -> Result<Vec<(PathBuf, PathBuf)>> {
     let dir = certs.join("terminals");
     let mut pems: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?

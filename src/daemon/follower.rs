@@ -296,8 +296,9 @@ impl Follower {
         }
         let mut changes = std::mem::take(&mut s.changes);
         let id = self.card_key_id;
+        let base = shared.current();
         let made = tokio::task::spawn_blocking(move || {
-            let overlay = changes.overlay(id);
+            let overlay = changes.overlay(id, base.as_deref());
             (changes, overlay)
         })
         .await;

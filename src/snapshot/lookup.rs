@@ -118,7 +118,7 @@ pub struct Matches<'a> {
     body: &'a ArchivedBody,
     /// Persons of `body` whose matches do not count (an overlay replaces
     /// them).
-    except: Option<&'a PersonSet>,
+    except: Option<Except<'a>>,
     /// A second body whose matches follow (the overlay's).
     also: Option<&'a ArchivedBody>,
     key: InsuranceKey,
@@ -199,12 +199,63 @@ impl PersonSet {
     }
 }
 
+/// The persons of one body a [`PersonSet`] names, as a bitmap over the
+/// body's person indexes: a lookup tests one bit (a bitmap of 10 M
+/// persons is 1.25 MiB and stays in the CPU cache) instead of reading
+/// the person's store id (a cache miss) and hashing it.
+#[derive(Debug, Clone, Default)]
+pub struct PersonBits(Vec<u64>);
+
+impl PersonBits {
+    /// The persons of `body` whose store ids `set` holds. Found by binary
+    /// search when the body's persons are in ascending store-id order (a
+    /// PostgreSQL build always is), else by one pass over all of them.
+    pub fn of(body: &ArchivedBody, set: &PersonSet) -> PersonBits {
+        let ids = &body.person_ids;
+        let mut bits = vec![0u64; ids.len().div_ceil(64)];
+        let mut mark = |i: usize| bits[i / 64] |= 1 << (i % 64);
+        if ids.windows(2).all(|w| w[0] < w[1]) {
+            for id in set.iter() {
+                if let Ok(i) = ids.binary_search_by_key(&id, |v| v.to_native()) {
+                    mark(i);
+                }
+            }
+        } else {
+            for (i, id) in ids.iter().enumerate() {
+                if set.contains(id.to_native()) {
+                    mark(i);
+                }
+            }
+        }
+        PersonBits(bits)
+    }
+
+    /// Whether person `index` is marked.
+    #[inline(always)]
+    pub fn contains(&self, index: u32) -> bool {
+        self.0
+            .get(index as usize / 64)
+            .is_some_and(|w| w & (1 << (index % 64)) != 0)
+    }
+}
+
+/// Persons of a body whose records do not count: by store id (any body),
+/// or by person index (for the body the bits were made for).
+#[derive(Debug, Clone, Copy)]
+pub enum Except<'a> {
+    /// Store ids: the person's id is read and looked up.
+    Ids(&'a PersonSet),
+    /// Person indexes of this body.
+    Indexes(&'a PersonBits),
+}
+
 /// Whether person `index` of `body` is one of `except`'s.
 #[inline(always)]
-fn superseded(body: &ArchivedBody, except: Option<&PersonSet>, index: u32) -> bool {
+fn superseded(body: &ArchivedBody, except: Option<Except<'_>>, index: u32) -> bool {
     match except {
         None => false,
-        Some(set) => body
+        Some(Except::Indexes(bits)) => bits.contains(index),
+        Some(Except::Ids(set)) => body
             .person_ids
             .get(index as usize)
             .is_some_and(|id| set.contains(id.to_native())),
@@ -221,10 +272,10 @@ pub fn by_card<'a>(body: &'a ArchivedBody, digest: &CardDigest, as_of: Date) -> 
 #[inline(always)]
 fn by_card_in<'a>(
     body: &'a ArchivedBody,
-    except: Option<&PersonSet>,
+    except: Option<Except<'_>>,
     digest: &CardDigest,
     as_of: Date,
-) -> (Answer<'a>, Option<u64>) {
+) -> (Answer<'a>, Option<u32>) {
     let hash = card_hash(digest.as_bytes());
     for row in probe(&body.card_slots, hash, tag_of(hash), TAG_ALL) {
         let Some(person) = body.persons.get(row as usize) else {
@@ -234,8 +285,7 @@ fn by_card_in<'a>(
             continue;
         }
         if superseded(body, except, row) {
-            let id = body.person_ids.get(row as usize).map(|i| i.to_native());
-            return (Answer::CardNotRegistered, id);
+            return (Answer::CardNotRegistered, Some(row));
         }
         let answer = match CardStatus::from_byte(person.card_status) {
             Some(CardStatus::Registered) => current_of_person(
@@ -257,14 +307,16 @@ fn by_card_in<'a>(
 /// as they are now, present in `newer` or not). A card found in `newer`
 /// answers from it (unless it is not registered there: a card is unique
 /// across persons, so the base cannot then hold it for a current person).
-/// Also says which replaced person of `base` held the card, if one did.
+/// Also says which replaced person of `base` (its index) held the card,
+/// if one did.
+#[inline]
 pub fn by_card_over<'a>(
     base: &'a ArchivedBody,
-    replaced: &PersonSet,
+    replaced: Except<'_>,
     newer: Option<&'a ArchivedBody>,
     digest: &CardDigest,
     as_of: Date,
-) -> (Answer<'a>, Option<u64>) {
+) -> (Answer<'a>, Option<u32>) {
     if let Some(newer) = newer {
         let a = by_card(newer, digest, as_of);
         if !matches!(a, Answer::CardNotRegistered) {
@@ -279,20 +331,23 @@ pub fn by_card_over<'a>(
 /// now), and answers as if one body held both: without a branch, matches
 /// of two persons are a multiple hit; with one, the qualification holding
 /// on the as-of day, else the most recently acquired. Also says which
-/// replaced person of `base` matched, if one did.
+/// replaced person of `base` (its index) matched, if one did. `hash` is
+/// [`insurance_hash`] of the key and birth date.
+#[inline]
 pub fn by_insurance_over<'a>(
     base: &'a ArchivedBody,
-    replaced: &'a PersonSet,
+    replaced: Except<'a>,
     newer: Option<&'a ArchivedBody>,
     key: &InsuranceKey,
     birth: Date,
     as_of: Date,
-) -> (Answer<'a>, Option<u64>) {
-    let (old, skipped) = by_insurance_in(base, Some(replaced), key, birth, as_of);
+    hash: u64,
+) -> (Answer<'a>, Option<u32>) {
+    let (old, skipped) = by_insurance_in(base, Some(replaced), key, birth, as_of, hash);
     let Some(newer) = newer else {
         return (old, skipped);
     };
-    let new = by_insurance(newer, key, birth, as_of);
+    let new = by_insurance_in(newer, None, key, birth, as_of, hash).0;
     let answer = match (old, new) {
         (a, Answer::NotFound) | (Answer::NotFound, a) => a,
         // Two persons (the base's are not the overlay's).
@@ -339,7 +394,7 @@ pub fn by_insurance<'a>(
     birth: Date,
     as_of: Date,
 ) -> Answer<'a> {
-    by_insurance_in(body, None, key, birth, as_of).0
+    by_insurance_in(body, None, key, birth, as_of, insurance_hash(key, birth)).0
 }
 
 /// [`by_insurance`], not counting the persons in `except`; also says
@@ -347,16 +402,17 @@ pub fn by_insurance<'a>(
 #[inline(always)]
 fn by_insurance_in<'a>(
     body: &'a ArchivedBody,
-    except: Option<&'a PersonSet>,
+    except: Option<Except<'a>>,
     key: &InsuranceKey,
     birth: Date,
     as_of: Date,
-) -> (Answer<'a>, Option<u64>) {
+    hash: u64,
+) -> (Answer<'a>, Option<u32>) {
     let mut skipped = None;
     let query = KeyQuery::new(key, birth, as_of);
     let day = as_of.day_number();
     let mut best: Option<(u32, &ArchivedQualRec)> = None;
-    for row in key_candidates(body, key, birth) {
+    for row in key_candidates_at(body, key, hash) {
         let Some(rec) = body.quals.get(row as usize) else {
             continue;
         };
@@ -364,10 +420,7 @@ fn by_insurance_in<'a>(
             continue;
         }
         if superseded(body, except, rec.person.to_native()) {
-            skipped = body
-                .person_ids
-                .get(rec.person.to_native() as usize)
-                .map(|i| i.to_native());
+            skipped = Some(rec.person.to_native());
             continue;
         }
         if key.branch.is_some() && holds_on(rec, day) {
@@ -420,10 +473,26 @@ fn key_candidates<'a>(
     key: &InsuranceKey,
     birth: Date,
 ) -> impl Iterator<Item = u32> + 'a {
-    let hash = lookup_hash(
+    key_candidates_at(body, key, insurance_hash(key, birth))
+}
+
+/// The insurance index's hash of a key (its branch aside) and birth date:
+/// computed once when a lookup searches two bodies.
+#[inline]
+pub fn insurance_hash(key: &InsuranceKey, birth: Date) -> u64 {
+    lookup_hash(
         key_hash_text(key.insurer.to_raw(), key.symbol.as_ref(), &key.number),
         birth.day_number(),
-    );
+    )
+}
+
+/// [`key_candidates`] with the hash computed.
+#[inline(always)]
+fn key_candidates_at<'a>(
+    body: &'a ArchivedBody,
+    key: &InsuranceKey,
+    hash: u64,
+) -> impl Iterator<Item = u32> + 'a {
     let (branch, mask) = match key.branch {
         Some(b) => (b.value() + 1, TAG_ALL),
         None => (NO_BYTE, TAG_ANY_BRANCH),
