@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 
 use crate::model::row::RowError;
-use crate::overlay::{Changes, PersonChange};
+use crate::overlay::{Changes, Overlay, PersonChange};
 use crate::server::Shared;
 use crate::snapshot::write::{list_generations, snapshot_path};
 use crate::snapshot::Header;
@@ -252,7 +252,13 @@ impl Follower {
             }
         }
         if read.persons.is_empty() {
+            let moved = read.position != s.changes.position();
             s.changes.apply([], read.position);
+            if moved {
+                // Statements that touched no person: the position the
+                // answers reflect moved all the same.
+                self.publish(shared, s).await;
+            }
             return;
         }
         let now = crate::model::date::unix_now_micros();
@@ -289,8 +295,12 @@ impl Follower {
     /// builds a small snapshot).
     async fn publish(&self, shared: &Shared, s: &mut Followed) {
         if s.changes.is_empty() {
-            if shared.overlay().is_some() {
-                shared.swap_overlay(None);
+            // Nobody to answer from it, but the position is reported.
+            if shared
+                .overlay()
+                .is_none_or(|o| !o.is_empty() || o.position() != s.changes.position())
+            {
+                shared.swap_overlay(Some(Arc::new(Overlay::empty(s.changes.position()))));
             }
             return;
         }
