@@ -249,6 +249,14 @@ pub enum Except<'a> {
     Indexes(&'a PersonBits),
 }
 
+impl Except<'_> {
+    /// Whether person `index` of `body` is one of these.
+    #[inline]
+    pub fn holds(&self, body: &ArchivedBody, index: u32) -> bool {
+        superseded(body, Some(*self), index)
+    }
+}
+
 /// Whether person `index` of `body` is one of `except`'s.
 #[inline(always)]
 fn superseded(body: &ArchivedBody, except: Option<Except<'_>>, index: u32) -> bool {
@@ -741,6 +749,11 @@ impl<'a> QualView<'a> {
             Some(m) => m.row.to_native() + u64::from(self.index - m.qual.to_native()),
             None => u64::from(self.index) + 1,
         }
+    }
+
+    /// The index of the qualification's person in its body.
+    pub fn person_index(&self) -> u32 {
+        self.rec.person.to_native()
     }
 
     /// The store's id of the qualification's person (`u64::MAX` if the
