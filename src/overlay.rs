@@ -28,7 +28,7 @@ use std::path::Path;
 use crate::model::row::{RowError, RowUnit};
 use crate::model::{CardDigest, Date, EnrolleeRecord, InsuranceKey};
 use crate::snapshot::body::{card_hash, key_tag, tag_of, NONE};
-use crate::snapshot::lookup::{by_card_over, by_insurance_over, insurance_hash};
+use crate::snapshot::lookup::{by_card_over, by_insurance_over, insurance_hash, Filter};
 use crate::snapshot::write::{snapshot_bytes, SnapshotMeta};
 use crate::snapshot::{
     Answer, BuildError, Builder, Except, PersonBits, PersonSet, Snapshot, SnapshotError,
@@ -56,50 +56,6 @@ pub struct Overlay {
     /// its index.
     keys: Filter,
     cards: Filter,
-}
-
-/// A Bloom filter (two bits per entry, 16 bits per entry: about 1.4 %
-/// false positives) over 32-bit hash values; small enough to stay in the
-/// CPU cache.
-#[derive(Debug, Clone, Default)]
-struct Filter {
-    words: Vec<u64>,
-    /// 64 minus log2 of the bit count.
-    shift: u32,
-}
-
-impl Filter {
-    fn with_entries(n: usize) -> Filter {
-        let bits = (n.max(1) * 16).next_power_of_two().max(64);
-        Filter {
-            words: vec![0; bits / 64],
-            shift: 64 - bits.trailing_zeros(),
-        }
-    }
-
-    #[inline(always)]
-    fn positions(&self, v: u32) -> [usize; 2] {
-        let v = u64::from(v);
-        [
-            (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize,
-            (v.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> self.shift) as usize,
-        ]
-    }
-
-    fn insert(&mut self, v: u32) {
-        for p in self.positions(v) {
-            self.words[p / 64] |= 1 << (p % 64);
-        }
-    }
-
-    #[inline(always)]
-    fn may_contain(&self, v: u32) -> bool {
-        if self.words.is_empty() {
-            return false;
-        }
-        let [a, b] = self.positions(v);
-        (self.words[a / 64] >> (a % 64)) & (self.words[b / 64] >> (b % 64)) & 1 != 0
-    }
 }
 
 /// What a lookup through an overlay found.
