@@ -1199,3 +1199,71 @@ async fn committed_changes_are_answered_between_snapshots() {
     })
     .await;
 }
+
+/// The overlay is bounded: past `overlay_max_persons` changed persons the
+/// daemon builds a snapshot at once (no timer, no SIGHUP), and a change
+/// that cannot be applied person by person (an insurer renamed) does the
+/// same; each new snapshot retires the overlay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_overlay_or_a_whole_table_change_builds_a_snapshot_early() {
+    bounded(async {
+        let Some(schema) = Schema::fresh().await else { return };
+        let dir = util::tempdir();
+        let d = dir.path();
+        let g = generate(&d.join("data"), 2_000);
+        qualcache::store::postgres::migrate::migrate(&schema.source).await.unwrap();
+        qualcache::store::postgres::load::load(&schema.source, &g.csv, false, &Default::default()).await.unwrap();
+        let config = d.join("qualcached.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\nmode = \"off\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\nreload_interval_secs = 3600\n[source]\nkind = \"postgres\"\nurl = \"{1}\"\nschema = \"{2}\"\nrebuild_interval_secs = 3600\noverlay_max_persons = 5\n",
+                d.display(),
+                url(),
+                schema.name
+            ),
+        )
+        .unwrap();
+        let daemon = Daemon::start(&config, &d.join("certs")).await;
+        let client = &daemon.client;
+        let c = schema.client().await;
+        let wait_for = |generation: u64| async move {
+            let mut status = server_status(client).await;
+            for _ in 0..600 {
+                if status.generation == generation && status.overlay_persons == 0 {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                status = server_status(client).await;
+            }
+            panic!("no generation {generation} with an empty overlay: {status:?}");
+        };
+        assert_eq!(server_status(client).await.generation, 1);
+
+        // Four persons fit; six do not.
+        c.execute("UPDATE persons SET sex = sex WHERE person_id IN (SELECT person_id FROM persons ORDER BY 1 LIMIT 4)", &[])
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while server_status(client).await.overlay_persons != 4 {
+            assert!(tokio::time::Instant::now() < deadline, "the 4 changes never reached the overlay");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(server_status(client).await.generation, 1);
+        c.execute("UPDATE persons SET sex = sex WHERE person_id IN (SELECT person_id FROM persons ORDER BY 1 LIMIT 6)", &[])
+            .await
+            .unwrap();
+        let status = wait_for(2).await;
+        assert_eq!(status.change_position, schema.source.change_counter().await.unwrap());
+        daemon.log.wait_for("the early build", |l| l.contains("the overlay is full"));
+
+        // An insurer renamed changes every answer of its qualifications.
+        c.execute("UPDATE insurers SET name = name || '　改' WHERE insurer_number = (SELECT min(insurer_number) FROM insurers)", &[])
+            .await
+            .unwrap();
+        wait_for(3).await;
+        daemon.log.wait_for("the whole-table change", |l| l.contains("touches every person"));
+        daemon.stop().await;
+    })
+    .await;
+}
