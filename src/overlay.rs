@@ -186,6 +186,23 @@ impl Overlay {
                 _ => {}
             }
         }
+        self.insurance_the_whole_way(base, except, newer, key, birth, as_of)
+    }
+
+    /// The merge of [`lookup_insurance`](Self::lookup_insurance), out of
+    /// line: most lookups do not need it, and keeping it off their path
+    /// keeps that path short.
+    #[cold]
+    #[inline(never)]
+    fn insurance_the_whole_way<'a>(
+        &'a self,
+        base: &'a Snapshot,
+        except: Except<'a>,
+        newer: Option<&'a crate::snapshot::body::ArchivedBody>,
+        key: &InsuranceKey,
+        birth: Date,
+        as_of: Date,
+    ) -> Looked<'a> {
         let hash = insurance_hash(key, birth);
         let (answer, skipped) =
             by_insurance_over(base.body(), except, newer, key, birth, as_of, hash);
