@@ -1195,6 +1195,25 @@ async fn committed_changes_are_answered_between_snapshots() {
         let first = Snapshot::open(&d.join("snap/1.qcs")).unwrap().header().source_version;
         assert_eq!(log.pruned_through, first);
         assert!(log.oldest > first, "{log:?}");
+
+        // A rollback to the older snapshot replays the log from its
+        // position: the changes stay answered.
+        let (ok, _, err) = util::run(&["snapshot", "rollback", d.join("snap").to_str().unwrap()]);
+        assert!(ok, "{err}");
+        util::signal(&daemon.child.0.id().to_string(), "-HUP");
+        let mut status = server_status(client).await;
+        for _ in 0..600 {
+            if status.generation == 1 && status.overlay_persons >= 10_009 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            status = server_status(client).await;
+        }
+        assert_eq!(status.generation, 1, "the rollback was not served");
+        assert!(status.overlay_persons >= 10_009, "not replayed: {status:?}");
+        for (req, want, what) in &expect {
+            assert_eq!(status_of(client, req).await.0, want.code() as i32, "after a rollback: {what}");
+        }
         daemon.stop().await;
     })
     .await;
