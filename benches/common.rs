@@ -78,3 +78,22 @@ pub fn snapshot_file(dir: &Path) -> PathBuf {
         .unwrap();
     qualcache::snapshot::write::snapshot_path(&snap, gen)
 }
+
+/// A fixed-seed xorshift generator: the same keys in the same order on
+/// every run.
+pub fn xorshift() -> impl FnMut() -> u64 {
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    }
+}
+
+/// Fisher-Yates with `next`.
+pub fn shuffle<T>(v: &mut [T], next: &mut impl FnMut() -> u64) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+}

@@ -84,13 +84,7 @@ fn load(records: u64) -> (Snapshot, Snapshot, Baseline, Sample) {
         by_card: HashMap::new(),
         by_key: HashMap::new(),
     };
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = common::xorshift();
     let mut cards = Vec::new();
     let mut keys = Vec::new();
     let every = (records / KEYS as u64).max(1);
@@ -126,8 +120,8 @@ fn load(records: u64) -> (Snapshot, Snapshot, Baseline, Sample) {
         }
         base.records.push(q);
     }
-    shuffle(&mut cards, &mut next);
-    shuffle(&mut keys, &mut next);
+    common::shuffle(&mut cards, &mut next);
+    common::shuffle(&mut keys, &mut next);
     // A power of two, so the benchmark loop can wrap with a mask.
     let pow2 = |n: usize| if n == 0 { 0 } else { 1 << n.ilog2() };
     cards.truncate(pow2(cards.len()).min(KEYS));
@@ -160,12 +154,6 @@ fn load(records: u64) -> (Snapshot, Snapshot, Baseline, Sample) {
             key_misses,
         },
     )
-}
-
-fn shuffle<T>(v: &mut [T], next: &mut impl FnMut() -> u64) {
-    for i in (1..v.len()).rev() {
-        v.swap(i, (next() % (i as u64 + 1)) as usize);
-    }
 }
 
 fn lookups(c: &mut Criterion) {

@@ -77,13 +77,7 @@ fn load(
     let persons = snap.header().persons as usize;
     let every = (persons / CHANGED).max(1);
     let mut reader = CsvReader::open(&dir.join("enrollees.csv")).unwrap();
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = common::xorshift();
     let sample_every = (records / KEYS as u64).max(1);
     let (mut cards, mut keys) = (Vec::new(), Vec::new());
     let mut changed: Vec<PersonChange> = Vec::with_capacity(CHANGED);
@@ -125,8 +119,8 @@ fn load(
             ));
         }
     }
-    shuffle(&mut cards, &mut next);
-    shuffle(&mut keys, &mut next);
+    common::shuffle(&mut cards, &mut next);
+    common::shuffle(&mut keys, &mut next);
     let pow2 = |n: usize| if n == 0 { 0 } else { 1 << n.ilog2() };
     cards.truncate(pow2(cards.len()).min(KEYS));
     keys.truncate(pow2(keys.len()).min(KEYS));
@@ -139,12 +133,6 @@ fn load(
         overlay.records()
     );
     (snap, overlay, cards, keys)
-}
-
-fn shuffle<T>(v: &mut [T], next: &mut impl FnMut() -> u64) {
-    for i in (1..v.len()).rev() {
-        v.swap(i, (next() % (i as u64 + 1)) as usize);
-    }
 }
 
 fn lookups(c: &mut Criterion) {

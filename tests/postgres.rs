@@ -409,6 +409,31 @@ const CUT_AFTER: u64 = 32 * 1024;
 const DOWN: u8 = 2;
 
 impl Relay {
+    /// A relay in front of the test server.
+    async fn to_database() -> Relay {
+        let u: tokio_postgres::Config = url().parse().unwrap();
+        let host = match &u.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            _ => "127.0.0.1".into(),
+        };
+        let port = u.get_ports().first().copied().unwrap_or(5432);
+        let mut addrs = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .unwrap();
+        Relay::start(addrs.next().unwrap()).await
+    }
+
+    /// The test server's URL through the relay.
+    fn url(&self) -> String {
+        let u: tokio_postgres::Config = url().parse().unwrap();
+        format!(
+            "postgres://{}@{}/{}",
+            u.get_user().unwrap_or("postgres"),
+            self.addr,
+            u.get_dbname().unwrap_or("postgres")
+        )
+    }
+
     async fn start(upstream: SocketAddr) -> Relay {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -503,7 +528,6 @@ async fn server_status(client: &Client) -> pb::ServerStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lost() {
-    use std::io::BufRead;
     bounded(async {
         let Some(schema) = Schema::fresh().await else { return };
         let dir = util::tempdir();
@@ -512,26 +536,8 @@ async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lo
         qualcache::store::postgres::migrate::migrate(&schema.source).await.unwrap();
         qualcache::store::postgres::load::load(&schema.source, &g.csv, false, &Default::default()).await.unwrap();
 
-        let upstream: SocketAddr = {
-            let u: tokio_postgres::Config = url().parse().unwrap();
-            let host = match &u.get_hosts()[0] {
-                tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                _ => "127.0.0.1".into(),
-            };
-            let port = u.get_ports().first().copied().unwrap_or(5432);
-            let mut addrs = tokio::net::lookup_host((host.as_str(), port)).await.unwrap();
-            addrs.next().unwrap()
-        };
-        let relay = Relay::start(upstream).await;
-        let db = {
-            let u: tokio_postgres::Config = url().parse().unwrap();
-            format!(
-                "postgres://{}@{}/{}",
-                u.get_user().unwrap_or("postgres"),
-                relay.addr,
-                u.get_dbname().unwrap_or("postgres")
-            )
-        };
+        let relay = Relay::to_database().await;
+        let db = relay.url();
         let config = d.join("qualcached.toml");
         std::fs::write(
             &config,
@@ -542,31 +548,9 @@ async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lo
             ),
         )
         .unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qualcached"))
-            .args(["--config", config.to_str().unwrap()])
-            .env_remove("QUALCACHE_CARD_KEY")
-            .env("QUALCACHE_LOG", "info")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id().to_string();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let log = Log(rx);
-        let line = log.wait_for("serving", |l| util::listen_addr(l).is_some());
-        let addr = util::listen_addr(&line).unwrap();
-        let client = Client::connect(addr, "localhost", util::first_terminal(&d.join("certs")))
-            .await
-            .unwrap();
-        assert_eq!(server_status(&client).await.generation, 1);
+        let daemon = Daemon::start(&config, &d.join("certs")).await;
+        let (client, log) = (&daemon.client, &daemon.log);
+        assert_eq!(server_status(client).await.generation, 1);
 
         // Pick a valid insurance lookup and a valid card lookup.
         let probes = read_probes(&g.probes).unwrap();
@@ -603,8 +587,8 @@ async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lo
             .find(|p| p.expect_key != lost_probe.expect_key)
             .unwrap()
             .clone();
-        assert_eq!(ask(&client, &lost_probe).await.status, Status::Valid.code() as i32);
-        assert_eq!(ask(&client, &card_probe).await.status, Status::Valid.code() as i32);
+        assert_eq!(ask(client, &lost_probe).await.status, Status::Valid.code() as i32);
+        assert_eq!(ask(client, &card_probe).await.status, Status::Valid.code() as i32);
         let ProbeLookup::Card { serial } = &card_probe.lookup else { unreachable!() };
         let digest = CardKey::demo().digest(&serial.parse().unwrap());
         let n = c
@@ -617,18 +601,18 @@ async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lo
         assert_eq!(n, 1);
 
         // The change counter moved: the daemon rebuilds and answers anew.
-        let mut status = server_status(&client).await;
+        let mut status = server_status(client).await;
         for _ in 0..200 {
             if status.generation == 2 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-            status = server_status(&client).await;
+            status = server_status(client).await;
         }
         assert_eq!(status.generation, 2, "no rebuild after the updates");
         assert_eq!(status.source_version, schema.source.change_counter().await.unwrap());
         assert!(status.builds >= 1);
-        let a = ask(&client, &lost_probe).await;
+        let a = ask(client, &lost_probe).await;
         assert!(
             a.status == Status::Lost.code() as i32 || a.status == Status::LostWithNewer.code() as i32,
             "after losing the qualification: status {}",
@@ -638,7 +622,7 @@ async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lo
             a.qualification.unwrap().lost_date,
             lost_probe.as_of.to_string().parse::<u32>().unwrap()
         );
-        assert_eq!(ask(&client, &card_probe).await.status, Status::CardNotRegistered.code() as i32);
+        assert_eq!(ask(client, &card_probe).await.status, Status::CardNotRegistered.code() as i32);
 
         // The database goes away in the middle of the next rebuild.
         relay.set(CUT);
@@ -653,28 +637,25 @@ async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lo
         assert!(failed.contains("retry_in_secs"), "{failed}");
         assert!(!failed.contains(serial.as_str()), "card serial in the log: {failed}");
         // The old snapshot keeps answering, and the failure is counted.
-        let status = server_status(&client).await;
+        let status = server_status(client).await;
         assert_eq!(status.generation, 2);
         assert!(status.build_failures >= 1);
-        assert_eq!(ask(&client, &card_probe).await.status, Status::CardNotRegistered.code() as i32);
+        assert_eq!(ask(client, &card_probe).await.status, Status::CardNotRegistered.code() as i32);
 
         // The database is back: the retry rebuilds.
         relay.set(PASS);
         let mut generation = 2;
         for _ in 0..200 {
-            generation = server_status(&client).await.generation;
+            generation = server_status(client).await.generation;
             if generation == 3 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(generation, 3, "no rebuild after the database came back");
-        assert_eq!(ask(&client, &card_probe).await.status, Status::Valid.code() as i32);
+        assert_eq!(ask(client, &card_probe).await.status, Status::Valid.code() as i32);
 
-        client.close().await;
-        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-        assert!(code.success(), "exit status {code:?}");
+        daemon.stop().await;
     })
     .await;
 }
@@ -914,26 +895,8 @@ async fn committed_changes_are_answered_between_snapshots() {
         let g = generate(&d.join("data"), 5_000);
         qualcache::store::postgres::migrate::migrate(&schema.source).await.unwrap();
         qualcache::store::postgres::load::load(&schema.source, &g.csv, false, &Default::default()).await.unwrap();
-        let upstream: SocketAddr = {
-            let u: tokio_postgres::Config = url().parse().unwrap();
-            let host = match &u.get_hosts()[0] {
-                tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                _ => "127.0.0.1".into(),
-            };
-            let port = u.get_ports().first().copied().unwrap_or(5432);
-            let mut addrs = tokio::net::lookup_host((host.as_str(), port)).await.unwrap();
-            addrs.next().unwrap()
-        };
-        let relay = Relay::start(upstream).await;
-        let db = {
-            let u: tokio_postgres::Config = url().parse().unwrap();
-            format!(
-                "postgres://{}@{}/{}",
-                u.get_user().unwrap_or("postgres"),
-                relay.addr,
-                u.get_dbname().unwrap_or("postgres")
-            )
-        };
+        let relay = Relay::to_database().await;
+        let db = relay.url();
         let config = d.join("qualcached.toml");
         std::fs::write(
             &config,
