@@ -220,14 +220,13 @@ impl Follower {
                 });
             }
         }
-        let generation = h.generation;
         drop(snapshot);
         // Persons whose changes a newer snapshot covers are answered from
         // it now.
         if let Some(s) = state.as_mut() {
             self.publish(shared, s).await;
         }
-        self.prune(generation).await;
+        self.prune().await;
     }
 
     /// Applies one read.
@@ -333,7 +332,7 @@ impl Follower {
     /// Prunes the change log up to the oldest position among the
     /// snapshots kept from this database (each can still be caught up by
     /// replay). Failures are logged; the next snapshot tries again.
-    async fn prune(&self, _serving: u64) {
+    async fn prune(&self) {
         let dir = self.dir.clone();
         let source = self.pg.describe();
         let oldest = tokio::task::spawn_blocking(move || {

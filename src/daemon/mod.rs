@@ -56,6 +56,10 @@ pub(crate) fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
+/// How long the start waits for the change log to be replayed before it
+/// serves the snapshot anyway.
+const FOLLOWER_READY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Runs the daemon until SIGTERM or SIGINT; `handlers` are the signal
 /// handlers, installed by the caller before anything else
 /// ([`Signals::install`]).
@@ -172,8 +176,14 @@ pub async fn run(config: Config, mut handlers: Signals) -> Result<()> {
             let (ready_tx, ready) = tokio::sync::oneshot::channel();
             let task = tokio::spawn(follower.run(shared.clone(), ready_tx));
             // Changes committed after the snapshot are answered from the
-            // first request on (or the first try failed and was logged).
-            let _ = ready.await;
+            // first request on (or the first try failed and was logged);
+            // a database that hangs does not keep the port closed.
+            if tokio::time::timeout(FOLLOWER_READY, ready).await.is_err() {
+                tracing::warn!(
+                    waited_secs = FOLLOWER_READY.as_secs(),
+                    "the change log is not replayed yet; serving the snapshot meanwhile"
+                );
+            }
             Some(task.abort_handle())
         }
         _ => None,

@@ -23,6 +23,9 @@
 -- cannot replay and builds a snapshot instead.
 
 ALTER TABLE change_counter ADD COLUMN pruned_through bigint NOT NULL DEFAULT 0;
+-- Nothing before this migration was logged: a snapshot built before it
+-- cannot be caught up by replay (its daemon builds a new one).
+UPDATE change_counter SET pruned_through = value;
 
 CREATE TABLE change_log (
     version bigint NOT NULL,
