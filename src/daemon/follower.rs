@@ -31,7 +31,7 @@ use crate::overlay::{Changes, Overlay, PersonChange};
 use crate::server::Shared;
 use crate::snapshot::write::{list_generations, snapshot_path};
 use crate::snapshot::Header;
-use crate::store::postgres::changes::{read_changes, Changes as ChangeRead, Listener};
+use crate::store::postgres::changes::{read_changes, ChangeRead, Listener};
 use crate::store::postgres::{PgError, PgSource};
 
 /// How often the log is read without a notification.
@@ -78,7 +78,10 @@ impl Follower {
         let mut down = false;
         loop {
             let mut listener = match self.pg.listen().await {
-                Ok(l) => l,
+                Ok(l) => {
+                    backoff = BACKOFF_MIN;
+                    l
+                }
                 Err(e) => {
                     self.fault(&shared, &mut down, "connecting", &e);
                     if let Some(r) = ready.take() {

@@ -40,7 +40,7 @@ pub struct Changed {
 
 /// What changed after a position, and the changed persons' rows now.
 #[derive(Debug, Default)]
-pub struct Changes {
+pub struct ChangeRead {
     /// The position after this read: the change counter it saw.
     pub position: u64,
     /// The log's pruned-through mark: a position below it cannot be
@@ -72,7 +72,7 @@ pub async fn read_changes(
     client: &mut Client,
     since: u64,
     max_persons: usize,
-) -> Result<Changes, PgError> {
+) -> Result<ChangeRead, PgError> {
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -90,10 +90,10 @@ pub async fn read_changes(
             )
         })?;
     let (counter, pruned): (i64, i64) = (row.get(0), row.get(1));
-    let mut out = Changes {
+    let mut out = ChangeRead {
         position: counter as u64,
         pruned_through: pruned as u64,
-        ..Changes::default()
+        ..ChangeRead::default()
     };
     if since < out.pruned_through {
         out.gap = true;
