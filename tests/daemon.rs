@@ -1773,10 +1773,17 @@ async fn a_flood_of_handshakes_that_never_finish_is_bounded() {
             .await
             .unwrap();
         let mut in_progress = Vec::new();
-        for p in &probes {
+        // The established terminal's round trips, during the flood and
+        // after it (printed for BENCHMARKS.md, not asserted: timing is a
+        // benchmark's business).
+        let (mut during, mut after) = (Vec::new(), Vec::new());
+        let rounds = || probes.iter().cycle().take(probes.len() * 10);
+        for p in rounds() {
             let resp = late.request(&request(p)).await.unwrap();
             check(p, resp.answer.as_ref().unwrap(), "during the flood");
+            let t0 = std::time::Instant::now();
             let resp = client.request(&request(p)).await.unwrap();
+            during.push(t0.elapsed());
             check(p, resp.answer.as_ref().unwrap(), "during the flood");
         }
         for _ in 0..10 {
@@ -1821,10 +1828,22 @@ async fn a_flood_of_handshakes_that_never_finish_is_bounded() {
         // Not a line per attempt: at most a summary line per 10 s.
         let lines: Vec<String> = logged.lock().unwrap()[lines_before..].to_vec();
         assert!(lines.len() <= 5, "{lines:#?}");
-        for p in &probes {
+        for p in rounds() {
+            let t0 = std::time::Instant::now();
             let resp = client.request(&request(p)).await.unwrap();
+            after.push(t0.elapsed());
             check(p, resp.answer.as_ref().unwrap(), "after the flood");
         }
+        let quantiles = |v: &mut Vec<Duration>| {
+            v.sort_unstable();
+            let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3;
+            format!("p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} requests)", at(0.5), at(0.99), at(1.0), v.len())
+        };
+        eprintln!(
+            "an established terminal's round trips: during the flood {}; after it {}",
+            quantiles(&mut during),
+            quantiles(&mut after)
+        );
         late.close().await;
         client.close().await;
         util::signal(&pid, "-TERM");
