@@ -82,6 +82,9 @@ enum Command {
         /// Persons changed in the one large transaction timed after them (0: none).
         #[arg(long, default_value_t = 100_000)]
         batch: u64,
+        /// Commit the large transaction first, so the single-person changes are timed with its persons in the overlay.
+        #[arg(long)]
+        batch_first: bool,
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -611,6 +614,7 @@ fn main() -> ExitCode {
                 card_key_file,
                 changes,
                 batch,
+                batch_first,
                 json,
             } => {
                 let Target::Qualcache(addr) = parse_target(&target)? else {
@@ -626,6 +630,7 @@ fn main() -> ExitCode {
                     card_key: card_key(card_key_file.as_deref())?,
                     changes,
                     batch,
+                    batch_first,
                 })
                 .await?;
                 let m = &report.commit_to_answer_ms;
