@@ -145,6 +145,12 @@ pub struct RawServer {
     /// Lower each connection's stream credit while the server is short
     /// of CPU (`overload`), so excess requests are not sent at all.
     pub adaptive_stream_credit: bool,
+    /// Adaptive credit: halve it while the runtime wakes timers this many
+    /// milliseconds late (default 3).
+    pub shed_lag_ms: u64,
+    /// Adaptive credit: halve it while more than this many KiB wait in
+    /// the server's UDP receive queues (default 256).
+    pub shed_queue_kib: u64,
 }
 
 impl Default for RawServer {
@@ -165,6 +171,8 @@ impl Default for RawServer {
             max_handshakes: crate::server::DEFAULT_MAX_HANDSHAKES,
             handshake_timeout_secs: crate::server::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(),
             adaptive_stream_credit: true,
+            shed_lag_ms: crate::overload::HIGH_LAG.as_millis() as u64,
+            shed_queue_kib: crate::overload::HIGH_QUEUED >> 10,
         }
     }
 }
@@ -360,6 +368,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Whether stream credit adapts to the server's load.
     pub adaptive_stream_credit: bool,
+    /// When the adaptive credit is halved and grown.
+    pub shed_thresholds: crate::overload::Thresholds,
     /// QUIC endpoints on the listen address.
     pub endpoints: usize,
     /// Server certificate.
@@ -453,6 +463,22 @@ impl Config {
             60,
         )?;
         positive("server.max_handshakes", u64::from(s.max_handshakes))?;
+        if !(1..=1_000).contains(&s.shed_lag_ms) {
+            return Err(invalid(
+                "server.shed_lag_ms",
+                "must be between 1 and 1000".into(),
+            ));
+        }
+        if !(16..=1 << 20).contains(&s.shed_queue_kib) {
+            return Err(invalid(
+                "server.shed_queue_kib",
+                "must be between 16 and 1048576 (1 GiB)".into(),
+            ));
+        }
+        let shed_thresholds = crate::overload::Thresholds::new(
+            Duration::from_millis(s.shed_lag_ms),
+            s.shed_queue_kib << 10,
+        );
         let shutdown_grace = seconds("server.shutdown_grace_secs", s.shutdown_grace_secs, 0, HOUR)?;
         let reload_interval = seconds(
             "snapshots.reload_interval_secs",
@@ -597,6 +623,7 @@ impl Config {
             max_handshakes: s.max_handshakes,
             handshake_timeout,
             adaptive_stream_credit: s.adaptive_stream_credit,
+            shed_thresholds,
             endpoints: match s.endpoints {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
@@ -752,6 +779,13 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:4433".parse::<SocketAddr>().unwrap());
         assert_eq!(c.limits.max_batch, 1_000);
         assert_eq!(c.keep, 3);
+        assert_eq!(c.shed_thresholds, crate::overload::Thresholds::default());
+        assert_eq!(
+            parse("[server]\nshed_lag_ms = 9\nshed_queue_kib = 1024")
+                .unwrap()
+                .shed_thresholds,
+            crate::overload::Thresholds::new(Duration::from_millis(9), 1 << 20)
+        );
         assert_eq!(c.source, Source::Csv("data/enrollees.csv".into()));
         assert_eq!(c.admin_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(parse("[admin]\nlisten = \"\"").unwrap().admin_listen, None);
@@ -807,6 +841,14 @@ mod tests {
             (
                 "[source]\nkind = \"csv\"\noverlay_max_persons = 5",
                 "source.overlay_max_persons",
+            ),
+            (
+                "[server]\nshed_lag_ms = 0",
+                "server.shed_lag_ms: must be between 1 and 1000",
+            ),
+            (
+                "[server]\nshed_queue_kib = 8",
+                "server.shed_queue_kib: must be between 16 and 1048576",
             ),
             (
                 "[source]\nkind = \"mysql\"",

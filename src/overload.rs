@@ -59,6 +59,46 @@ pub const LEAST_CREDIT: u32 = 2;
 /// How often the receive queues are read (`/proc/net/udp`, `udp6`).
 pub const QUEUE_PROBE_EVERY: Duration = Duration::from_millis(20);
 
+/// When the credit is halved and when it may grow again: above `high_*`
+/// (either) the server is behind, below both `low_*` it keeps up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Scheduling lag above which the credit is halved.
+    pub high_lag: Duration,
+    /// Lag below which it may grow.
+    pub low_lag: Duration,
+    /// Receive-queue bytes above which it is halved.
+    pub high_queued: u64,
+    /// Bytes below which it may grow.
+    pub low_queued: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Thresholds {
+        Thresholds {
+            high_lag: HIGH_LAG,
+            low_lag: LOW_LAG,
+            high_queued: HIGH_QUEUED,
+            low_queued: LOW_QUEUED,
+        }
+    }
+}
+
+impl Thresholds {
+    /// The thresholds for a configured lag and queue size (the `[server]`
+    /// keys `shed_lag_ms` and `shed_queue_kib`): growing again once the lag
+    /// is under a third and the queue under a quarter of them, as the
+    /// defaults do.
+    pub fn new(high_lag: Duration, high_queued: u64) -> Thresholds {
+        Thresholds {
+            high_lag,
+            low_lag: high_lag / 3,
+            high_queued,
+            low_queued: high_queued / 4,
+        }
+    }
+}
+
 /// The stream credit each connection gets now.
 #[derive(Debug)]
 pub struct Credit {
@@ -72,11 +112,19 @@ pub struct Credit {
     queued: AtomicU64,
     /// Times the credit was halved.
     shrinks: AtomicU64,
+    /// When to halve and when to grow.
+    thresholds: Thresholds,
 }
 
 impl Credit {
-    /// Full credit, `max` streams per connection.
+    /// Full credit, `max` streams per connection, the default thresholds.
     pub fn new(max: u32) -> Credit {
+        Credit::with_thresholds(max, Thresholds::default())
+    }
+
+    /// Full credit, `max` streams per connection, halved and grown at
+    /// `thresholds`.
+    pub fn with_thresholds(max: u32, thresholds: Thresholds) -> Credit {
         let max = max.max(1);
         Credit {
             now: AtomicU32::new(max),
@@ -84,7 +132,13 @@ impl Credit {
             lag_micros: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             shrinks: AtomicU64::new(0),
+            thresholds,
         }
+    }
+
+    /// When it is halved and grown.
+    pub fn thresholds(&self) -> Thresholds {
+        self.thresholds
     }
 
     /// Streams one connection may have open now.
@@ -121,8 +175,9 @@ impl Credit {
         self.queued.store(queued, Relaxed);
         let now = self.now();
         let since = at.saturating_duration_since(*last_change);
-        let behind = lag > HIGH_LAG || queued > HIGH_QUEUED;
-        let keeping_up = lag < LOW_LAG && queued < LOW_QUEUED;
+        let t = &self.thresholds;
+        let behind = lag > t.high_lag || queued > t.high_queued;
+        let keeping_up = lag < t.low_lag && queued < t.low_queued;
         if behind && now > 1 && since >= SHRINK_EVERY {
             self.now.store((now / 2).max(1), Relaxed);
             self.shrinks.fetch_add(1, Relaxed);
@@ -235,6 +290,44 @@ mod tests {
         assert_eq!(own_credit(32, 40, 64), 64);
         assert_eq!(own_credit(64, 64, 64), 64, "never past the most");
         assert_eq!(own_credit(8, 8, 4), 8, "never below what was granted");
+    }
+
+    #[test]
+    fn configured_thresholds_decide_when_it_is_cut_and_grown() {
+        let t = Thresholds::new(Duration::from_millis(30), 1 << 20);
+        assert_eq!(
+            (t.low_lag, t.low_queued),
+            (Duration::from_millis(10), 256 << 10)
+        );
+        assert_eq!(
+            Thresholds::new(HIGH_LAG, HIGH_QUEUED),
+            Thresholds::default(),
+            "the defaults follow the same rule"
+        );
+        let credit = Credit::with_thresholds(64, t);
+        let start = Instant::now();
+        let mut last = start;
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // Behind by the defaults, not by these: kept.
+        credit.observe(
+            Duration::from_millis(10),
+            HIGH_QUEUED * 2,
+            at(60),
+            &mut last,
+        );
+        assert_eq!(credit.now(), 64);
+        credit.observe(Duration::from_millis(31), 0, at(120), &mut last);
+        assert_eq!(credit.now(), 32);
+        credit.observe(Duration::ZERO, (1 << 20) + 1, at(180), &mut last);
+        assert_eq!(credit.now(), 16);
+        // Under a third of the lag and a quarter of the queue: grows.
+        credit.observe(
+            Duration::from_millis(9),
+            (256 << 10) - 1,
+            at(300),
+            &mut last,
+        );
+        assert_eq!(credit.now(), 20);
     }
 
     #[test]

@@ -140,8 +140,18 @@ impl Shared {
     /// The same, granting each connection at most `max` streams (its
     /// configured credit) and less while the server is short of CPU
     /// (see [`crate::overload`]).
-    pub fn with_adaptive_credit(mut self, max: u32) -> Shared {
-        self.credit = Some(Credit::new(max));
+    pub fn with_adaptive_credit(self, max: u32) -> Shared {
+        self.with_adaptive_credit_at(max, crate::overload::Thresholds::default())
+    }
+
+    /// [`with_adaptive_credit`](Self::with_adaptive_credit), halved and
+    /// grown at `thresholds`.
+    pub fn with_adaptive_credit_at(
+        mut self,
+        max: u32,
+        thresholds: crate::overload::Thresholds,
+    ) -> Shared {
+        self.credit = Some(Credit::with_thresholds(max, thresholds));
         self
     }
 

@@ -88,7 +88,8 @@ pub async fn run(config: Config, mut handlers: Signals) -> Result<()> {
         .with_max_in_flight_per_terminal(config.max_in_flight_per_terminal)
         .with_handshake_limits(config.max_handshakes, config.handshake_timeout);
     if config.adaptive_stream_credit {
-        shared = shared.with_adaptive_credit(config.transport.max_streams);
+        shared =
+            shared.with_adaptive_credit_at(config.transport.max_streams, config.shed_thresholds);
     }
     if config.admin_listen.is_some() {
         shared = shared.with_request_metrics();
