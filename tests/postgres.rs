@@ -486,6 +486,33 @@ impl Relay {
     }
 }
 
+/// Writes `d/qualcached.toml` for a daemon following `schema` at `db`
+/// (ports chosen by the system, dev certificates in `d/certs`, snapshots
+/// in `d/snap`): `audit` is the `[audit]` section's body, `source` more
+/// `[source]` keys.
+fn daemon_config(
+    d: &Path,
+    db: &str,
+    schema: &str,
+    audit: &str,
+    source: &str,
+) -> std::path::PathBuf {
+    let config = d.join("qualcached.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\n{audit}\n\
+             [tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\n\
+             client_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n\
+             [snapshots]\ndir = \"{0}/snap\"\nreload_interval_secs = 3600\n\
+             [source]\nkind = \"postgres\"\nurl = \"{db}\"\nschema = \"{schema}\"\n{source}",
+            d.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// The daemon's stderr, line by line.
 struct Log(std::sync::mpsc::Receiver<String>);
 
@@ -538,16 +565,10 @@ async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lo
 
         let relay = Relay::to_database().await;
         let db = relay.url();
-        let config = d.join("qualcached.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\ndir = \"{0}/audit\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\nreload_interval_secs = 3600\n[source]\nkind = \"postgres\"\nurl = \"{db}\"\nschema = \"{1}\"\nrebuild_interval_secs = 1\n# Rebuilds are what this test is about.\noverlay_max_persons = 0\n",
-                d.display(),
-                schema.name
-            ),
-        )
-        .unwrap();
+        let audit = format!("dir = \"{}/audit\"", d.display());
+        // Rebuilds are what this test is about.
+        let source = "rebuild_interval_secs = 1\noverlay_max_persons = 0\n";
+        let config = daemon_config(d, &db, &schema.name, &audit, source);
         let daemon = Daemon::start(&config, &d.join("certs")).await;
         let (client, log) = (&daemon.client, &daemon.log);
         assert_eq!(server_status(client).await.generation, 1);
@@ -897,16 +918,8 @@ async fn committed_changes_are_answered_between_snapshots() {
         qualcache::store::postgres::load::load(&schema.source, &g.csv, false, &Default::default()).await.unwrap();
         let relay = Relay::to_database().await;
         let db = relay.url();
-        let config = d.join("qualcached.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\nmode = \"off\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\nreload_interval_secs = 3600\n[source]\nkind = \"postgres\"\nurl = \"{db}\"\nschema = \"{1}\"\nrebuild_interval_secs = 3600\n",
-                d.display(),
-                schema.name
-            ),
-        )
-        .unwrap();
+        let source = "rebuild_interval_secs = 3600\n";
+        let config = daemon_config(d, &db, &schema.name, "mode = \"off\"", source);
         let certs = d.join("certs");
         let daemon = Daemon::start(&config, &certs).await;
         let c = schema.client().await;
@@ -1195,17 +1208,8 @@ async fn a_full_overlay_or_a_whole_table_change_builds_a_snapshot_early() {
         let g = generate(&d.join("data"), 2_000);
         qualcache::store::postgres::migrate::migrate(&schema.source).await.unwrap();
         qualcache::store::postgres::load::load(&schema.source, &g.csv, false, &Default::default()).await.unwrap();
-        let config = d.join("qualcached.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\nmode = \"off\"\n[tls]\ncert = \"{0}/certs/server.pem\"\nkey = \"{0}/certs/server.key\"\nclient_ca = \"{0}/certs/ca.pem\"\ndev_certs = true\n[snapshots]\ndir = \"{0}/snap\"\nreload_interval_secs = 3600\n[source]\nkind = \"postgres\"\nurl = \"{1}\"\nschema = \"{2}\"\nrebuild_interval_secs = 3600\noverlay_max_persons = 5\n",
-                d.display(),
-                url(),
-                schema.name
-            ),
-        )
-        .unwrap();
+        let source = "rebuild_interval_secs = 3600\noverlay_max_persons = 5\n";
+        let config = daemon_config(d, &url(), &schema.name, "mode = \"off\"", source);
         let daemon = Daemon::start(&config, &d.join("certs")).await;
         let client = &daemon.client;
         let c = schema.client().await;
