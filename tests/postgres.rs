@@ -486,6 +486,19 @@ impl Relay {
     }
 }
 
+/// `records` generated records under `d/data`, migrated and loaded into
+/// `schema`.
+async fn loaded(schema: &Schema, d: &Path, records: u64) -> qualcache::gen::GenSummary {
+    let g = generate(&d.join("data"), records);
+    qualcache::store::postgres::migrate::migrate(&schema.source)
+        .await
+        .unwrap();
+    qualcache::store::postgres::load::load(&schema.source, &g.csv, false, &Default::default())
+        .await
+        .unwrap();
+    g
+}
+
 /// Writes `d/qualcached.toml` for a daemon following `schema` at `db`
 /// (ports chosen by the system, dev certificates in `d/certs`, snapshots
 /// in `d/snap`): `audit` is the `[audit]` section's body, `source` more
@@ -559,9 +572,7 @@ async fn daemon_rebuilds_after_updates_and_keeps_serving_when_the_database_is_lo
         let Some(schema) = Schema::fresh().await else { return };
         let dir = util::tempdir();
         let d = dir.path();
-        let g = generate(&d.join("data"), 5_000);
-        qualcache::store::postgres::migrate::migrate(&schema.source).await.unwrap();
-        qualcache::store::postgres::load::load(&schema.source, &g.csv, false, &Default::default()).await.unwrap();
+        let g = loaded(&schema, d, 5_000).await;
 
         let relay = Relay::to_database().await;
         let db = relay.url();
@@ -913,9 +924,7 @@ async fn committed_changes_are_answered_between_snapshots() {
         let Some(schema) = Schema::fresh().await else { return };
         let dir = util::tempdir();
         let d = dir.path();
-        let g = generate(&d.join("data"), 5_000);
-        qualcache::store::postgres::migrate::migrate(&schema.source).await.unwrap();
-        qualcache::store::postgres::load::load(&schema.source, &g.csv, false, &Default::default()).await.unwrap();
+        let g = loaded(&schema, d, 5_000).await;
         let relay = Relay::to_database().await;
         let db = relay.url();
         let source = "rebuild_interval_secs = 3600\n";
@@ -1205,9 +1214,7 @@ async fn a_full_overlay_or_a_whole_table_change_builds_a_snapshot_early() {
         let Some(schema) = Schema::fresh().await else { return };
         let dir = util::tempdir();
         let d = dir.path();
-        let g = generate(&d.join("data"), 2_000);
-        qualcache::store::postgres::migrate::migrate(&schema.source).await.unwrap();
-        qualcache::store::postgres::load::load(&schema.source, &g.csv, false, &Default::default()).await.unwrap();
+        loaded(&schema, d, 2_000).await;
         let source = "rebuild_interval_secs = 3600\noverlay_max_persons = 5\n";
         let config = daemon_config(d, &url(), &schema.name, "mode = \"off\"", source);
         let daemon = Daemon::start(&config, &d.join("certs")).await;

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls};
 
 use super::export::export_persons;
-use super::{describe_error, query_error, PgError, PgSource};
+use super::{describe_error, query_error, read_counter, PgError, PgSource};
 use crate::model::EnrolleeRecord;
 use crate::store::csv::RowError;
 
@@ -80,19 +80,10 @@ pub async fn read_changes(
         .start()
         .await
         .map_err(|e| query_error("starting the change read", &e))?;
-    let row = tx
-        .query_one("SELECT value, pruned_through FROM change_counter", &[])
-        .await
-        .map_err(|e| {
-            query_error(
-                "reading the change counter (run `qualcache db migrate`?)",
-                &e,
-            )
-        })?;
-    let (counter, pruned): (i64, i64) = (row.get(0), row.get(1));
+    let (position, pruned_through) = read_counter(&tx).await?;
     let mut out = ChangeRead {
-        position: counter as u64,
-        pruned_through: pruned as u64,
+        position,
+        pruned_through,
         ..ChangeRead::default()
     };
     if since < out.pruned_through {

@@ -238,8 +238,16 @@ pub async fn status(source: &PgSource) -> Result<Status, PgError> {
 pub(crate) async fn read_change_counter(
     client: &impl tokio_postgres::GenericClient,
 ) -> Result<u64, PgError> {
+    Ok(read_counter(client).await?.0)
+}
+
+/// The change counter and its pruned-through mark (migration 3), as
+/// `client`'s transaction sees them.
+pub(crate) async fn read_counter(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<(u64, u64), PgError> {
     let row = client
-        .query_one("SELECT value FROM change_counter", &[])
+        .query_one("SELECT value, pruned_through FROM change_counter", &[])
         .await
         .map_err(|e| {
             query_error(
@@ -247,8 +255,8 @@ pub(crate) async fn read_change_counter(
                 &e,
             )
         })?;
-    let value: i64 = row.get(0);
-    Ok(value as u64)
+    let (value, pruned): (i64, i64) = (row.get(0), row.get(1));
+    Ok((value as u64, pruned as u64))
 }
 
 /// A runtime for running database work from synchronous code (the CLI,
