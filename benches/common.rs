@@ -19,9 +19,9 @@ pub fn sizes() -> Vec<u64> {
 
 /// A record count as a benchmark name: `10M`, `250k`, `1500`.
 pub fn label(records: u64) -> String {
-    if records >= 1_000_000 && records % 1_000_000 == 0 {
+    if records >= 1_000_000 && records.is_multiple_of(1_000_000) {
         format!("{}M", records / 1_000_000)
-    } else if records >= 1_000 && records % 1_000 == 0 {
+    } else if records >= 1_000 && records.is_multiple_of(1_000) {
         format!("{}k", records / 1_000)
     } else {
         records.to_string()

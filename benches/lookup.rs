@@ -111,11 +111,11 @@ fn load(records: u64) -> (Snapshot, Snapshot, Baseline, Sample) {
         if let Some(c) = card {
             // The CSV holds a person's rows adjacent (the build checks it).
             base.by_card.entry(c.digest).or_insert(i..i).end = i + 1;
-            if next() % every == 0 {
+            if next().is_multiple_of(every) {
                 cards.push(c.digest);
             }
         }
-        if next() % every == 0 {
+        if next().is_multiple_of(every) {
             keys.push((key, q.birth_date));
         }
         base.records.push(q);

@@ -88,7 +88,7 @@ fn load(
         if last_person != Some(rec.person_id) {
             last_person = Some(rec.person_id);
             person_index += 1;
-            if person_index % every == 0 && changed.len() < CHANGED {
+            if person_index.is_multiple_of(every) && changed.len() < CHANGED {
                 changed.push(PersonChange {
                     person_id: rec.person_id,
                     version: 2,
@@ -103,11 +103,11 @@ fn load(
         }
         let q = &rec.qualification;
         if let Some(c) = rec.card {
-            if next() % sample_every == 0 {
+            if next().is_multiple_of(sample_every) {
                 cards.push(c.digest);
             }
         }
-        if next() % sample_every == 0 {
+        if next().is_multiple_of(sample_every) {
             keys.push((
                 InsuranceKey {
                     insurer: q.insurer_number,

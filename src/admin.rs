@@ -399,6 +399,47 @@ impl Collector for DaemonCollector {
                 o.position() as f64,
             )?;
         }
+        for (name, help, value) in [
+            (
+                "fleet_published",
+                "Generations this publisher uploaded to the fleet's store",
+                &m.fleet_published,
+            ),
+            (
+                "fleet_downloads",
+                "Generations this replica downloaded and verified",
+                &m.fleet_downloads,
+            ),
+            (
+                "fleet_download_bytes",
+                "Bytes this replica downloaded from the fleet's store",
+                &m.fleet_download_bytes,
+            ),
+            (
+                "fleet_refused",
+                "Downloaded generations refused (checksum or snapshot checks failed)",
+                &m.fleet_refused,
+            ),
+            (
+                "fleet_store_errors",
+                "Requests to the fleet's store that failed",
+                &m.fleet_store_errors,
+            ),
+        ] {
+            counter(&mut e, name, help, value.load(Ordering::Relaxed))?;
+        }
+        gauge(
+            &mut e,
+            "fleet_pointer_generation",
+            "The generation the fleet's pointer names, as last read (0: none)",
+            m.fleet_pointer.load(Ordering::Relaxed) as f64,
+        )?;
+        gauge(
+            &mut e,
+            "fleet_waiting",
+            "1 while the pointer's generation is due but not verified here (the older one is served)",
+            m.fleet_waiting.load(Ordering::Relaxed) as f64,
+        )?;
         counter(
             &mut e,
             "changes_applied",

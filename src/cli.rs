@@ -55,6 +55,83 @@ pub enum Command {
     /// Check and search the audit trail of who looked up whom.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The fleet: move the pointer replicas serve from, and see their reports.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+/// How to reach the fleet's store: the URL, and the rest of `[fleet]` from
+/// a configuration file or the environment (AWS conventions).
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The store: s3://bucket/prefix or file:///directory [default: [fleet] url of --config].
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// A qualcached configuration whose [fleet] section says how to reach the store.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The settings, and `[fleet]`'s poll interval and replica minimum.
+    fn settings(&self) -> Result<(crate::fleet::StoreSettings, std::time::Duration, usize)> {
+        let fleet = match &self.config {
+            Some(path) => crate::config::Config::load(path)?.fleet,
+            None => None,
+        };
+        let (mut settings, poll, min_ready) = match fleet {
+            Some(f) => (f.store, f.poll_interval, f.min_ready_replicas),
+            None => (
+                crate::fleet::StoreSettings::default(),
+                std::time::Duration::from_secs(2),
+                1,
+            ),
+        };
+        if let Some(url) = &self.url {
+            settings.url = url.clone();
+        }
+        if settings.url.is_empty() {
+            anyhow::bail!(
+                "no fleet store: give --url s3://bucket/prefix, or --config with a [fleet] url"
+            );
+        }
+        settings.check()?;
+        Ok((settings, poll, min_ready))
+    }
+}
+
+/// `fleet` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Point the fleet at a published generation from a time on (current.json, conditional write).
+    Activate {
+        /// The generation.
+        generation: u64,
+        /// When replicas switch, RFC 3339 [default: now + [fleet] poll_interval_secs + 2 s].
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Activate even if fewer replicas than [fleet] min_ready_replicas report it ready.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Point the fleet back at the generation it served before.
+    Rollback {
+        /// When replicas switch back, RFC 3339 [default: as for activate].
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Roll back even if fewer replicas than [fleet] min_ready_replicas have that generation.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Print the pointer, the generations published, and each replica's report as JSON.
+    Status {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// `audit` subcommands.
@@ -256,6 +333,24 @@ pub enum SnapshotCommand {
     Rollback {
         /// The snapshot directory.
         dir: PathBuf,
+    },
+    /// Upload a snapshot to the fleet's store (then its manifest; a generation is never replaced); prints the manifest.
+    Publish {
+        /// The snapshot file (or a directory: the generation its CURRENT file pins, else its newest).
+        file: PathBuf,
+        /// The store: s3://bucket/prefix or file:///directory [default: [fleet] url of --config].
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        /// A qualcached configuration whose [fleet] section says how to reach the store.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where the snapshot was built from, for the manifest.
+        #[arg(
+            long,
+            value_name = "TEXT",
+            default_value = "qualcache snapshot publish"
+        )]
+        source: String,
     },
 }
 
@@ -542,6 +637,92 @@ pub fn run(cli: Cli) -> Result<()> {
             let (from, to) = crate::daemon::rollback(&dir)?;
             print_json(&serde_json::json!({ "from": from, "to": to }))
         }
+        Command::Snapshot(SnapshotCommand::Publish {
+            file,
+            to,
+            config,
+            source,
+        }) => {
+            let store = StoreArgs { url: to, config };
+            let (settings, _, _) = store.settings()?;
+            let file = resolve_snapshot(&file)?;
+            let fleet = crate::fleet::Fleet::open(&settings)?;
+            let published =
+                fleet_runtime()?.block_on(crate::fleet::publish(&fleet, &file, &source))?;
+            print_json(&published)
+        }
+        Command::Fleet(c) => fleet(c),
+    }
+}
+
+/// A runtime for the fleet commands (uploads run several parts at once).
+fn fleet_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn fleet(c: FleetCommand) -> Result<()> {
+    use time::OffsetDateTime;
+    let at = |given: &Option<String>, poll: std::time::Duration| -> Result<OffsetDateTime> {
+        match given {
+            Some(t) => crate::fleet::parse_time(t).map_err(anyhow::Error::msg),
+            None => Ok(OffsetDateTime::now_utc() + poll + std::time::Duration::from_secs(2)),
+        }
+    };
+    let rt = fleet_runtime()?;
+    match c {
+        FleetCommand::Activate {
+            generation,
+            at: when,
+            force,
+            store,
+        } => {
+            let (settings, poll, min_ready) = store.settings()?;
+            let fleet = crate::fleet::Fleet::open(&settings)?;
+            let p = rt.block_on(crate::fleet::activate(
+                &fleet,
+                generation,
+                at(&when, poll)?,
+                min_ready,
+                force,
+            ))?;
+            print_json(&p)
+        }
+        FleetCommand::Rollback {
+            at: when,
+            force,
+            store,
+        } => {
+            let (settings, poll, min_ready) = store.settings()?;
+            let fleet = crate::fleet::Fleet::open(&settings)?;
+            let p = rt.block_on(crate::fleet::rollback(
+                &fleet,
+                at(&when, poll)?,
+                min_ready,
+                force,
+            ))?;
+            print_json(&p)
+        }
+        FleetCommand::Status { store } => {
+            let (settings, _, _) = store.settings()?;
+            let fleet = crate::fleet::Fleet::open(&settings)?;
+            let (pointer, generations, replicas) = rt.block_on(async {
+                Ok::<_, crate::fleet::FleetError>((
+                    fleet.pointer().await?.map(|(p, _)| p),
+                    fleet.manifests().await?,
+                    fleet.reports().await?,
+                ))
+            })?;
+            print_json(&serde_json::json!({
+                "store": fleet.url(),
+                "pointer": pointer,
+                "generations": generations,
+                "replicas": replicas,
+            }))
+        }
     }
 }
 
@@ -707,16 +888,22 @@ fn db(command: DbCommand, quiet: bool) -> Result<()> {
     }
 }
 
+/// A snapshot file, or a directory's current generation: the one its
+/// `CURRENT` file pins, else the newest.
+fn resolve_snapshot(path: &Path) -> Result<PathBuf> {
+    if path.is_dir() {
+        let gen = crate::daemon::target_generation(path)?
+            .with_context(|| format!("no snapshot (<generation>.qcs) in {}", path.display()))?;
+        Ok(crate::snapshot::write::snapshot_path(path, gen))
+    } else {
+        Ok(path.to_path_buf())
+    }
+}
+
 /// Opens a snapshot file, or a directory's current generation: the one
 /// its `CURRENT` file pins, else the newest.
 pub fn open(path: &Path) -> Result<Snapshot> {
-    let file = if path.is_dir() {
-        let gen = crate::daemon::target_generation(path)?
-            .with_context(|| format!("no snapshot (<generation>.qcs) in {}", path.display()))?;
-        crate::snapshot::write::snapshot_path(path, gen)
-    } else {
-        path.to_path_buf()
-    };
+    let file = resolve_snapshot(path)?;
     Snapshot::open(&file).with_context(|| format!("opening snapshot {}", file.display()))
 }
 

@@ -54,14 +54,71 @@ pub struct RawConfig {
     pub tls: RawTls,
     /// `[snapshots]`.
     pub snapshots: RawSnapshots,
-    /// `[source]`.
-    pub source: RawSource,
+    /// `[source]` (absent: CSV at `data/enrollees.csv`; a replica has none).
+    pub source: Option<RawSource>,
     /// `[card_key]`.
     pub card_key: RawCardKey,
     /// `[admin]`.
     pub admin: RawAdmin,
     /// `[audit]`.
     pub audit: RawAudit,
+    /// `[fleet]`.
+    pub fleet: Option<RawFleet>,
+}
+
+/// `[fleet]`: the object store snapshots are published to and pulled
+/// from. With `replica_id` this daemon is a replica (no `[source]`: it
+/// serves the generation `current.json` names); with `publish = true`
+/// (and a `[source]`) it publishes each generation it builds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFleet {
+    /// `s3://bucket/prefix` or `file:///directory`.
+    pub url: String,
+    /// An S3-compatible endpoint; else `$AWS_ENDPOINT_URL`, else AWS.
+    pub endpoint: Option<String>,
+    /// The region; else `$AWS_REGION`.
+    pub region: Option<String>,
+    /// Allow an `http://` endpoint (default false: HTTPS).
+    pub allow_http: bool,
+    /// The AWS shared credentials file (when the environment has no keys).
+    pub credentials_file: Option<PathBuf>,
+    /// This replica's id (letters, digits, `-`, `_`, `.`).
+    pub replica_id: Option<String>,
+    /// Publish each generation built here.
+    pub publish: bool,
+    /// Seconds between reads of the pointer and the manifests (default 2).
+    pub poll_interval_secs: Option<u64>,
+    /// Replicas that must report a generation ready before
+    /// `qualcache fleet activate` moves the pointer to it (default 1).
+    pub min_ready_replicas: Option<usize>,
+}
+
+/// `[fleet]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// The store.
+    pub store: crate::fleet::StoreSettings,
+    /// This daemon's part.
+    pub role: FleetRole,
+    /// How often the store is read.
+    pub poll_interval: Duration,
+    /// Replicas that must report ready before an activation.
+    pub min_ready_replicas: usize,
+}
+
+/// A daemon's part in the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetRole {
+    /// Serves what the pointer names, pulled from the store.
+    Replica {
+        /// `replica_id`.
+        id: String,
+    },
+    /// Builds from its source and publishes each generation.
+    Publisher,
+    /// Neither (the section is read by `qualcache fleet` only).
+    None,
 }
 
 /// `[audit]`: the trail of who looked up whom.
@@ -327,6 +384,9 @@ pub enum Source {
         /// Seed.
         seed: u64,
     },
+    /// None: a fleet replica serves what the fleet's pointer names,
+    /// downloaded from the store; it builds nothing.
+    Fleet,
     /// A PostgreSQL store, rebuilt when its change counter moves.
     Postgres {
         /// Where, which schema, and the password.
@@ -337,6 +397,20 @@ pub enum Source {
         /// snapshot is built early; 0: no overlay.
         overlay_max_persons: usize,
     },
+}
+
+impl Source {
+    /// Where snapshots come from, for logs and manifests (no password).
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Csv(path) => format!("csv {}", path.display()),
+            Source::Synthetic { records, seed } => {
+                format!("synthetic {records} records, seed {seed}")
+            }
+            Source::Fleet => "fleet".into(),
+            Source::Postgres { pg, .. } => pg.describe(),
+        }
+    }
 }
 
 const HOUR: u64 = 3_600;
@@ -395,6 +469,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// The audit trail; `None` with `mode = "off"`.
     pub audit: Option<crate::audit::AuditConfig>,
+    /// `[fleet]`, if given.
+    pub fleet: Option<FleetConfig>,
 }
 
 impl Config {
@@ -533,7 +609,25 @@ impl Config {
             retention_days: a.retention_days,
             queue: a.queue,
         });
-        let src = &raw.source;
+        let fleet = match &raw.fleet {
+            Some(f) => Some(fleet_config(f).map_err(|(key, reason)| invalid(key, reason))?),
+            None => None,
+        };
+        let replica = matches!(
+            fleet,
+            Some(FleetConfig {
+                role: FleetRole::Replica { .. },
+                ..
+            })
+        );
+        if replica && raw.source.is_some() {
+            return Err(invalid(
+                "source.kind",
+                "a replica ([fleet] replica_id) serves what the fleet publishes and builds nothing: remove [source]".into(),
+            ));
+        }
+        let default_source = RawSource::default();
+        let src = raw.source.as_ref().unwrap_or(&default_source);
         let kinds = ["csv", "synthetic", "postgres"];
         if let Some((key, _, kind)) = src
             .given()
@@ -551,6 +645,7 @@ impl Config {
             }
         }
         let source = match src.kind.as_str() {
+            _ if replica => Source::Fleet,
             "csv" => Source::Csv(
                 src.path
                     .clone()
@@ -639,6 +734,7 @@ impl Config {
             card_key_file: raw.card_key.file,
             admin_listen,
             audit,
+            fleet,
         })
     }
 
@@ -748,6 +844,10 @@ impl Config {
                 ),
             },
             Source::Synthetic { .. } => {}
+            Source::Fleet if !have_snapshot => notes.push(format!(
+                "no snapshot in {shown}: start waits for the fleet's pointer and downloads its generation"
+            )),
+            Source::Fleet => {}
             Source::Postgres { .. } if !have_snapshot => notes.push(format!(
                 "no snapshot in {shown}: start builds one from PostgreSQL (not connected by this check)"
             )),
@@ -755,6 +855,68 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Validates `[fleet]`.
+fn fleet_config(f: &RawFleet) -> Result<FleetConfig, (&'static str, String)> {
+    let invalid = |key, reason| (key, reason);
+    if f.url.is_empty() {
+        return Err(invalid(
+            "fleet.url",
+            "required (s3://bucket/prefix or file:///directory)".into(),
+        ));
+    }
+    let store = crate::fleet::StoreSettings {
+        url: f.url.clone(),
+        endpoint: f.endpoint.clone(),
+        region: f.region.clone(),
+        allow_http: f.allow_http,
+        credentials_file: f.credentials_file.clone(),
+    };
+    store
+        .check()
+        .map_err(|e| invalid("fleet.url", e.to_string()))?;
+    if let Some(e) = &f.endpoint {
+        if !(e.starts_with("https://") || e.starts_with("http://")) {
+            return Err(invalid(
+                "fleet.endpoint",
+                format!("{e:?} is not an http(s):// URL"),
+            ));
+        }
+        if e.starts_with("http://") && !f.allow_http {
+            return Err(invalid(
+                "fleet.endpoint",
+                "an http:// endpoint needs allow_http = true (HTTPS is the default)".into(),
+            ));
+        }
+    }
+    let role =
+        match (&f.replica_id, f.publish) {
+            (Some(_), true) => return Err(invalid(
+                "fleet.publish",
+                "a replica does not publish (it has no [source]); the publisher has no replica_id"
+                    .into(),
+            )),
+            (Some(id), false) => {
+                crate::fleet::check_replica_id(id).map_err(|e| invalid("fleet.replica_id", e))?;
+                FleetRole::Replica { id: id.clone() }
+            }
+            (None, true) => FleetRole::Publisher,
+            (None, false) => FleetRole::None,
+        };
+    let poll = f.poll_interval_secs.unwrap_or(2);
+    if !(1..=3_600).contains(&poll) {
+        return Err(invalid(
+            "fleet.poll_interval_secs",
+            format!("{poll} is not within 1..=3600"),
+        ));
+    }
+    Ok(FleetConfig {
+        store,
+        role,
+        poll_interval: Duration::from_secs(poll),
+        min_ready_replicas: f.min_ready_replicas.unwrap_or(1),
+    })
 }
 
 #[cfg(test)]

@@ -56,6 +56,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
 pub mod gen;
 pub mod metrics;
 pub mod model;

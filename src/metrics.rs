@@ -54,6 +54,21 @@ pub struct Metrics {
     /// From a change's statement in the database to the overlay that
     /// answers it being swapped in.
     pub freshness_lag: Timing,
+    /// Fleet: generations published to the store (publisher).
+    pub fleet_published: AtomicU64,
+    /// Fleet: generations downloaded, checked and ready (replica).
+    pub fleet_downloads: AtomicU64,
+    /// Fleet: bytes downloaded (replica).
+    pub fleet_download_bytes: AtomicU64,
+    /// Fleet: downloads refused by the checks (checksum, open checks).
+    pub fleet_refused: AtomicU64,
+    /// Fleet: requests to the store that failed (store or network down).
+    pub fleet_store_errors: AtomicU64,
+    /// Fleet: the generation the pointer names, as last read (0: none).
+    pub fleet_pointer: AtomicU64,
+    /// Fleet: 1 while the pointer's generation is due but not ready here
+    /// (this replica keeps serving the older one).
+    pub fleet_waiting: AtomicU64,
 }
 
 impl Metrics {
@@ -74,6 +89,13 @@ impl Metrics {
             change_read_failures: AtomicU64::new(0),
             listener_reconnects: AtomicU64::new(0),
             freshness_lag: Timing::new(),
+            fleet_published: AtomicU64::new(0),
+            fleet_downloads: AtomicU64::new(0),
+            fleet_download_bytes: AtomicU64::new(0),
+            fleet_refused: AtomicU64::new(0),
+            fleet_store_errors: AtomicU64::new(0),
+            fleet_pointer: AtomicU64::new(0),
+            fleet_waiting: AtomicU64::new(0),
         }
     }
 

@@ -267,6 +267,9 @@ impl Store {
             }
             Source::Csv(path) => path.clone(),
             Source::Synthetic { records, seed } => self.synthetic(*records, *seed)?,
+            Source::Fleet => anyhow::bail!(
+                "a replica builds no snapshot: it serves the generation the fleet's pointer names"
+            ),
         };
         let summary = build_from_csv(
             &csv,
@@ -338,7 +341,7 @@ impl Store {
     fn source_version(&self) -> Result<Option<u64>> {
         match &self.source {
             Source::Csv(path) => Ok(Some(file_fingerprint(path)).filter(|&v| v != 0)),
-            Source::Synthetic { .. } => Ok(None),
+            Source::Synthetic { .. } | Source::Fleet => Ok(None),
             Source::Postgres { pg, .. } => {
                 let runtime = crate::store::postgres::runtime()?;
                 let now = runtime
@@ -369,7 +372,7 @@ impl Store {
         };
         let changed = match &self.source {
             Source::Csv(_) => now.is_some_and(|v| v != built_at),
-            Source::Synthetic { .. } => false,
+            Source::Synthetic { .. } | Source::Fleet => false,
             Source::Postgres { .. } => now != Some(built_at),
         };
         Ok((changed, now))
@@ -454,8 +457,23 @@ impl Store {
             .inspect_err(|_| {
                 shared.metrics().reload_failures.fetch_add(1, Relaxed);
             })?;
-        let records = snapshot.header().records;
         drop(current);
+        self.serve(shared, snapshot, started);
+        Ok(Reloaded::Swapped(target))
+    }
+
+    /// Generation `g` opened and checked for serving ([`open_servable`]:
+    /// under a read lease, the card key), not yet served: a replica opens
+    /// the next generation ahead of the time it is to be served.
+    pub fn prepare(&self, g: u64) -> Result<Snapshot> {
+        self.open_servable(g)
+    }
+
+    /// Serves `snapshot` (swapped in; the old one released and pruned
+    /// around it); `started` is when its opening began (the reload time
+    /// metric).
+    pub fn serve(&self, shared: &Shared, snapshot: Snapshot, started: Instant) {
+        let (target, records) = (snapshot.header().generation, snapshot.header().records);
         let swapping = self.swapping.lock().unwrap_or_else(|p| p.into_inner());
         let old = shared.swap(Arc::new(snapshot));
         drop(swapping);
@@ -471,7 +489,16 @@ impl Store {
             release(old);
         }
         self.prune(target);
-        Ok(Reloaded::Swapped(target))
+    }
+
+    /// The generation `CURRENT` pins, if any.
+    pub fn pinned_generation(&self) -> Result<Option<u64>> {
+        pinned(&self.dir)
+    }
+
+    /// The snapshot directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Deletes generations beyond the newest `keep`, never `serving`.

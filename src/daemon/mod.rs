@@ -28,6 +28,7 @@
 mod follower;
 mod generations;
 mod reload;
+mod replica;
 mod signals;
 
 pub use generations::{pin, rollback, target_generation, unpin, Reloaded, Store, CURRENT};
@@ -41,7 +42,7 @@ use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
-use crate::config::{Config, Source};
+use crate::config::{Config, FleetConfig, FleetRole, Source};
 use crate::server::{self, Shared};
 use reload::{answer_lease_break, reload_loop};
 use signals::forward_signals;
@@ -127,13 +128,31 @@ pub async fn run(config: Config, mut handlers: Signals) -> Result<()> {
         }
         None => None,
     };
-    let first = {
-        let store = store.clone();
-        let shared = shared.clone();
-        let mut initial = tokio::task::spawn_blocking(move || store.initial(shared.metrics()));
-        loop {
+    let replica = match &config.fleet {
+        Some(FleetConfig {
+            role: FleetRole::Replica { id },
+            store: settings,
+            poll_interval,
+            ..
+        }) => Some(replica::Replica {
+            fleet: crate::fleet::Fleet::open(settings)?,
+            id: id.clone(),
+            poll: *poll_interval,
+            store: store.clone(),
+            card_key_id: shared.card_key().id(),
+        }),
+        _ => None,
+    };
+    // A replica starts with the generation it was pinned to (it served it
+    // before a restart), else waits for the pointer's; anything else
+    // starts with what the directory holds or builds it.
+    let start_here = replica.is_none() || store.pinned_generation()?.is_some();
+    if start_here {
+        let (st, sh) = (store.clone(), shared.clone());
+        let mut initial = tokio::task::spawn_blocking(move || st.initial(sh.metrics()));
+        let first = loop {
             tokio::select! {
-                r = &mut initial => break r.context("the initial snapshot task failed")??,
+                r = &mut initial => break r.context("the initial snapshot task failed")?,
                 s = handlers.next() => match s {
                     Signal::Reload => tracing::info!("SIGHUP before the first snapshot is ready: ignored"),
                     // Answered once the first snapshot is in place (below).
@@ -146,13 +165,63 @@ pub async fn run(config: Config, mut handlers: Signals) -> Result<()> {
                     }
                 },
             }
+        };
+        match first {
+            Ok(first) => {
+                shared.swap(first);
+                // A writer may have come for the file between its lease and now
+                // (answered on a blocking thread: it may copy the whole file).
+                answer_lease_break(&store, &shared);
+            }
+            Err(e) if replica.is_some() => {
+                tracing::error!(error = %format!("{e:#}"), "the pinned generation cannot be served; waiting for the fleet's pointer")
+            }
+            Err(e) => return Err(e),
         }
+    }
+    if let Some(replica) = replica {
+        let served = Arc::new(tokio::sync::Notify::new());
+        tracing::info!(store = replica.fleet.url(), replica_id = %replica.id, "fleet replica");
+        replica::start(replica, shared.clone(), served.clone());
+        while shared.current().is_none() {
+            tracing::info!("waiting for the fleet's pointer and its generation before serving");
+            tokio::select! {
+                _ = served.notified() => {}
+                s = handlers.next() => match s {
+                    Signal::Shutdown => {
+                        tracing::info!("shutting down before the first snapshot was ready");
+                        return Ok(());
+                    }
+                    Signal::Reload | Signal::LeaseBreak => {}
+                },
+            }
+        }
+    }
+    if let Some(FleetConfig {
+        role: FleetRole::Publisher,
+        store: settings,
+        poll_interval,
+        ..
+    }) = &config.fleet
+    {
+        let fleet = crate::fleet::Fleet::open(settings)?;
+        tracing::info!(
+            store = fleet.url(),
+            "fleet publisher: each generation built here is published"
+        );
+        tokio::spawn(replica::publish_loop(
+            fleet,
+            config.snapshot_dir.clone(),
+            config.source.describe(),
+            *poll_interval,
+            shared.clone(),
+        ));
+    }
+    let Some(first) = shared.current() else {
+        anyhow::bail!("no snapshot to serve");
     };
     let (generation, records) = (first.header().generation, first.header().records);
-    shared.swap(first);
-    // A writer may have come for the file between its lease and now
-    // (answered on a blocking thread: it may copy the whole file).
-    answer_lease_break(&store, &shared);
+    drop(first);
     let endpoints = server::bind_many(
         config.listen,
         tls,

@@ -233,6 +233,11 @@ impl Snapshot {
         Ok(())
     }
 
+    /// The whole file's bytes (header and archive), as checked.
+    pub fn file_bytes(&self) -> &[u8] {
+        self.archive.file_bytes()
+    }
+
     /// The decoded header.
     pub fn header(&self) -> &Header {
         &self.header

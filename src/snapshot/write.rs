@@ -94,14 +94,31 @@ pub fn write_snapshot(
     meta: &SnapshotMeta,
 ) -> Result<Written, SnapshotError> {
     fs::create_dir_all(dir).map_err(|e| SnapshotError::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".build-{}-{}.qcs.tmp",
-        std::process::id(),
-        unique()
-    ));
+    let tmp = temp_path(dir);
     let result = write_tmp_and_link(dir, &tmp, body, meta);
     let _ = fs::remove_file(&tmp);
     result
+}
+
+/// A fresh temporary file name in `dir` for a snapshot being written
+/// (built here or downloaded): `.build-<pid>-<n>.qcs.tmp`, the form
+/// [`remove_stale_builds`] removes once its process is gone.
+pub fn temp_path(dir: &Path) -> PathBuf {
+    dir.join(format!(
+        ".build-{}-{}.qcs.tmp",
+        std::process::id(),
+        unique()
+    ))
+}
+
+/// Links the complete, fsynced file `tmp` into `dir` as generation
+/// `generation`; fails with [`io::ErrorKind::AlreadyExists`] (never
+/// replaces) if that generation is there. Fsyncs the directory.
+pub fn link_generation(dir: &Path, tmp: &Path, generation: u64) -> Result<PathBuf, SnapshotError> {
+    let path = snapshot_path(dir, generation);
+    fs::hard_link(tmp, &path).map_err(|e| SnapshotError::io(&path, e))?;
+    sync_dir(dir)?;
+    Ok(path)
 }
 
 /// How long a temporary build file may go unmodified before it counts as
