@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod history;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 
