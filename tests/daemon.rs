@@ -17,7 +17,7 @@ use qualcache::snapshot::Snapshot;
 use tokio::sync::oneshot;
 
 mod util;
-use util::wire::{check, key_of, request};
+use util::wire::{check, request};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
