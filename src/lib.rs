@@ -40,7 +40,11 @@
 //! - [`config`]: `qualcached`'s TOML configuration, raw and validated.
 //! - [`daemon`]: `qualcached`: the snapshot directory (`generations`:
 //!   initial snapshot, builds, reloads, pruning, rollback pin), the reload
-//!   loop (`reload`), the signals (`signals`) and `run`.
+//!   loop (`reload`), the change follower (`follower`), a fleet replica's
+//!   and publisher's tasks (`replica`), the signals (`signals`) and `run`.
+//! - [`fleet`]: snapshots published to an object store (S3 or a local
+//!   directory), the pointer replicas switch by, their reports, and the
+//!   verified download.
 //! - [`client`]: the QUIC client used by `qualcache query` and the load
 //!   generator.
 //!
