@@ -983,6 +983,27 @@ mod tests {
     }
 
     #[test]
+    fn fleet_roles() {
+        let c = parse("[fleet]\nurl = \"s3://b/p\"\nreplica_id = \"tokyo-3\"").unwrap();
+        assert_eq!(c.source, Source::Fleet);
+        let f = c.fleet.unwrap();
+        assert_eq!(
+            f.role,
+            FleetRole::Replica {
+                id: "tokyo-3".into()
+            }
+        );
+        assert_eq!(f.poll_interval, Duration::from_secs(2));
+        assert_eq!(f.min_ready_replicas, 1);
+        let c =
+            parse("[fleet]\nurl = \"s3://b/p\"\npublish = true\n[source]\nkind = \"synthetic\"")
+                .unwrap();
+        assert_eq!(c.fleet.unwrap().role, FleetRole::Publisher);
+        assert!(matches!(c.source, Source::Synthetic { .. }));
+        assert_eq!(parse("").unwrap().fleet, None);
+    }
+
+    #[test]
     fn bad_configs_are_refused_precisely() {
         for (text, expected) in [
             (
@@ -1089,6 +1110,29 @@ mod tests {
                 "[source]\nkind = \"synthetic\"\npath = \"x.csv\"",
                 "source.path: only for kind = \"csv\"",
             ),
+            ("[fleet]\nreplica_id = \"r1\"", "fleet.url: required"),
+            ("[fleet]\nurl = \"gs://b\"", "fleet.url"),
+            (
+                "[fleet]\nurl = \"s3://b/p\"\nreplica_id = \"r1\"\n[source]\nkind = \"csv\"",
+                "source.kind: a replica",
+            ),
+            (
+                "[fleet]\nurl = \"s3://b/p\"\nreplica_id = \"r1\"\npublish = true",
+                "fleet.publish: a replica does not publish",
+            ),
+            (
+                "[fleet]\nurl = \"s3://b/p\"\nreplica_id = \"../r1\"",
+                "fleet.replica_id",
+            ),
+            (
+                "[fleet]\nurl = \"s3://b/p\"\nendpoint = \"http://minio:9000\"",
+                "fleet.endpoint: an http:// endpoint needs allow_http = true",
+            ),
+            (
+                "[fleet]\nurl = \"s3://b/p\"\npoll_interval_secs = 0",
+                "fleet.poll_interval_secs",
+            ),
+            ("[fleet]\nurl = \"s3://b/p\"\nregoin = \"x\"", "regoin"),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text:?}: {err}");

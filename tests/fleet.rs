@@ -132,8 +132,8 @@ fn qualcache(s3: &S3, args: &[&str]) -> (bool, String, String) {
 }
 
 /// A TCP relay in front of the S3 server that can hold back what a
-/// download reads: with `hold` set, each connection passes its first MiB
-/// from the server and then nothing more (the pointer and manifests pass;
+/// download reads: while `hold` is set, each connection passes one more
+/// MiB from the server and then nothing (the pointer and manifests pass;
 /// a snapshot's bytes stop midway) until `hold` is cleared.
 struct Relay {
     addr: SocketAddr,
@@ -160,16 +160,21 @@ impl Relay {
                     tokio::spawn(async move {
                         let _ = tokio::io::copy(&mut cr, &mut sw).await;
                     });
-                    let (mut passed, mut buf) = (0usize, vec![0u8; 16 * 1024]);
+                    // Bytes passed since `hold` was last seen set.
+                    let (mut held, mut buf) = (0usize, vec![0u8; 16 * 1024]);
                     loop {
-                        while passed > (1 << 20) && hold.load(Ordering::SeqCst) {
+                        while held > (1 << 20) && hold.load(Ordering::SeqCst) {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                         let n = match sr.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => n,
                         };
-                        passed += n;
+                        held = if hold.load(Ordering::SeqCst) {
+                            held + n
+                        } else {
+                            0
+                        };
                         if cw.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
@@ -281,6 +286,48 @@ impl Replica {
             check(p, r.answer.as_ref().unwrap(), &self.id);
         }
         client.close().await;
+    }
+}
+
+/// A daemon with a CSV source that publishes each generation it builds
+/// (killed when dropped).
+struct Publisher(Child);
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Publisher {
+    fn start(d: &Path, snapshots: &Path, csv: &Path, s3: &S3) -> Publisher {
+        let dir = d.join("publisher");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("qualcached.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\nmode = \"off\"\n\
+                 [tls]\ncert = \"{c}/server.pem\"\nkey = \"{c}/server.key\"\nclient_ca = \"{c}/ca.pem\"\n\
+                 [snapshots]\ndir = \"{s}\"\nkeep = 5\n\
+                 [source]\nkind = \"csv\"\npath = \"{csv}\"\n\
+                 [fleet]\nurl = \"s3://{BUCKET}/prod\"\npublish = true\npoll_interval_secs = 1\n",
+                c = d.join("certs").display(),
+                s = snapshots.display(),
+                csv = csv.display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_qualcached"))
+            .args(["--config", config.to_str().unwrap()])
+            .env_remove("QUALCACHE_CARD_KEY")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(aws_env(&s3.endpoint()))
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .unwrap();
+        Publisher(child)
     }
 }
 
@@ -626,15 +673,17 @@ async fn scenario(bin: PathBuf) {
         );
     }
     s3.up();
-    let (ok, _, err) = qualcache(&s3, &["snapshot", "publish", "--to", &url, &file(4)]);
-    assert!(ok, "{err}");
-    reports_until(&fleet, &ids, "generation 4 ready", |r| {
+
+    // A publisher daemon over the directory the generations were built
+    // in publishes its newest (4); r3's download of it is held back.
+    relay.hold.store(true, Ordering::SeqCst);
+    let publisher = Publisher::start(d, &built, &g.csv, &s3);
+    reports_until(&fleet, &["r1", "r2"], "generation 4 ready", |r| {
         r.ready.contains(&4) && r.last_error.is_none()
     })
     .await;
 
-    // A replica that joins late catches up to the pointer (1), then all
-    // four switch to 4 together.
+    // A replica that joins late catches up to the pointer (1).
     replicas.push(Replica::start(
         &d.join("r4"),
         "r4",
@@ -642,22 +691,56 @@ async fn scenario(bin: PathBuf) {
         &s3,
         &s3.endpoint(),
     ));
-    let all = ["r1", "r2", "r3", "r4"];
     reports_until(&fleet, &["r4"], "r4 serving 1", |r| r.serving == Some(1)).await;
     replicas[3].answers(&certs, &probes, 1).await;
-    reports_until(&fleet, &all, "generation 4 ready", |r| r.ready.contains(&4)).await;
+    let all = ["r1", "r2", "r3", "r4"];
+    let with_4 = ["r1", "r2", "r4"];
+    reports_until(&fleet, &with_4, "generation 4 ready", |r| {
+        r.ready.contains(&4)
+    })
+    .await;
+
+    // Activated while r3 still lacks it: the others switch on time; r3
+    // keeps serving 1, says it waits, and switches once it has it.
     let at = activate_at(&s3, 4, 3);
-    let reports = reports_until(&fleet, &all, "serving 4", |r| r.serving == Some(4)).await;
+    let reports = reports_until(&fleet, &with_4, "serving 4", |r| r.serving == Some(4)).await;
     switched_on_time(&reports, 4, at);
+    reports_until(&fleet, &["r3"], "r3 waiting for 4", |r| {
+        r.waiting_for == Some(4) && r.serving == Some(1)
+    })
+    .await;
+    assert_eq!(replicas[2].metric("qualcache_fleet_waiting").await, 1.0);
+    replicas[2].answers(&certs, &probes, 1).await;
+    relay.hold.store(false, Ordering::SeqCst);
+    reports_until(&fleet, &["r3"], "r3 serving 4", |r| {
+        r.serving == Some(4) && r.waiting_for.is_none()
+    })
+    .await;
+    assert_eq!(replicas[2].metric("qualcache_fleet_waiting").await, 0.0);
     for r in &replicas {
         r.answers(&certs, &probes, 4).await;
     }
+
+    // Each generation the publisher builds is published: a new export
+    // renamed over the source and a SIGHUP build generation 5.
+    let export = d.join("export.csv");
+    std::fs::copy(&g.csv, &export).unwrap();
+    std::fs::rename(&export, &g.csv).unwrap();
+    util::signal(&publisher.0.id().to_string(), "-HUP");
+    reports_until(&fleet, &all, "generation 5 ready", |r| r.ready.contains(&5)).await;
     let (ok, out, err) = qualcache(&s3, &["fleet", "status", "--url", &url]);
     assert!(ok, "{err}");
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["pointer"]["generation"], 4);
     assert_eq!(status["replicas"].as_array().unwrap().len(), 4);
-    assert_eq!(status["generations"].as_array().unwrap().len(), 4);
+    assert_eq!(status["generations"].as_array().unwrap().len(), 5);
+    assert!(
+        status["generations"][4]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("csv "),
+        "{status}"
+    );
     // No log line carries the credentials.
     for r in &replicas {
         assert!(!r.log().contains(SECRET), "{}", r.id);

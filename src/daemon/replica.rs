@@ -342,7 +342,10 @@ async fn switch(
         if !here.contains(&g) {
             if until_due.is_negative() {
                 if lock(&state).waiting_for != Some(g) {
-                    tracing::warn!(generation = g, "the pointer's generation is due but not downloaded yet; serving the older one meanwhile");
+                    match serving {
+                        Some(older) => tracing::warn!(generation = g, serving = older, "the pointer's generation is due but not here yet; serving the older one meanwhile"),
+                        None => tracing::info!(generation = g, "the pointer's generation is due; serving it once it is downloaded and verified"),
+                    }
                 }
                 set_waiting(Some(g));
                 report_now.notify_one();

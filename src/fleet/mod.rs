@@ -557,3 +557,102 @@ pub fn check_replica_id(id: &str) -> Result<(), String> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pointer_remembers_what_it_named_for_rollback() {
+        let t = OffsetDateTime::UNIX_EPOCH;
+        let p1 = Pointer::next(None, 1, t);
+        let p2 = Pointer::next(Some(&p1), 2, t);
+        let p2_again = Pointer::next(Some(&p2), 2, t);
+        assert_eq!(p2_again.previous, vec![1]);
+        let p3 = Pointer::next(Some(&p2_again), 3, t);
+        assert_eq!(p3.previous, vec![1, 2]);
+        let back = p3.rolled_back(t).unwrap();
+        assert_eq!((back.generation, back.previous.clone()), (2, vec![1]));
+        let back = back.rolled_back(t).unwrap();
+        assert_eq!(back.generation, 1);
+        assert!(back.rolled_back(t).is_none());
+        let mut p = p1;
+        for g in 2..40 {
+            p = Pointer::next(Some(&p), g, t);
+        }
+        assert_eq!(p.previous.len(), HISTORY);
+        assert_eq!(p.previous.last(), Some(&38));
+    }
+
+    /// A local directory store: publish once, activate, and a racing
+    /// write of the pointer refused (the lock stands in for the
+    /// conditional put).
+    #[tokio::test]
+    async fn a_local_store_publishes_once_and_refuses_a_racing_pointer() {
+        use crate::model::CardKey;
+        let dir = tempfile::tempdir().unwrap();
+        let g = crate::gen::generate(&crate::gen::GenOptions {
+            progress: Default::default(),
+            records: 300,
+            seed: 2,
+            out: dir.path().join("data"),
+            probes: 10,
+            as_of: "20261101".parse().unwrap(),
+            card_key: CardKey::demo(),
+        })
+        .unwrap();
+        let opts = crate::build::BuildOptions {
+            progress: Default::default(),
+            skip_invalid: false,
+            card_key_id: CardKey::demo().id(),
+        };
+        let snaps = dir.path().join("snaps");
+        crate::build::build_from_csv(&g.csv, &snaps, &opts, |_| {}).unwrap();
+        let url = format!("file://{}", dir.path().join("store").display());
+        let fleet = Fleet::open(&StoreSettings::from_url(&url)).unwrap();
+        let file = crate::snapshot::write::snapshot_path(&snaps, 1);
+        let published = publish(&fleet, &file, "test").await.unwrap();
+        assert_eq!(published.manifest.generation, 1);
+        assert!(matches!(
+            publish(&fleet, &file, "test").await,
+            Err(FleetError::Exists(1))
+        ));
+        assert_eq!(fleet.generations().await.unwrap(), vec![1]);
+        assert!(matches!(
+            activate(&fleet, 2, OffsetDateTime::now_utc(), 0, false).await,
+            Err(FleetError::NotPublished(2))
+        ));
+        assert!(matches!(
+            activate(&fleet, 1, OffsetDateTime::now_utc(), 1, false).await,
+            Err(FleetError::NotReady { ready: 0, .. })
+        ));
+        activate(&fleet, 1, OffsetDateTime::now_utc(), 1, true)
+            .await
+            .unwrap();
+        let (p, v) = fleet.pointer().await.unwrap().unwrap();
+        let mut a = p.clone();
+        a.activate_at = rfc3339(OffsetDateTime::UNIX_EPOCH);
+        fleet.set_pointer(&a, Some(&v)).await.unwrap();
+        assert!(matches!(
+            fleet.set_pointer(&p, Some(&v)).await,
+            Err(FleetError::Raced)
+        ));
+        // Downloaded into a replica's directory and checked.
+        let replica = dir.path().join("replica");
+        let manifest = fleet.manifest(1).await.unwrap().unwrap();
+        let got = pull(&fleet, &manifest, &replica, CardKey::demo().id(), &|_| {})
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(got).unwrap(), std::fs::read(&file).unwrap());
+        // Another card key's replica refuses it and keeps nothing.
+        let other = dir.path().join("other");
+        let refused = pull(&fleet, &manifest, &other, 42, &|_| {}).await;
+        assert!(
+            matches!(&refused, Err(FleetError::Refused { reason, .. }) if reason.contains("card key")),
+            "{refused:?}"
+        );
+        assert!(crate::snapshot::list_generations(&other)
+            .unwrap()
+            .is_empty());
+    }
+}
