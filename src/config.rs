@@ -787,6 +787,18 @@ impl Config {
             crate::tls::server_config(&self.cert, &self.key, &self.client_ca, self.transport)?;
         }
         self.check_snapshots(&mut notes)?;
+        if let Some(fleet) = &self.fleet {
+            // An S3 client is made as start makes it (the credentials
+            // file read, the endpoint parsed); nothing is sent. (A local
+            // directory is created at start, not here.)
+            if fleet.store.url.starts_with("s3://") {
+                crate::fleet::Fleet::open(&fleet.store)?;
+            }
+            notes.push(format!(
+                "fleet store {}: not contacted by this check",
+                fleet.store.url
+            ));
+        }
         if let Some(audit) = &self.audit {
             if audit.dir.exists() && !audit.dir.is_dir() {
                 anyhow::bail!("audit directory {}: not a directory", audit.dir.display());

@@ -103,7 +103,7 @@ impl StoreSettings {
             let root = PathBuf::from(place);
             std::fs::create_dir_all(&root).map_err(|e| FleetError::Io {
                 path: root.display().to_string(),
-                source: e,
+                error: e,
             })?;
             let store =
                 LocalFileSystem::new_with_prefix(&root).map_err(|e| self.refuse(e.to_string()))?;
@@ -170,7 +170,7 @@ impl StoreSettings {
             Err(e) => {
                 return Err(FleetError::Io {
                     path: path.display().to_string(),
-                    source: e,
+                    error: e,
                 })
             }
         };

@@ -54,12 +54,12 @@ pub enum FleetError {
         reason: String,
     },
     /// A request to the store failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Store {
         /// What was asked, and of which object.
         what: String,
-        /// The store's error.
-        source: object_store::Error,
+        /// The store's error (in the message, not repeated as a cause).
+        error: object_store::Error,
     },
     /// An object that should hold JSON does not.
     #[error("{object}: not a valid {kind}: {reason}")]
@@ -104,19 +104,19 @@ pub enum FleetError {
     #[error("the pointer names no earlier generation to roll back to")]
     NoPrevious,
     /// Local I/O (the snapshot file being published or downloaded).
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: String,
-        /// The error.
-        source: std::io::Error,
+        /// The error (in the message, not repeated as a cause).
+        error: std::io::Error,
     },
 }
 
 impl FleetError {
     fn store(what: impl Into<String>) -> impl FnOnce(object_store::Error) -> FleetError {
         let what = what.into();
-        move |source| FleetError::Store { what, source }
+        move |error| FleetError::Store { what, error }
     }
 }
 
@@ -418,7 +418,7 @@ impl Fleet {
         let lock_path = root.join("current.json.lock");
         let io = |e| FleetError::Io {
             path: lock_path.display().to_string(),
-            source: e,
+            error: e,
         };
         let lock = std::fs::OpenOptions::new()
             .create(true)

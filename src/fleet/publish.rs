@@ -60,7 +60,7 @@ fn slice(snapshot: &Arc<Snapshot>, range: Range<usize>) -> PutPayload {
 pub async fn publish(fleet: &Fleet, file: &Path, source: &str) -> Result<Published, FleetError> {
     let unusable = |reason: String| FleetError::Io {
         path: file.display().to_string(),
-        source: std::io::Error::other(reason),
+        error: std::io::Error::other(reason),
     };
     let path = file.to_path_buf();
     let snapshot = tokio::task::spawn_blocking(move || Snapshot::open(&path))

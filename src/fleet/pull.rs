@@ -52,10 +52,10 @@ pub async fn pull(
     result
 }
 
-fn io(path: &Path, source: std::io::Error) -> FleetError {
+fn io(path: &Path, error: std::io::Error) -> FleetError {
     FleetError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     }
 }
 
@@ -148,8 +148,8 @@ async fn download_and_check(
     drop(opened);
     match link_generation(dir, tmp, generation) {
         Ok(path) => Ok(path),
-        Err(crate::snapshot::SnapshotError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        Err(crate::snapshot::SnapshotError::Io { error, .. })
+            if error.kind() == std::io::ErrorKind::AlreadyExists =>
         {
             Ok(crate::snapshot::write::snapshot_path(dir, generation))
         }

@@ -34,12 +34,12 @@ use map::{Backing, MappedArchive};
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// Reading, writing or mapping failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not repeated as a source).
+        error: std::io::Error,
     },
     /// Not a qualcache snapshot at all.
     #[error("not a qualcache snapshot (bad magic)")]
@@ -96,10 +96,10 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> SnapshotError {
+    pub(crate) fn io(path: &Path, error: std::io::Error) -> SnapshotError {
         SnapshotError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 }
