@@ -16,6 +16,7 @@
 # adaptive_stream_credit to run), MAX (a maximum rate measured before:
 # no --find-max, whose steps a noisy machine can break early; it gives
 # each step two tries), KEEP=1 keeps the working folder.
+# SERVER_EXTRA: more [server] lines (shed_lag_ms = 2, say).
 # PIN=1 separates the parties on a 2-core machine: the daemon alone on
 # CPU 0, the generators on CPU 1, the well-behaved terminal's at a higher
 # priority than the flood's (nice -10 against 10), so its latency is the
@@ -61,7 +62,8 @@ LT=(target/release/qualcache-loadtest run --target "qualcache://127.0.0.1:$PORT"
 
 for adaptive in $SETTINGS; do
   write_config "max_in_flight = 256
-adaptive_stream_credit = $adaptive"
+adaptive_stream_credit = $adaptive
+${SERVER_EXTRA:-}"
   start_daemon "qualcached-$adaptive.log"
   if [ -n "${MAX:-}" ]; then
     max=$MAX
