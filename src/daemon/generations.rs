@@ -496,6 +496,11 @@ impl Store {
         pinned(&self.dir)
     }
 
+    /// Generations kept, the served one included (`[snapshots] keep`).
+    pub fn keep(&self) -> usize {
+        self.keep
+    }
+
     /// The snapshot directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -7,7 +7,8 @@
 //! - the **watcher** reads `current.json` every poll interval, hands it to
 //!   the switcher, and writes this replica's report;
 //! - the **downloader** lists the published generations and pulls the
-//!   pointer's (first) and every newer one it lacks ([`fleet::pull`]:
+//!   pointer's (first) and the newer ones it lacks, as many as the
+//!   directory keeps beside the served one ([`fleet::pull`]:
 //!   checked against the manifest and by the open checks before it is
 //!   linked into the snapshot directory);
 //! - the **switcher** opens the pointer's generation ahead of time (the
@@ -255,14 +256,16 @@ async fn download_missing(
     let serving = shared.current().map(|c| c.header().generation);
     let pointer = pointer.map(|(g, _)| g);
     let floor = pointer.max(serving).unwrap_or(0);
-    // The pointer's generation first (it is due), then the newer ones in
-    // order (they are next), at most as many as the directory keeps.
-    let newer = published.iter().copied().filter(|&g| g > floor);
+    // The pointer's generation first (it is due), then the newest of the
+    // newer ones in order (they are next): no more of them than the
+    // directory keeps beside the one served.
+    let newer: Vec<u64> = published.iter().copied().filter(|&g| g > floor).collect();
+    let room = r.store.keep().saturating_sub(1).max(1);
     let mut wanted: Vec<u64> = pointer
         .filter(|p| published.contains(p))
         .into_iter()
         .collect();
-    wanted.extend(newer);
+    wanted.extend(&newer[newer.len().saturating_sub(room)..]);
     wanted.retain(|g| !here.contains(g));
     for g in wanted {
         if lock(state)
