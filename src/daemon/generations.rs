@@ -496,6 +496,13 @@ impl Store {
         pinned(&self.dir)
     }
 
+    /// Whether `snapshot`, opened by [`prepare`](Self::prepare), still
+    /// holds the bytes it was checked with: false when it is a mapping
+    /// whose read lease another process is breaking (or broke).
+    pub fn still_sound(&self, snapshot: &Snapshot) -> bool {
+        !self.leases || snapshot.is_private() || !snapshot.lease_breaking()
+    }
+
     /// Generations kept, the served one included (`[snapshots] keep`).
     pub fn keep(&self) -> usize {
         self.keep

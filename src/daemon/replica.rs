@@ -11,7 +11,7 @@
 //!   directory keeps beside the served one ([`fleet::pull`]:
 //!   checked against the manifest and by the open checks before it is
 //!   linked into the snapshot directory);
-//! - the **switcher** opens the pointer's generation ahead of time (the
+//! - the **switcher** opens the pointer's generation up to 30 s ahead (the
 //!   daemon's usual open: read lease, checks, card key), waits for
 //!   `activate_at`, pins it (`CURRENT`, so a restart serves it too) and
 //!   swaps it in. A generation it does not have by then is waited for
@@ -37,6 +37,10 @@ use crate::snapshot::list_generations;
 
 /// Longest wait between tries while the store fails.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// How long before its activation time the pointer's generation is opened
+/// (and its file leased).
+const PREPARE_AHEAD: time::Duration = time::Duration::seconds(30);
 
 /// How long a refused generation is left alone before it is tried again
 /// (the object may be uploaded again under the same manifest).
@@ -239,7 +243,7 @@ async fn download(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = pointer_rx.changed() => {}
+            r = pointer_rx.changed() => if r.is_err() { return },
         }
     }
 }
@@ -335,7 +339,7 @@ async fn switch(
         let Some((g, at)) = due else {
             set_waiting(None);
             tokio::select! {
-                _ = pointer_rx.changed() => {}
+                r = pointer_rx.changed() => if r.is_err() { return },
                 _ = downloaded.notified() => {}
             }
             continue;
@@ -354,13 +358,22 @@ async fn switch(
                 report_now.notify_one();
             }
             tokio::select! {
-                _ = pointer_rx.changed() => {}
+                r = pointer_rx.changed() => if r.is_err() { return },
                 _ = downloaded.notified() => {}
                 _ = sleep_for(until_due), if until_due.is_positive() => {}
             }
             continue;
         }
-        // Open and check it now, so that the swap at `at` is instant.
+        // Open and check it shortly before `at`, so that the swap at `at`
+        // is instant; not long before: the open holds a read lease, which
+        // would make a writer of the file wait.
+        if until_due > PREPARE_AHEAD {
+            tokio::select! {
+                r = pointer_rx.changed() => if r.is_err() { return },
+                _ = sleep_for(until_due - PREPARE_AHEAD) => {}
+            }
+            continue;
+        }
         let started = Instant::now();
         let store = r.store.clone();
         let prepared = match tokio::task::spawn_blocking(move || store.prepare(g)).await {
@@ -373,13 +386,14 @@ async fn switch(
                     .insert(g, (format!("{e:#}"), Instant::now()));
                 set_waiting(Some(g));
                 tokio::select! {
-                    _ = pointer_rx.changed() => {}
+                    r = pointer_rx.changed() => if r.is_err() { return },
                     _ = tokio::time::sleep(REFUSED_RETRY) => {}
                 }
                 continue;
             }
             Err(e) => {
                 tracing::error!(error = %e, "opening the pointer's generation failed");
+                tokio::time::sleep(REFUSED_RETRY).await;
                 continue;
             }
         };
@@ -387,9 +401,16 @@ async fn switch(
         if until_due.is_positive() {
             tokio::select! {
                 // The pointer moved before the time came: start over.
-                _ = pointer_rx.changed() => continue,
+                r = pointer_rx.changed() => if r.is_err() { return } else { continue },
                 _ = sleep_for(until_due) => {}
             }
+        }
+        if !r.store.still_sound(&prepared) {
+            // Another process came to write the file while it waited:
+            // let it go and open (and check) it again.
+            tracing::warn!(generation = g, "the generation's file was opened for writing while it waited to be served; checking it again");
+            drop(prepared);
+            continue;
         }
         if let Err(e) = pin(r.store.dir(), g) {
             tracing::error!(error = %format!("{e:#}"), "could not pin the pointer's generation (a restart may serve another)");
