@@ -73,6 +73,12 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// The store opened, and `[fleet]`'s poll interval and replica minimum.
+    fn open(&self) -> Result<(crate::fleet::Fleet, std::time::Duration, usize)> {
+        let (settings, poll, min_ready) = self.settings()?;
+        Ok((crate::fleet::Fleet::open(&settings)?, poll, min_ready))
+    }
+
     /// The settings, and `[fleet]`'s poll interval and replica minimum.
     fn settings(&self) -> Result<(crate::fleet::StoreSettings, std::time::Duration, usize)> {
         let fleet = match &self.config {
@@ -643,10 +649,8 @@ pub fn run(cli: Cli) -> Result<()> {
             config,
             source,
         }) => {
-            let store = StoreArgs { url: to, config };
-            let (settings, _, _) = store.settings()?;
+            let (fleet, _, _) = StoreArgs { url: to, config }.open()?;
             let file = resolve_snapshot(&file)?;
-            let fleet = crate::fleet::Fleet::open(&settings)?;
             let published =
                 fleet_runtime()?.block_on(crate::fleet::publish(&fleet, &file, &source))?;
             print_json(&published)
@@ -680,8 +684,7 @@ fn fleet(c: FleetCommand) -> Result<()> {
             force,
             store,
         } => {
-            let (settings, poll, min_ready) = store.settings()?;
-            let fleet = crate::fleet::Fleet::open(&settings)?;
+            let (fleet, poll, min_ready) = store.open()?;
             let p = rt.block_on(crate::fleet::activate(
                 &fleet,
                 generation,
@@ -696,8 +699,7 @@ fn fleet(c: FleetCommand) -> Result<()> {
             force,
             store,
         } => {
-            let (settings, poll, min_ready) = store.settings()?;
-            let fleet = crate::fleet::Fleet::open(&settings)?;
+            let (fleet, poll, min_ready) = store.open()?;
             let p = rt.block_on(crate::fleet::rollback(
                 &fleet,
                 at(&when, poll)?,
@@ -707,8 +709,7 @@ fn fleet(c: FleetCommand) -> Result<()> {
             print_json(&p)
         }
         FleetCommand::Status { store } => {
-            let (settings, _, _) = store.settings()?;
-            let fleet = crate::fleet::Fleet::open(&settings)?;
+            let (fleet, _, _) = store.open()?;
             let (pointer, generations, replicas) = rt.block_on(async {
                 Ok::<_, crate::fleet::FleetError>((
                     fleet.pointer().await?.map(|(p, _)| p),

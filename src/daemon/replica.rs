@@ -109,7 +109,7 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The next wait after `failures` failures in a row.
+/// The next wait after `failures` failures in a row (`poll` after none).
 fn backoff(poll: Duration, failures: u32) -> Duration {
     poll.saturating_mul(1 << failures.min(8))
         .min(BACKOFF_MAX.max(poll))
@@ -168,11 +168,7 @@ async fn watch_pointer(
             }
         }
         write_report(&r, &shared, &state).await;
-        let wait = if failures == 0 {
-            r.poll
-        } else {
-            backoff(r.poll, failures)
-        };
+        let wait = backoff(r.poll, failures);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = report_now.notified() => write_report(&r, &shared, &state).await,
@@ -236,11 +232,7 @@ async fn download(
                 );
             }
         }
-        let wait = if failures == 0 {
-            r.poll
-        } else {
-            backoff(r.poll, failures)
-        };
+        let wait = backoff(r.poll, failures);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             r = pointer_rx.changed() => if r.is_err() { return },
@@ -482,11 +474,7 @@ pub(super) async fn publish_loop(
                 }
             }
         }
-        let wait = if failures == 0 {
-            poll
-        } else {
-            backoff(poll, failures)
-        };
+        let wait = backoff(poll, failures);
         tokio::time::sleep(wait).await;
     }
 }

@@ -335,6 +335,17 @@ impl Fleet {
         PutPayload::from(text)
     }
 
+    /// The objects under `dir` (relative to the prefix).
+    async fn list(&self, dir: &str) -> Result<Vec<object_store::ObjectMeta>, FleetError> {
+        use futures_util::TryStreamExt;
+        let dir = self.path(dir);
+        self.store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(FleetError::store(format!("listing {dir}")))
+    }
+
     /// The manifest of `generation`, if it is published.
     pub async fn manifest(&self, generation: u64) -> Result<Option<Manifest>, FleetError> {
         Ok(self
@@ -345,14 +356,7 @@ impl Fleet {
 
     /// The generations published (those with a manifest), ascending.
     pub async fn generations(&self) -> Result<Vec<u64>, FleetError> {
-        use futures_util::TryStreamExt;
-        let dir = self.path("generations");
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&dir))
-            .try_collect()
-            .await
-            .map_err(FleetError::store(format!("listing {dir}")))?;
+        let listed = self.list("generations").await?;
         let mut gens: Vec<u64> = listed
             .iter()
             .filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse().ok())
@@ -452,14 +456,7 @@ impl Fleet {
 
     /// Every replica's last report, by id.
     pub async fn reports(&self) -> Result<Vec<Report>, FleetError> {
-        use futures_util::TryStreamExt;
-        let dir = self.path("replicas");
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&dir))
-            .try_collect()
-            .await
-            .map_err(FleetError::store(format!("listing {dir}")))?;
+        let listed = self.list("replicas").await?;
         let mut out = Vec::new();
         for m in listed {
             if m.location.extension() != Some("json") {
