@@ -106,6 +106,32 @@ impl StoreArgs {
     }
 }
 
+/// What moving the pointer takes (`fleet activate`, `fleet rollback`).
+#[derive(Debug, Args)]
+pub struct PointerArgs {
+    /// When replicas switch, RFC 3339 [default: now + [fleet] poll_interval_secs + 2 s].
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Move it even if fewer replicas than [fleet] min_ready_replicas report the generation ready.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+impl PointerArgs {
+    /// The store opened, the activation time, and the replicas needed
+    /// ready (0 with `--force`).
+    fn open(&self) -> Result<(crate::fleet::Fleet, time::OffsetDateTime, usize)> {
+        let (fleet, poll, min_ready) = self.store.open()?;
+        let at = match &self.at {
+            Some(t) => crate::fleet::parse_time(t).map_err(anyhow::Error::msg)?,
+            None => time::OffsetDateTime::now_utc() + poll + std::time::Duration::from_secs(2),
+        };
+        Ok((fleet, at, if self.force { 0 } else { min_ready }))
+    }
+}
+
 /// `fleet` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum FleetCommand {
@@ -113,25 +139,13 @@ pub enum FleetCommand {
     Activate {
         /// The generation.
         generation: u64,
-        /// When replicas switch, RFC 3339 [default: now + [fleet] poll_interval_secs + 2 s].
-        #[arg(long, value_name = "TIME")]
-        at: Option<String>,
-        /// Activate even if fewer replicas than [fleet] min_ready_replicas report it ready.
-        #[arg(long)]
-        force: bool,
         #[command(flatten)]
-        store: StoreArgs,
+        pointer: PointerArgs,
     },
     /// Point the fleet back at the generation it served before.
     Rollback {
-        /// When replicas switch back, RFC 3339 [default: as for activate].
-        #[arg(long, value_name = "TIME")]
-        at: Option<String>,
-        /// Roll back even if fewer replicas than [fleet] min_ready_replicas have that generation.
-        #[arg(long)]
-        force: bool,
         #[command(flatten)]
-        store: StoreArgs,
+        pointer: PointerArgs,
     },
     /// Print the pointer, the generations published, and each replica's report as JSON.
     Status {
@@ -669,43 +683,19 @@ fn fleet_runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn fleet(c: FleetCommand) -> Result<()> {
-    use time::OffsetDateTime;
-    let at = |given: &Option<String>, poll: std::time::Duration| -> Result<OffsetDateTime> {
-        match given {
-            Some(t) => crate::fleet::parse_time(t).map_err(anyhow::Error::msg),
-            None => Ok(OffsetDateTime::now_utc() + poll + std::time::Duration::from_secs(2)),
-        }
-    };
     let rt = fleet_runtime()?;
     match c {
         FleetCommand::Activate {
             generation,
-            at: when,
-            force,
-            store,
+            pointer,
         } => {
-            let (fleet, poll, min_ready) = store.open()?;
-            let p = rt.block_on(crate::fleet::activate(
-                &fleet,
-                generation,
-                at(&when, poll)?,
-                min_ready,
-                force,
-            ))?;
+            let (fleet, at, min_ready) = pointer.open()?;
+            let p = rt.block_on(crate::fleet::activate(&fleet, generation, at, min_ready))?;
             print_json(&p)
         }
-        FleetCommand::Rollback {
-            at: when,
-            force,
-            store,
-        } => {
-            let (fleet, poll, min_ready) = store.open()?;
-            let p = rt.block_on(crate::fleet::rollback(
-                &fleet,
-                at(&when, poll)?,
-                min_ready,
-                force,
-            ))?;
+        FleetCommand::Rollback { pointer } => {
+            let (fleet, at, min_ready) = pointer.open()?;
+            let p = rt.block_on(crate::fleet::rollback(&fleet, at, min_ready))?;
             print_json(&p)
         }
         FleetCommand::Status { store } => {

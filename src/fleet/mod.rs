@@ -476,20 +476,19 @@ impl Fleet {
 
 /// Moves the pointer to `generation` at `at` (`fleet activate`):
 /// refused unless the generation is published and at least `min_ready`
-/// replicas report it ready (`force` skips that count), and written only
+/// replicas report it ready (0: no count, `--force`), and written only
 /// if nobody moved the pointer since it was read here.
 pub async fn activate(
     fleet: &Fleet,
     generation: u64,
     at: OffsetDateTime,
     min_ready: usize,
-    force: bool,
 ) -> Result<Pointer, FleetError> {
     if fleet.manifest(generation).await?.is_none() {
         return Err(FleetError::NotPublished(generation));
     }
     let read = fleet.pointer().await?;
-    check_ready(fleet, generation, min_ready, force).await?;
+    check_ready(fleet, generation, min_ready).await?;
     let next = Pointer::next(read.as_ref().map(|(p, _)| p), generation, at);
     fleet
         .set_pointer(&next, read.as_ref().map(|(_, v)| v))
@@ -503,22 +502,16 @@ pub async fn rollback(
     fleet: &Fleet,
     at: OffsetDateTime,
     min_ready: usize,
-    force: bool,
 ) -> Result<Pointer, FleetError> {
     let (current, version) = fleet.pointer().await?.ok_or(FleetError::NoPrevious)?;
     let next = current.rolled_back(at).ok_or(FleetError::NoPrevious)?;
-    check_ready(fleet, next.generation, min_ready, force).await?;
+    check_ready(fleet, next.generation, min_ready).await?;
     fleet.set_pointer(&next, Some(&version)).await?;
     Ok(next)
 }
 
-async fn check_ready(
-    fleet: &Fleet,
-    generation: u64,
-    min_ready: usize,
-    force: bool,
-) -> Result<(), FleetError> {
-    if force {
+async fn check_ready(fleet: &Fleet, generation: u64, min_ready: usize) -> Result<(), FleetError> {
+    if min_ready == 0 {
         return Ok(());
     }
     let reports = fleet.reports().await?;
@@ -616,14 +609,14 @@ mod tests {
         ));
         assert_eq!(fleet.generations().await.unwrap(), vec![1]);
         assert!(matches!(
-            activate(&fleet, 2, OffsetDateTime::now_utc(), 0, false).await,
+            activate(&fleet, 2, OffsetDateTime::now_utc(), 0).await,
             Err(FleetError::NotPublished(2))
         ));
         assert!(matches!(
-            activate(&fleet, 1, OffsetDateTime::now_utc(), 1, false).await,
+            activate(&fleet, 1, OffsetDateTime::now_utc(), 1).await,
             Err(FleetError::NotReady { ready: 0, .. })
         ));
-        activate(&fleet, 1, OffsetDateTime::now_utc(), 1, true)
+        activate(&fleet, 1, OffsetDateTime::now_utc(), 0)
             .await
             .unwrap();
         let (p, v) = fleet.pointer().await.unwrap().unwrap();
