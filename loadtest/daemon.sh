@@ -2,7 +2,8 @@
 # their own in a working folder $W, on 127.0.0.1:$PORT (admin
 # 127.0.0.1:$ADMIN_PORT), serving the CSV $W/data/enrollees.csv with the
 # certificates in $W/certs. Sets DAEMON to its process id. DAEMON_CPUS
-# (a taskset CPU list, e.g. 0) pins it.
+# (a taskset CPU list, e.g. 0) pins it; DAEMON_BIN (default
+# target/release/qualcached) runs another build, for a baseline.
 
 # Writes $W/qualcached.toml; $1: more [server] keys, one per line; $2: a
 # [source] section instead of the CSV.
@@ -35,7 +36,7 @@ CONF
 start_daemon() {
   local pin=()
   [ -n "${DAEMON_CPUS:-}" ] && pin=(taskset -c "$DAEMON_CPUS")
-  "${pin[@]}" target/release/qualcached --config "$W/qualcached.toml" 2> "$W/$1" &
+  "${pin[@]}" "${DAEMON_BIN:-target/release/qualcached}" --config "$W/qualcached.toml" 2> "$W/$1" &
   DAEMON=$!
   for _ in $(seq 3000); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN_PORT/readyz")" = 200 ] && return 0

@@ -381,3 +381,309 @@ fn a_changed_person_whose_rows_a_build_refuses_is_unreadable_not_dropped() {
         (Status::Valid, vec![1])
     );
 }
+
+/// Changes in batches, the overlay made after each (as the follower
+/// does): with layers (the later batches in the newer layer over the
+/// first) and with one layer (folded at every overlay).
+fn batches(
+    made_for: Option<&Snapshot>,
+    fold_min: usize,
+    batches: Vec<Vec<PersonChange>>,
+) -> Overlay {
+    let mut changes = Changes::new(10).folding_at(fold_min);
+    let mut o = None;
+    for (i, batch) in batches.into_iter().enumerate() {
+        changes.apply(batch, 11 + i as u64);
+        o = Some(changes.overlay(CardKey::demo().id(), made_for).unwrap());
+    }
+    o.unwrap()
+}
+
+/// Every lookup of the layered scenario: (what, status, persons).
+/// (`None`: UNAVAILABLE, the person's latest change unreadable.)
+fn probes(snap: &Snapshot, o: &Overlay) -> Vec<(String, Option<Status>, Vec<u64>)> {
+    let mut out = Vec::new();
+    let mut note = |what: String, l: Looked<'_>| {
+        let (status, mut persons) = match l {
+            Looked::Answer(a) => (Some(a.status()), a.persons().collect::<Vec<_>>()),
+            Looked::Unreadable => (None, vec![]),
+        };
+        persons.sort_unstable();
+        out.push((what, status, persons));
+    };
+    for as_of in ["20261101", "20200201", "20090101"] {
+        let as_of = date(as_of);
+        for (n, birth) in [
+            ("100", "19800101"),
+            ("200", TWINS),
+            ("400", "19700101"),
+            ("500", "19750101"),
+            ("800", "19800101"),
+            ("900", "19800101"),
+            ("990", "19900101"),
+        ] {
+            for b in [None, Some(0), Some(1), Some(2), Some(3)] {
+                let l = o.lookup_insurance(snap, &key(n, b), date(birth), as_of);
+                note(format!("{n} {b:?} {birth} on {as_of}"), l);
+            }
+        }
+        for c in ["A1", "B2", "B3", "C3", "D4", "E5", "F6", "FF"] {
+            note(
+                format!("card {c} on {as_of}"),
+                o.lookup_card(snap, &digest(c), as_of),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn two_layers_answer_as_one_overlay_of_the_same_changes() {
+    use CardStatus::*;
+    let dir = tempdir();
+    let snap = base(dir.path());
+    let scenario = || {
+        vec![
+            // Into the older layer: person 1 moves to key 800, person 4
+            // changes nothing but its card, person 5 cannot be read, a
+            // new person 9, twin 2 loses the qualification.
+            vec![
+                change(
+                    1,
+                    11,
+                    vec![rec(
+                        1,
+                        card("A1", Registered),
+                        qual("800", Some(0), "19800101", "20100401"),
+                    )],
+                ),
+                change(
+                    4,
+                    11,
+                    vec![rec(
+                        4,
+                        card("F6", Registered),
+                        qual("400", Some(0), "19700101", "20000401"),
+                    )],
+                ),
+                PersonChange {
+                    person_id: 5,
+                    version: 11,
+                    records: Err(qualcache::model::row::RowError {
+                        line: 77,
+                        column: Some("name"),
+                        reason: "parts must be separated by exactly one U+3000".into(),
+                        unit: qualcache::model::row::RowUnit::Qualification,
+                    }),
+                },
+                change(
+                    9,
+                    11,
+                    vec![rec(
+                        9,
+                        card("C3", Registered),
+                        qual("990", Some(0), "19900101", "20200401"),
+                    )],
+                ),
+                change(
+                    2,
+                    11,
+                    vec![rec(
+                        2,
+                        card("B2", Registered),
+                        lost(qual("200", Some(1), TWINS, "20150505"), "20261001"),
+                    )],
+                ),
+            ],
+            // Into the newer layer: person 1 moves again (key 900) and has
+            // the card restricted, person 5 reads cleanly now, person 4
+            // cannot be read, a third twin (8) joins key 200.
+            vec![
+                change(
+                    1,
+                    12,
+                    vec![rec(
+                        1,
+                        card("A1", Restricted),
+                        qual("900", Some(0), "19800101", "20100401"),
+                    )],
+                ),
+                change(
+                    5,
+                    12,
+                    vec![rec(
+                        5,
+                        card("E5", Registered),
+                        qual("500", Some(0), "19750101", "20000401"),
+                    )],
+                ),
+                PersonChange {
+                    person_id: 4,
+                    version: 12,
+                    records: Err(qualcache::model::row::RowError {
+                        line: 78,
+                        column: Some("name"),
+                        reason: "parts must be separated by exactly one U+3000".into(),
+                        unit: qualcache::model::row::RowUnit::Qualification,
+                    }),
+                },
+            ],
+            // Later: person 9's card is withdrawn and it gets B3, the third
+            // twin arrives.
+            vec![
+                change(
+                    9,
+                    13,
+                    vec![rec(
+                        9,
+                        card("B3", Registered),
+                        qual("990", Some(0), "19900101", "20200401"),
+                    )],
+                ),
+                change(
+                    8,
+                    13,
+                    vec![rec(8, None, qual("200", Some(3), TWINS, "20150505"))],
+                ),
+            ],
+        ]
+    };
+    let layered = batches(Some(&snap), 1000, scenario());
+    let one = batches(Some(&snap), 0, scenario());
+    assert_eq!(
+        layered.newest_persons(),
+        5,
+        "persons 1, 4 and 5 (second batch), 9 and 8 (third)"
+    );
+    assert_eq!(one.newest_persons(), 0, "one layer");
+    assert_eq!(
+        (
+            layered.persons(),
+            layered.records(),
+            layered.unreadable(),
+            layered.position()
+        ),
+        (
+            one.persons(),
+            one.records(),
+            one.unreadable(),
+            one.position()
+        )
+    );
+    assert_eq!((layered.persons(), layered.unreadable()), (6, 1));
+    let (layered_answers, b) = (probes(&snap, &layered), probes(&snap, &one));
+    assert_eq!(layered_answers.len(), b.len());
+    for (x, y) in layered_answers.iter().zip(&b) {
+        if x.0.starts_with("card F6") {
+            // Person 4's card of its first change, which the one layer
+            // has forgotten (not registered) and the two layers still
+            // hold: the person's latest change is unreadable, so it is
+            // answered UNAVAILABLE (below), the careful answer.
+            assert_eq!((&x.1, &y.1), (&None, &Some(Status::CardNotRegistered)));
+            continue;
+        }
+        assert_eq!(x, y, "layered against one layer");
+    }
+
+    // And what they are.
+    let as_of = date(AS_OF);
+    let status = |n: &str, b: Option<u8>, birth: &str| match layered.lookup_insurance(
+        &snap,
+        &key(n, b),
+        date(birth),
+        as_of,
+    ) {
+        Looked::Answer(a) => (Some(a.status()), a.persons().collect::<Vec<_>>()),
+        Looked::Unreadable => (None, vec![]),
+    };
+    // Person 1's key of the older layer no longer answers.
+    assert_eq!(status("800", Some(0), "19800101").0, Some(Status::NotFound));
+    assert_eq!(
+        status("900", Some(0), "19800101"),
+        (Some(Status::Valid), vec![1])
+    );
+    assert_eq!(
+        answer(layered.lookup_card(&snap, &digest("A1"), as_of)).status(),
+        Status::CardRestricted
+    );
+    // Three persons under key 200 in three places: snapshot (3), older
+    // layer (2), newer layer (8).
+    let (s, mut persons) = status("200", None, TWINS);
+    persons.sort_unstable();
+    assert_eq!((s, persons), (Some(Status::MultipleHits), vec![2, 3, 8]));
+    let a = answer(layered.lookup_insurance(&snap, &key("200", None), date(TWINS), as_of));
+    assert_eq!(protocol::answer(&a, &snap).matches.len(), 3);
+    // Unreadable now (readable in the older layer): by key and by both
+    // cards it held; readable now (unreadable in the older layer).
+    assert_eq!(status("400", Some(0), "19700101").0, None, "unavailable");
+    assert!(matches!(
+        layered.lookup_card(&snap, &digest("F6"), as_of),
+        Looked::Unreadable
+    ));
+    assert!(matches!(
+        layered.lookup_card(&snap, &digest("D4"), as_of),
+        Looked::Unreadable
+    ));
+    assert_eq!(
+        status("500", Some(0), "19750101"),
+        (Some(Status::Valid), vec![5])
+    );
+    // Person 9's card of the older layer is withdrawn, the new one answers.
+    assert_eq!(
+        answer(layered.lookup_card(&snap, &digest("C3"), as_of)).status(),
+        Status::CardNotRegistered
+    );
+    assert_eq!(
+        answer(layered.lookup_card(&snap, &digest("B3"), as_of))
+            .persons()
+            .collect::<Vec<_>>(),
+        [9]
+    );
+    // Made for no snapshot (store ids instead of bits, as over a
+    // snapshot swapped in after it), the same answers.
+    let by_id = batches(None, 1000, scenario());
+    assert_eq!(by_id.newest_persons(), 5);
+    assert_eq!(probes(&snap, &by_id), layered_answers);
+}
+
+#[test]
+fn the_newer_layer_is_folded_once_it_outgrows_its_bound() {
+    let dir = tempdir();
+    let snap = base(dir.path());
+    let mut changes = Changes::new(10).folding_at(3);
+    let mut newest = Vec::new();
+    for (i, person) in (100..110).enumerate() {
+        let v = 11 + i as u64;
+        changes.apply(
+            [change(
+                person,
+                v,
+                vec![rec(
+                    person,
+                    None,
+                    qual(&person.to_string(), Some(0), "19900101", "20200401"),
+                )],
+            )],
+            v,
+        );
+        let o = changes.overlay(CardKey::demo().id(), Some(&snap)).unwrap();
+        newest.push(o.newest_persons());
+        // Every person changed so far answers, wherever its layer.
+        for p in 100..=person {
+            let a = answer(o.lookup_insurance(
+                &snap,
+                &key(&p.to_string(), Some(0)),
+                date("19900101"),
+                date(AS_OF),
+            ));
+            assert_eq!(a.persons().collect::<Vec<_>>(), [p]);
+        }
+    }
+    // The first makes the older layer; then up to 3 in the newer one,
+    // the 4th folds them all.
+    assert_eq!(newest, [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]);
+    // A snapshot swapped in (retire) makes it whole again.
+    changes.retire(12);
+    let o = changes.overlay(CardKey::demo().id(), Some(&snap)).unwrap();
+    assert_eq!((o.persons(), o.newest_persons()), (8, 0));
+}

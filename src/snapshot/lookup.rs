@@ -119,8 +119,8 @@ pub struct Matches<'a> {
     /// Persons of `body` whose matches do not count (an overlay replaces
     /// them).
     except: Option<Except<'a>>,
-    /// A second body whose matches follow (the overlay's).
-    also: Option<&'a ArchivedBody>,
+    /// The overlay's bodies, whose matches follow.
+    newer: Newer<'a>,
     key: InsuranceKey,
     birth: Date,
     as_of: Date,
@@ -136,23 +136,56 @@ impl<'a> Matches<'a> {
     /// Each matching qualification.
     pub fn iter(&self) -> impl Iterator<Item = QualView<'a>> + 'a {
         let (key, birth, as_of) = (self.key, self.birth, self.as_of);
-        [Some((self.body, self.except)), self.also.map(|b| (b, None))]
-            .into_iter()
-            .flatten()
-            .flat_map(move |(body, except)| {
-                key_candidates(body, &key, birth).filter_map(move |row| {
-                    let rec = body.quals.get(row as usize)?;
-                    (KeyQuery::new(&key, birth, as_of).matches(body, rec)
-                        && !superseded(body, except, rec.person.to_native()))
-                    .then_some(QualView {
-                        body,
-                        index: row,
-                        rec,
-                        as_of: as_of.day_number(),
-                    })
+        [
+            Some((self.body, self.except)),
+            self.newer.under.map(|(b, e)| (b, Some(e))),
+            self.newer.top.map(|b| (b, None)),
+        ]
+        .into_iter()
+        .flatten()
+        .flat_map(move |(body, except)| {
+            key_candidates(body, &key, birth).filter_map(move |row| {
+                let rec = body.quals.get(row as usize)?;
+                (KeyQuery::new(&key, birth, as_of).matches(body, rec)
+                    && !superseded(body, except, rec.person.to_native()))
+                .then_some(QualView {
+                    body,
+                    index: row,
+                    rec,
+                    as_of: as_of.day_number(),
                 })
             })
+        })
     }
+}
+
+/// An overlay's bodies of changed persons' current records, searched
+/// after the snapshot's: `top` (the newest changes) counts whole; `under`
+/// (older changes, folded together less often) counts but for the
+/// persons `top`'s layer speaks for, its `Except`.
+#[derive(Clone, Copy, Default)]
+pub struct Newer<'a> {
+    /// The newest layer's body.
+    pub top: Option<&'a ArchivedBody>,
+    /// The older layer's body, without the persons of the newer layer.
+    pub under: Option<(&'a ArchivedBody, Except<'a>)>,
+}
+
+impl fmt::Debug for Newer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Newer")
+            .field("top", &self.top.is_some())
+            .field("under", &self.under.map(|(_, e)| e))
+            .finish()
+    }
+}
+
+impl Newer<'_> {
+    /// No body (the overlay cannot hold what is looked up).
+    pub const NONE: Newer<'static> = Newer {
+        top: None,
+        under: None,
+    };
 }
 
 /// Store ids of persons whose records in a body no longer count: an
@@ -257,21 +290,43 @@ impl Filter {
 pub struct PersonBits {
     quick: Filter,
     bits: Vec<u64>,
+    /// The body's persons are in ascending store-id order (checked once:
+    /// a pass over all of them).
+    sorted: bool,
 }
 
 impl PersonBits {
-    /// The persons of `body` whose store ids `set` holds. Found by binary
-    /// search when the body's persons are in ascending store-id order (a
-    /// PostgreSQL build always is), else by one pass over all of them.
+    /// The persons of `body` whose store ids `set` holds.
     pub fn of(body: &ArchivedBody, set: &PersonSet) -> PersonBits {
+        let mut bits = PersonBits::room(body, set.len());
+        bits.mark(body, set);
+        bits
+    }
+
+    /// No person of `body` marked yet, with room for `n` persons in the
+    /// filter before its false positives grow past its design.
+    pub fn room(body: &ArchivedBody, n: usize) -> PersonBits {
         let ids = &body.person_ids;
-        let mut bits = vec![0u64; ids.len().div_ceil(64)];
-        let mut quick = Filter::with_entries(set.len());
+        PersonBits {
+            quick: Filter::with_entries(n),
+            bits: vec![0u64; ids.len().div_ceil(64)],
+            sorted: ids.windows(2).all(|w| w[0] < w[1]),
+        }
+    }
+
+    /// Marks the persons of `body` (the one the bits were made for) whose
+    /// store ids `set` holds. Found by binary search when the body's
+    /// persons are in ascending store-id order (a PostgreSQL build always
+    /// is), else by one pass over all of them.
+    pub fn mark(&mut self, body: &ArchivedBody, set: &PersonSet) {
+        let ids = &body.person_ids;
         let mut mark = |i: usize| {
-            bits[i / 64] |= 1 << (i % 64);
-            quick.insert(i as u32);
+            if let Some(w) = self.bits.get_mut(i / 64) {
+                *w |= 1 << (i % 64);
+                self.quick.insert(i as u32);
+            }
         };
-        if ids.windows(2).all(|w| w[0] < w[1]) {
+        if self.sorted {
             for id in set.iter() {
                 if let Ok(i) = ids.binary_search_by_key(&id, |v| v.to_native()) {
                     mark(i);
@@ -284,7 +339,6 @@ impl PersonBits {
                 }
             }
         }
-        PersonBits { quick, bits }
     }
 
     /// Whether person `index` is marked.
@@ -304,6 +358,8 @@ impl PersonBits {
 pub enum Except<'a> {
     /// Store ids: the person's id is read and looked up.
     Ids(&'a PersonSet),
+    /// Store ids in either set (an overlay's two layers).
+    Either(&'a PersonSet, &'a PersonSet),
     /// Person indexes of this body.
     Indexes(&'a PersonBits),
 }
@@ -326,6 +382,10 @@ fn superseded(body: &ArchivedBody, except: Option<Except<'_>>, index: u32) -> bo
             .person_ids
             .get(index as usize)
             .is_some_and(|id| set.contains(id.to_native())),
+        Some(Except::Either(a, b)) => body.person_ids.get(index as usize).is_some_and(|id| {
+            let id = id.to_native();
+            a.contains(id) || b.contains(id)
+        }),
     }
 }
 
@@ -369,81 +429,108 @@ fn by_card_in<'a>(
     (Answer::CardNotRegistered, None)
 }
 
-/// Looks a card up in `newer` (an overlay's body) and then in `base` (the
-/// snapshot's) without the persons in `replaced` (those the overlay holds
-/// as they are now, present in `newer` or not). A card found in `newer`
-/// answers from it (unless it is not registered there: a card is unique
-/// across persons, so the base cannot then hold it for a current person).
-/// Also says which replaced person of `base` (its index) held the card,
-/// if one did.
+/// The store id of person `index` of `body` (a replaced person a lookup
+/// reached), for the overlay's unreadable check.
+#[inline]
+fn id_of(body: &ArchivedBody, index: Option<u32>) -> Option<u64> {
+    index
+        .and_then(|i| body.person_ids.get(i as usize))
+        .map(|id| id.to_native())
+}
+
+/// Looks a card up in `newer` (an overlay's bodies, newest first) and
+/// then in `base` (the snapshot's) without the persons in `replaced`
+/// (those the overlay holds as they are now, present in `newer` or
+/// not). A card found in a newer body answers from it (unless it is not
+/// registered there: a card is unique across persons, so an older body
+/// cannot then hold it for a current person). Also says which replaced
+/// person (its store id) held the card in an older body, if one did.
 #[inline]
 pub fn by_card_over<'a>(
     base: &'a ArchivedBody,
     replaced: Except<'_>,
-    newer: Option<&'a ArchivedBody>,
+    newer: Newer<'a>,
     digest: &CardDigest,
     as_of: Date,
-) -> (Answer<'a>, Option<u32>) {
-    if let Some(newer) = newer {
-        let a = by_card(newer, digest, as_of);
+) -> (Answer<'a>, Option<u64>) {
+    if let Some(top) = newer.top {
+        let a = by_card(top, digest, as_of);
         if !matches!(a, Answer::CardNotRegistered) {
             return (a, None);
         }
     }
-    by_card_in(base, Some(replaced), digest, as_of)
+    let mut skipped = None;
+    if let Some((under, except)) = newer.under {
+        let (a, s) = by_card_in(under, Some(except), digest, as_of);
+        if s.is_none() && !matches!(a, Answer::CardNotRegistered) {
+            return (a, None);
+        }
+        skipped = id_of(under, s);
+    }
+    let (a, s) = by_card_in(base, Some(replaced), digest, as_of);
+    (a, id_of(base, s).or(skipped))
 }
 
 /// Looks an insurance key up in `base` without the persons in `replaced`
-/// and in `newer` (an overlay's body, holding those persons as they are
-/// now), and answers as if one body held both: without a branch, matches
-/// of two persons are a multiple hit; with one, the qualification holding
-/// on the as-of day, else the most recently acquired. Also says which
-/// replaced person of `base` (its index) matched, if one did. `hash` is
-/// [`insurance_hash`] of the key and birth date.
+/// and in `newer` (an overlay's bodies, holding those persons as they
+/// are now), and answers as if one body held them all: without a
+/// branch, matches of two persons are a multiple hit; with one, the
+/// qualification holding on the as-of day, else the most recently
+/// acquired. Also says which replaced person (its store id) matched in
+/// an older body, if one did. `hash` is [`insurance_hash`] of the key
+/// and birth date.
 #[inline]
 pub fn by_insurance_over<'a>(
     base: &'a ArchivedBody,
     replaced: Except<'a>,
-    newer: Option<&'a ArchivedBody>,
+    newer: Newer<'a>,
     key: &InsuranceKey,
     birth: Date,
     as_of: Date,
     hash: u64,
-) -> (Answer<'a>, Option<u32>) {
-    let (old, skipped) = by_insurance_in(base, Some(replaced), key, birth, as_of, hash);
-    let Some(newer) = newer else {
-        return (old, skipped);
-    };
-    let new = by_insurance_in(newer, None, key, birth, as_of, hash).0;
-    let answer = match (old, new) {
-        (a, Answer::NotFound) | (Answer::NotFound, a) => a,
-        // Two persons (the base's are not the overlay's).
-        _ if key.branch.is_none() => Answer::Multiple(Matches {
-            body: base,
-            except: Some(replaced),
-            also: Some(newer),
-            key: *key,
-            birth,
-            as_of,
-        }),
-        (
-            Answer::Found {
-                qualification: a, ..
-            },
-            Answer::Found {
-                qualification: b, ..
-            },
-        ) => {
-            let day = as_of.day_number();
-            if rank(a.rec, day) > rank(b.rec, day) {
-                old
-            } else {
-                new
+) -> (Answer<'a>, Option<u64>) {
+    let (mut answer, s) = by_insurance_in(base, Some(replaced), key, birth, as_of, hash);
+    let mut skipped = id_of(base, s);
+    let layers = [
+        newer.under.map(|(b, e)| (b, Some(e))),
+        newer.top.map(|b| (b, None)),
+    ];
+    for (body, except) in layers.into_iter().flatten() {
+        let (new, s) = by_insurance_in(body, except, key, birth, as_of, hash);
+        skipped = skipped.or(id_of(body, s));
+        answer = match (answer, new) {
+            (a, Answer::NotFound) | (Answer::NotFound, a) => a,
+            // Two persons (each person counts in one body only).
+            _ if key.branch.is_none() => {
+                let all = Matches {
+                    body: base,
+                    except: Some(replaced),
+                    newer,
+                    key: *key,
+                    birth,
+                    as_of,
+                };
+                return (Answer::Multiple(all), skipped);
             }
-        }
-        // With a branch, both answers are `Found`.
-        (_, new) => new,
-    };
+            (
+                Answer::Found {
+                    qualification: a, ..
+                },
+                Answer::Found {
+                    qualification: b, ..
+                },
+            ) => {
+                let day = as_of.day_number();
+                if rank(a.rec, day) > rank(b.rec, day) {
+                    answer
+                } else {
+                    new
+                }
+            }
+            // With a branch, both answers are `Found`.
+            (_, new) => new,
+        };
+    }
     (answer, skipped)
 }
 
@@ -500,7 +587,7 @@ fn by_insurance_in<'a>(
                 let matches = Matches {
                     body,
                     except,
-                    also: None,
+                    newer: Newer::NONE,
                     key: *key,
                     birth,
                     as_of,

@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 
 pub use builder::{BuildError, Builder, WarningCount};
 pub use header::Header;
-pub use lookup::{Answer, CorruptRecord, Except, Filter, Matches, PersonBits, PersonSet, QualView};
+pub use lookup::{
+    Answer, CorruptRecord, Except, Filter, Matches, Newer, PersonBits, PersonSet, QualView,
+};
 pub use verify::VerifyReport;
 pub use write::{list_generations, newest_generation, write_snapshot, SnapshotMeta, Written};
 
