@@ -9,6 +9,11 @@
 //! the rest pay the overlay's miss and the replaced-person check.
 //!
 //! `QUALCACHE_BENCH_SIZES=1000000` limits the sizes (default 1 M, 10 M).
+//! `QUALCACHE_BENCH_ROUNDS=N` runs every group N times over (variants
+//! named `name#round`, a 1 s warm-up), so that each variant is measured
+//! next to its baseline several times: this machine drifts by more than
+//! the differences measured within one pass; `python3 benches/medians.py`
+//! then prints the median of the per-round ratios.
 
 #[path = "common.rs"]
 mod common;
@@ -161,6 +166,10 @@ fn load(
 
 fn lookups(c: &mut Criterion) {
     let as_of: Date = "20261101".parse().unwrap();
+    let rounds: usize = std::env::var("QUALCACHE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
     for n in common::sizes() {
         let (snap, full, cards, keys) = load(n);
         let empty = Overlay::empty(1);
@@ -177,6 +186,9 @@ fn lookups(c: &mut Criterion) {
             c.overlay(CardKey::demo().id(), Some(&snap)).unwrap()
         };
         let mut g = c.benchmark_group(format!("overlay/{}", common::label(n)));
+        if rounds > 1 {
+            g.warm_up_time(std::time::Duration::from_secs(1));
+        }
         macro_rules! bench {
             ($what:literal, $name:expr, $keys:expr, |$k:ident| $body:expr) => {{
                 let keys = &$keys;
@@ -207,50 +219,59 @@ fn lookups(c: &mut Criterion) {
             }};
         }
         let none: Option<&Overlay> = None;
-        for (name, o) in [("snapshot", none), ("overlay_100k", Some(&full))] {
-            latency!("card_hit_latency", name, cards, |d| card(
-                &snap,
-                black_box(o),
-                d,
-                as_of
-            ));
-        }
-        for (name, o) in [
-            ("snapshot", none),
-            ("overlay_1", Some(&one)),
-            ("overlay_100k", Some(&full)),
-        ] {
-            latency!("insurance_hit_latency", name, keys, |k| insurance(
-                &snap,
-                black_box(o),
-                k,
-                as_of
-            ));
-        }
-        for (name, o) in [
-            ("snapshot", none),
-            ("empty_overlay", Some(&empty)),
-            ("overlay_100k", Some(&full)),
-        ] {
-            bench!("card_hit", name, cards, |d| card(
-                &snap,
-                black_box(o),
-                d,
-                as_of
-            ));
-        }
-        for (name, o) in [
-            ("snapshot", none),
-            ("empty_overlay", Some(&empty)),
-            ("overlay_1", Some(&one)),
-            ("overlay_100k", Some(&full)),
-        ] {
-            bench!("insurance_hit", name, keys, |k| insurance(
-                &snap,
-                black_box(o),
-                k,
-                as_of
-            ));
+        for round in 1..=rounds {
+            let id = |n: &str| {
+                if rounds > 1 {
+                    format!("{n}#{round}")
+                } else {
+                    n.to_string()
+                }
+            };
+            for (name, o) in [("snapshot", none), ("overlay_100k", Some(&full))] {
+                latency!("card_hit_latency", id(name), cards, |d| card(
+                    &snap,
+                    black_box(o),
+                    d,
+                    as_of
+                ));
+            }
+            for (name, o) in [
+                ("snapshot", none),
+                ("overlay_1", Some(&one)),
+                ("overlay_100k", Some(&full)),
+            ] {
+                latency!("insurance_hit_latency", id(name), keys, |k| insurance(
+                    &snap,
+                    black_box(o),
+                    k,
+                    as_of
+                ));
+            }
+            for (name, o) in [
+                ("snapshot", none),
+                ("empty_overlay", Some(&empty)),
+                ("overlay_100k", Some(&full)),
+            ] {
+                bench!("card_hit", id(name), cards, |d| card(
+                    &snap,
+                    black_box(o),
+                    d,
+                    as_of
+                ));
+            }
+            for (name, o) in [
+                ("snapshot", none),
+                ("empty_overlay", Some(&empty)),
+                ("overlay_1", Some(&one)),
+                ("overlay_100k", Some(&full)),
+            ] {
+                bench!("insurance_hit", id(name), keys, |k| insurance(
+                    &snap,
+                    black_box(o),
+                    k,
+                    as_of
+                ));
+            }
         }
         g.finish();
     }

@@ -35,7 +35,9 @@ use std::sync::Arc;
 use crate::model::row::{RowError, RowUnit};
 use crate::model::{CardDigest, Date, EnrolleeRecord, InsuranceKey};
 use crate::snapshot::body::{card_hash, key_tag, tag_of, ArchivedBody, NONE};
-use crate::snapshot::lookup::{by_card_over, by_insurance_over, insurance_hash, Filter};
+use crate::snapshot::lookup::{
+    by_card_over, by_insurance_at, by_insurance_over, insurance_hash, Filter,
+};
 use crate::snapshot::write::{snapshot_bytes, SnapshotMeta};
 use crate::snapshot::{
     Answer, BuildError, Builder, Except, Newer, PersonBits, PersonSet, Snapshot, SnapshotError,
@@ -212,6 +214,21 @@ impl Overlay {
                 _ => {}
             }
         }
+        self.card_the_whole_way(base, except, may_hold, digest, as_of)
+    }
+
+    /// The merge of [`lookup_card`](Self::lookup_card), out of line as
+    /// the insurance one is.
+    #[cold]
+    #[inline(never)]
+    fn card_the_whole_way<'a>(
+        &'a self,
+        base: &'a Snapshot,
+        except: Except<'a>,
+        may_hold: bool,
+        digest: &CardDigest,
+        as_of: Date,
+    ) -> Looked<'a> {
         let newer = if may_hold { self.newer() } else { Newer::NONE };
         let (answer, skipped) = by_card_over(base.body(), except, newer, digest, as_of);
         self.looked(answer, skipped)
@@ -229,11 +246,10 @@ impl Overlay {
         birth: Date,
         as_of: Date,
     ) -> Looked<'a> {
-        let plain = base.lookup_insurance(key, birth, as_of);
+        let hash = insurance_hash(key, birth);
+        let plain = by_insurance_at(base.body(), key, birth, as_of, hash);
         let except = self.except(base);
-        let may_hold = self
-            .keys
-            .may_contain(key_tag(insurance_hash(key, birth), 0) >> 8);
+        let may_hold = self.keys.may_contain(key_tag(hash, 0) >> 8);
         if !may_hold {
             match plain {
                 Answer::Found { qualification, .. }
@@ -247,7 +263,7 @@ impl Overlay {
                 _ => {}
             }
         }
-        self.insurance_the_whole_way(base, except, may_hold, key, birth, as_of)
+        self.insurance_the_whole_way(base, except, may_hold, key, birth, as_of, hash)
     }
 
     /// The merge of [`lookup_insurance`](Self::lookup_insurance), out of
@@ -255,6 +271,7 @@ impl Overlay {
     /// keeps that path short.
     #[cold]
     #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
     fn insurance_the_whole_way<'a>(
         &'a self,
         base: &'a Snapshot,
@@ -263,8 +280,8 @@ impl Overlay {
         key: &InsuranceKey,
         birth: Date,
         as_of: Date,
+        hash: u64,
     ) -> Looked<'a> {
-        let hash = insurance_hash(key, birth);
         let newer = if may_hold { self.newer() } else { Newer::NONE };
         let (answer, skipped) =
             by_insurance_over(base.body(), except, newer, key, birth, as_of, hash);

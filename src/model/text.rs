@@ -50,11 +50,13 @@ impl KeyText {
     }
 
     /// The normalised bytes.
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
 
     /// The text followed by zeros, [`KEY_TEXT_BUF`] bytes.
+    #[inline]
     pub fn padded(&self) -> &[u8; KEY_TEXT_BUF] {
         &self.bytes
     }

@@ -390,6 +390,7 @@ fn superseded(body: &ArchivedBody, except: Option<Except<'_>>, index: u32) -> bo
 }
 
 /// Looks a card digest up as of a day.
+#[inline]
 pub fn by_card<'a>(body: &'a ArchivedBody, digest: &CardDigest, as_of: Date) -> Answer<'a> {
     by_card_in(body, None, digest, as_of).0
 }
@@ -542,6 +543,7 @@ pub fn by_insurance_over<'a>(
 /// of those acquired by the as-of day, the one holding on it is answered,
 /// else the most recently acquired (lost) one. Without a branch, matches
 /// of two different persons (twins in one family) answer `Multiple`.
+#[inline]
 pub fn by_insurance<'a>(
     body: &'a ArchivedBody,
     key: &InsuranceKey,
@@ -549,6 +551,19 @@ pub fn by_insurance<'a>(
     as_of: Date,
 ) -> Answer<'a> {
     by_insurance_in(body, None, key, birth, as_of, insurance_hash(key, birth)).0
+}
+
+/// [`by_insurance`] with the key's [`insurance_hash`] computed by the
+/// caller (an overlay probes its filter with the same hash).
+#[inline]
+pub fn by_insurance_at<'a>(
+    body: &'a ArchivedBody,
+    key: &InsuranceKey,
+    birth: Date,
+    as_of: Date,
+    hash: u64,
+) -> Answer<'a> {
+    by_insurance_in(body, None, key, birth, as_of, hash).0
 }
 
 /// [`by_insurance`], not counting the persons in `except`; also says

@@ -45,6 +45,7 @@ pub enum Backing {
 
 impl Backing {
     /// The file's bytes.
+    #[inline]
     pub fn bytes(&self) -> &[u8] {
         match self {
             Backing::Map { map, .. } => map,

@@ -241,6 +241,7 @@ impl Snapshot {
     }
 
     /// The decoded header.
+    #[inline]
     pub fn header(&self) -> &Header {
         &self.header
     }
@@ -251,6 +252,7 @@ impl Snapshot {
     }
 
     /// The archived body.
+    #[inline]
     pub fn body(&self) -> &ArchivedBody {
         self.archive.body()
     }
