@@ -44,8 +44,10 @@ use crate::snapshot::{
 };
 
 /// Fewest persons the top layer holds before [`Changes`] folds both
-/// layers into one (see [`Changes::folding_at`]).
-pub const FOLD_MIN: usize = 4096;
+/// layers into one (see [`Changes::folding_at`]). Small, so that a small
+/// overlay's filters stay small (they have room for this many more
+/// persons); a fold of a small overlay is cheap.
+pub const FOLD_MIN: usize = 256;
 
 /// Some changed persons' current records.
 #[derive(Debug, Default)]
