@@ -65,19 +65,23 @@ fn change(
     }
 }
 
-fn overlay(base: Option<&Snapshot>) -> (Changes, Overlay) {
-    use CardStatus::*;
-    let mut changes = Changes::new(10);
-    let unreadable = PersonChange {
-        person_id: 5,
-        version: 13,
+/// A change of `person_id` whose row (store row `line`) fails the checks.
+fn unreadable(person_id: u64, version: u64, line: u64) -> PersonChange {
+    PersonChange {
+        person_id,
+        version,
         records: Err(qualcache::model::row::RowError {
-            line: 77,
+            line,
             column: Some("name"),
             reason: "parts must be separated by exactly one U+3000".into(),
             unit: qualcache::model::row::RowUnit::Qualification,
         }),
-    };
+    }
+}
+
+fn overlay(base: Option<&Snapshot>) -> (Changes, Overlay) {
+    use CardStatus::*;
+    let mut changes = Changes::new(10);
     changes.apply(
         [
             change(
@@ -108,7 +112,7 @@ fn overlay(base: Option<&Snapshot>) -> (Changes, Overlay) {
                     qual("990", Some(0), "19900101", "20200401"),
                 )],
             ),
-            unreadable,
+            unreadable(5, 13, 77),
         ],
         13,
     );
@@ -466,16 +470,7 @@ fn two_layers_answer_as_one_overlay_of_the_same_changes() {
                         qual("400", Some(0), "19700101", "20000401"),
                     )],
                 ),
-                PersonChange {
-                    person_id: 5,
-                    version: 11,
-                    records: Err(qualcache::model::row::RowError {
-                        line: 77,
-                        column: Some("name"),
-                        reason: "parts must be separated by exactly one U+3000".into(),
-                        unit: qualcache::model::row::RowUnit::Qualification,
-                    }),
-                },
+                unreadable(5, 11, 77),
                 change(
                     9,
                     11,
@@ -517,16 +512,7 @@ fn two_layers_answer_as_one_overlay_of_the_same_changes() {
                         qual("500", Some(0), "19750101", "20000401"),
                     )],
                 ),
-                PersonChange {
-                    person_id: 4,
-                    version: 12,
-                    records: Err(qualcache::model::row::RowError {
-                        line: 78,
-                        column: Some("name"),
-                        reason: "parts must be separated by exactly one U+3000".into(),
-                        unit: qualcache::model::row::RowUnit::Qualification,
-                    }),
-                },
+                unreadable(4, 12, 78),
             ],
             // Later: person 9's card is withdrawn and it gets B3, the third
             // twin arrives.
