@@ -171,6 +171,19 @@ impl Overlay {
         }
     }
 
+    /// Whether person `index` of `base` is one the overlay replaces: a
+    /// bit when the overlay was made for `base` (the fast path's case),
+    /// else by store id.
+    #[inline]
+    fn replaces(&self, base: &Snapshot, index: u32) -> bool {
+        match &self.replaced_in {
+            Some((generation, bits)) if *generation == base.header().generation => {
+                bits.contains(index)
+            }
+            _ => self.except(base).holds(base.body(), index),
+        }
+    }
+
     /// The layers' bodies, newest first.
     fn newer(&self) -> Newer<'_> {
         Newer {
@@ -198,12 +211,11 @@ impl Overlay {
         as_of: Date,
     ) -> Looked<'a> {
         let plain = base.lookup_card(digest, as_of);
-        let except = self.except(base);
         let may_hold = self.cards.may_contain(tag_of(card_hash(digest.as_bytes())));
         if !may_hold {
             match plain {
                 Answer::Found { qualification, .. }
-                    if !except.holds(base.body(), qualification.person_index()) =>
+                    if !self.replaces(base, qualification.person_index()) =>
                 {
                     return Looked::Answer(plain)
                 }
@@ -216,7 +228,7 @@ impl Overlay {
                 _ => {}
             }
         }
-        self.card_the_whole_way(base, except, may_hold, digest, as_of)
+        self.card_the_whole_way(base, may_hold, digest, as_of)
     }
 
     /// The merge of [`lookup_card`](Self::lookup_card), out of line as
@@ -226,11 +238,11 @@ impl Overlay {
     fn card_the_whole_way<'a>(
         &'a self,
         base: &'a Snapshot,
-        except: Except<'a>,
         may_hold: bool,
         digest: &CardDigest,
         as_of: Date,
     ) -> Looked<'a> {
+        let except = self.except(base);
         let newer = if may_hold { self.newer() } else { Newer::NONE };
         let (answer, skipped) = by_card_over(base.body(), except, newer, digest, as_of);
         self.looked(answer, skipped)
@@ -250,12 +262,11 @@ impl Overlay {
     ) -> Looked<'a> {
         let hash = insurance_hash(key, birth);
         let plain = by_insurance_at(base.body(), key, birth, as_of, hash);
-        let except = self.except(base);
         let may_hold = self.keys.may_contain(key_tag(hash, 0) >> 8);
         if !may_hold {
             match plain {
                 Answer::Found { qualification, .. }
-                    if !except.holds(base.body(), qualification.person_index()) =>
+                    if !self.replaces(base, qualification.person_index()) =>
                 {
                     return Looked::Answer(plain)
                 }
@@ -265,7 +276,7 @@ impl Overlay {
                 _ => {}
             }
         }
-        self.insurance_the_whole_way(base, except, may_hold, key, birth, as_of, hash)
+        self.insurance_the_whole_way(base, may_hold, key, birth, as_of, hash)
     }
 
     /// The merge of [`lookup_insurance`](Self::lookup_insurance), out of
@@ -273,17 +284,16 @@ impl Overlay {
     /// keeps that path short.
     #[cold]
     #[inline(never)]
-    #[allow(clippy::too_many_arguments)]
     fn insurance_the_whole_way<'a>(
         &'a self,
         base: &'a Snapshot,
-        except: Except<'a>,
         may_hold: bool,
         key: &InsuranceKey,
         birth: Date,
         as_of: Date,
         hash: u64,
     ) -> Looked<'a> {
+        let except = self.except(base);
         let newer = if may_hold { self.newer() } else { Newer::NONE };
         let (answer, skipped) =
             by_insurance_over(base.body(), except, newer, key, birth, as_of, hash);
