@@ -196,13 +196,13 @@ impl Overlay {
         }
     }
 
-    /// A card lookup over `base`.
-    ///
-    /// The snapshot's answer is taken as it is when the overlay cannot hold
-    /// the card (its filter says so) and the answer's person was not
-    /// replaced: the common case costs the snapshot's lookup, a filter
-    /// probe and one bit. Anything else goes the whole way
-    /// ([`by_card_over`]).
+    /// A card lookup over `base`: the snapshot's index without the
+    /// replaced persons (tested on the person the card leads to, before
+    /// the qualification is read) and, when the overlay's filter says it
+    /// may hold the card, the overlay's layers first ([`by_card_over`]).
+    /// A card leads to one person, so unlike a key it needs no merge: the
+    /// common case costs the snapshot's lookup, a filter probe and one
+    /// bit.
     #[inline]
     pub fn lookup_card<'a>(
         &'a self,
@@ -210,41 +210,9 @@ impl Overlay {
         digest: &CardDigest,
         as_of: Date,
     ) -> Looked<'a> {
-        let plain = base.lookup_card(digest, as_of);
         let may_hold = self.cards.may_contain(tag_of(card_hash(digest.as_bytes())));
-        if !may_hold {
-            match plain {
-                Answer::Found { qualification, .. }
-                    if !self.replaces(base, qualification.person_index()) =>
-                {
-                    return Looked::Answer(plain)
-                }
-                // Not registered, and the overlay does not have the card:
-                // so it answers whether or not its holder was replaced
-                // (unless that holder is unreadable). A card whose holder
-                // has no qualification yet (not found) or is restricted
-                // may be a replaced person's: the whole way.
-                Answer::CardNotRegistered if !self.any_unreadable => return Looked::Answer(plain),
-                _ => {}
-            }
-        }
-        self.card_the_whole_way(base, may_hold, digest, as_of)
-    }
-
-    /// The merge of [`lookup_card`](Self::lookup_card), out of line as
-    /// the insurance one is.
-    #[cold]
-    #[inline(never)]
-    fn card_the_whole_way<'a>(
-        &'a self,
-        base: &'a Snapshot,
-        may_hold: bool,
-        digest: &CardDigest,
-        as_of: Date,
-    ) -> Looked<'a> {
-        let except = self.except(base);
         let newer = if may_hold { self.newer() } else { Newer::NONE };
-        let (answer, skipped) = by_card_over(base.body(), except, newer, digest, as_of);
+        let (answer, skipped) = by_card_over(base.body(), self.except(base), newer, digest, as_of);
         self.looked(answer, skipped)
     }
 
