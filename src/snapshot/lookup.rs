@@ -302,13 +302,6 @@ pub struct PersonBits {
 }
 
 impl PersonBits {
-    /// The persons of `body` whose store ids `set` holds.
-    pub fn of(body: &ArchivedBody, set: &PersonSet) -> PersonBits {
-        let mut bits = PersonBits::room(body, set.len());
-        bits.mark(body, set);
-        bits
-    }
-
     /// No person of `body` marked yet, with room for `n` persons in the
     /// filter before its false positives grow past its design.
     pub fn room(body: &ArchivedBody, n: usize) -> PersonBits {
