@@ -265,9 +265,9 @@ impl Collector for DaemonCollector {
             gauge(
                 &mut e,
                 "stream_credit",
-                "Requests one connection may have open now (server.max_streams_per_connection, \
-                 lowered while the server is behind)",
-                f64::from(credit.now()),
+                "Requests one connection may have open now, on average over the connections \
+                 (server.max_streams_per_connection, lowered while the server is behind)",
+                credit.now(),
             )?;
             gauge(
                 &mut e,

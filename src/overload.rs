@@ -16,14 +16,26 @@
 //! the runtime itself keeps up; the kernel's own count, so no terminal can
 //! raise it but by sending). It sets the credit per connection by
 //! additive-increase, multiplicative-decrease: halved while either stays
-//! above its high mark ([`HIGH_LAG`], [`HIGH_QUEUED`]), grown back by a
-//! quarter (at least one) every [`GROW_EVERY`] while both are below their
-//! low marks ([`LOW_LAG`], [`LOW_QUEUED`]). A connection holds the lower
-//! of that and its own credit, which starts at [`START_CREDIT`] and grows
-//! only as the terminal uses it ([`own_credit`]). Connections
-//! apply the current credit when they accept their next stream (credit
-//! already granted cannot be taken back; a lower limit stops new credit
-//! until the terminal's open streams fall under it).
+//! above its high mark ([`HIGH_LAG`], [`HIGH_QUEUED`]), and while both are
+//! below their low marks ([`LOW_LAG`], [`LOW_QUEUED`]) grown every
+//! [`GROW_EVERY`]: by an eighth of a stream ([`PROBE_STEP`]) within
+//! [`RECOVER_AFTER`] of the last cut, where the server is still near its
+//! limit, by a quarter after that, to return to full credit within
+//! seconds once an overload is over.
+//!
+//! The credit is kept in sixteenths of a stream and each connection rounds
+//! it with its own offset ([`Credit::dither`]): at 2.25 a quarter of the
+//! connections may have 3 requests open and the rest 2. With hundreds of
+//! connections one whole stream each is hundreds of requests, milliseconds
+//! of work in the queue; the fractions let the credit settle between whole
+//! numbers instead of swinging past the point where the queue builds.
+//!
+//! A connection holds the lower of that and its own credit, which starts
+//! at [`START_CREDIT`] and grows only as the terminal uses it
+//! ([`own_credit`]). Connections apply the current credit when they accept
+//! their next stream (credit already granted cannot be taken back; a lower
+//! limit stops new credit until the terminal's open streams fall under
+//! it).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -40,6 +52,13 @@ pub const LOW_LAG: Duration = Duration::from_millis(1);
 pub const SHRINK_EVERY: Duration = Duration::from_millis(50);
 /// How often the credit grows while the lag stays low.
 pub const GROW_EVERY: Duration = Duration::from_millis(100);
+/// How long after a cut the credit grows by [`PROBE_STEP`] only.
+pub const RECOVER_AFTER: Duration = Duration::from_secs(3);
+/// Sixteenths of a stream the credit is kept in.
+pub const PARTS: u32 = 16;
+/// What the credit grows by each [`GROW_EVERY`] within [`RECOVER_AFTER`]
+/// of a cut, in [`PARTS`]: an eighth of a stream.
+pub const PROBE_STEP: u32 = 2;
 /// Bytes queued in the receive queues above which the credit is halved
 /// (the kernel counts each datagram's buffer, about 1-2 KiB for a
 /// request: a few hundred requests, a few milliseconds of work).
@@ -102,8 +121,15 @@ impl Thresholds {
 /// The stream credit each connection gets now.
 #[derive(Debug)]
 pub struct Credit {
-    /// Requests in flight one connection may have now, 1 to `max`.
+    /// Requests in flight one connection may have now, in [`PARTS`]: 1 to
+    /// `max` streams.
     now: AtomicU32,
+    /// Hands out the connections' rounding offsets ([`Credit::dither`]).
+    dithers: AtomicU32,
+    /// The most streams any connection was given since the last cut
+    /// ([`Credit::given`]): a cut starts from there, since credit no
+    /// connection holds limits nothing.
+    given_most: AtomicU32,
     /// The configured credit (`server.max_streams_per_connection`).
     max: u32,
     /// The last lag measured, microseconds.
@@ -127,7 +153,9 @@ impl Credit {
     pub fn with_thresholds(max: u32, thresholds: Thresholds) -> Credit {
         let max = max.max(1);
         Credit {
-            now: AtomicU32::new(max),
+            now: AtomicU32::new(max * PARTS),
+            dithers: AtomicU32::new(0),
+            given_most: AtomicU32::new(0),
             max,
             lag_micros: AtomicU64::new(0),
             queued: AtomicU64::new(0),
@@ -141,10 +169,25 @@ impl Credit {
         self.thresholds
     }
 
-    /// Streams one connection may have open now.
+    /// Streams one connection may have open now, on average over the
+    /// connections (each rounds it with its own offset).
+    pub fn now(&self) -> f64 {
+        f64::from(self.now.load(Relaxed)) / f64::from(PARTS)
+    }
+
+    /// A new connection's rounding offset, 0 to [`PARTS`] - 1: successive
+    /// connections get offsets spread over the whole range.
+    pub fn dither(&self) -> u32 {
+        // 7 is prime to 16: every offset once in 16 connections, the
+        // neighbours far apart.
+        self.dithers.fetch_add(7, Relaxed) % PARTS
+    }
+
+    /// Streams a connection with rounding offset `dither` may have open
+    /// now: 1 to `max`.
     #[inline]
-    pub fn now(&self) -> u32 {
-        self.now.load(Relaxed)
+    pub fn for_connection(&self, dither: u32) -> u32 {
+        ((self.now.load(Relaxed) + dither % PARTS) / PARTS).clamp(1, self.max)
     }
 
     /// The configured credit.
@@ -167,25 +210,48 @@ impl Credit {
         self.queued.load(Relaxed)
     }
 
+    /// Notes that a connection now holds `streams` of credit.
+    #[inline]
+    pub fn given(&self, streams: u32) {
+        // Read first: the line stays shared while nobody holds more.
+        if streams > self.given_most.load(Relaxed) {
+            self.given_most.fetch_max(streams, Relaxed);
+        }
+    }
+
     /// Folds one measurement taken at `at` (the scheduling lag, the bytes
-    /// in the receive queues) into the credit; `last_change` is when it
-    /// last changed (updated here).
-    pub fn observe(&self, lag: Duration, queued: u64, at: Instant, last_change: &mut Instant) {
+    /// in the receive queues) into the credit; `history` holds when it
+    /// last changed and was last cut (updated here).
+    pub fn observe(&self, lag: Duration, queued: u64, at: Instant, history: &mut History) {
         self.lag_micros.store(lag.as_micros() as u64, Relaxed);
         self.queued.store(queued, Relaxed);
-        let now = self.now();
-        let since = at.saturating_duration_since(*last_change);
+        let now = self.now.load(Relaxed);
+        let (least, most) = (PARTS, self.max * PARTS);
+        let since = at.saturating_duration_since(history.changed);
         let t = &self.thresholds;
         let behind = lag > t.high_lag || queued > t.high_queued;
         let keeping_up = lag < t.low_lag && queued < t.low_queued;
-        if behind && now > 1 && since >= SHRINK_EVERY {
-            self.now.store((now / 2).max(1), Relaxed);
+        if behind && now > least && since >= SHRINK_EVERY {
+            // From the most any connection holds: above it a cut would
+            // change nothing (at the start of a flood the credit is the
+            // configured most while connections hold their first few).
+            let held = self.given_most.swap(0, Relaxed).saturating_mul(PARTS);
+            let from = if held == 0 { now } else { now.min(held) };
+            self.now.store((from / 2).max(least), Relaxed);
             self.shrinks.fetch_add(1, Relaxed);
-            *last_change = at;
-        } else if keeping_up && now < self.max && since >= GROW_EVERY {
-            self.now
-                .store((now + (now / 4).max(1)).min(self.max), Relaxed);
-            *last_change = at;
+            history.changed = at;
+            history.cut = Some(at);
+        } else if keeping_up && now < most && since >= GROW_EVERY {
+            let near_limit = history
+                .cut
+                .is_some_and(|cut| at.saturating_duration_since(cut) < RECOVER_AFTER);
+            let step = if near_limit {
+                PROBE_STEP
+            } else {
+                (now / 4).max(PARTS)
+            };
+            self.now.store((now + step).min(most), Relaxed);
+            history.changed = at;
         }
     }
 
@@ -196,7 +262,7 @@ impl Credit {
     pub async fn run(&self, port: Option<u16>) {
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last_change = Instant::now();
+        let mut history = History::new(Instant::now());
         let mut queued = 0;
         let mut last_read: Option<Instant> = None;
         loop {
@@ -213,7 +279,24 @@ impl Credit {
                     last_read = Some(now);
                 }
             }
-            self.observe(lag, queued, now, &mut last_change);
+            self.observe(lag, queued, now, &mut history);
+        }
+    }
+}
+
+/// When the credit last changed and was last cut ([`Credit::observe`]).
+#[derive(Debug, Clone, Copy)]
+pub struct History {
+    changed: Instant,
+    cut: Option<Instant>,
+}
+
+impl History {
+    /// Unchanged since `start`, never cut.
+    pub fn new(start: Instant) -> History {
+        History {
+            changed: start,
+            cut: None,
         }
     }
 }
@@ -306,7 +389,7 @@ mod tests {
         );
         let credit = Credit::with_thresholds(64, t);
         let start = Instant::now();
-        let mut last = start;
+        let mut last = History::new(start);
         let at = |ms: u64| start + Duration::from_millis(ms);
         // Behind by the defaults, not by these: kept.
         credit.observe(
@@ -315,11 +398,11 @@ mod tests {
             at(60),
             &mut last,
         );
-        assert_eq!(credit.now(), 64);
+        assert_eq!(credit.now(), 64.0);
         credit.observe(Duration::from_millis(31), 0, at(120), &mut last);
-        assert_eq!(credit.now(), 32);
+        assert_eq!(credit.now(), 32.0);
         credit.observe(Duration::ZERO, (1 << 20) + 1, at(180), &mut last);
-        assert_eq!(credit.now(), 16);
+        assert_eq!(credit.now(), 16.0);
         // Under a third of the lag and a quarter of the queue: grows.
         credit.observe(
             Duration::from_millis(9),
@@ -327,56 +410,133 @@ mod tests {
             at(300),
             &mut last,
         );
-        assert_eq!(credit.now(), 20);
+        assert_eq!(
+            credit.now(),
+            16.125,
+            "an eighth of a stream, just after a cut"
+        );
     }
 
     #[test]
     fn a_full_receive_queue_cuts_the_credit_like_lag() {
         let credit = Credit::new(64);
         let start = Instant::now();
-        let mut last = start;
+        let mut last = History::new(start);
         let at = |ms: u64| start + Duration::from_millis(ms);
         credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(60), &mut last);
-        assert_eq!((credit.now(), credit.queued()), (32, HIGH_QUEUED + 1));
+        assert_eq!((credit.now(), credit.queued()), (32.0, HIGH_QUEUED + 1));
         // Between the marks: no change; below both: growth.
         credit.observe(Duration::ZERO, LOW_QUEUED, at(200), &mut last);
-        assert_eq!(credit.now(), 32);
+        assert_eq!(credit.now(), 32.0);
         credit.observe(Duration::ZERO, LOW_QUEUED - 1, at(300), &mut last);
-        assert_eq!(credit.now(), 40);
+        assert_eq!(credit.now(), 32.125);
         // Lag still counts alone.
         credit.observe(Duration::from_millis(10), 0, at(400), &mut last);
-        assert_eq!(credit.now(), 20);
+        assert_eq!(credit.now(), 16.0625);
     }
 
     #[test]
     fn halves_under_lag_and_grows_back_when_it_is_gone() {
         let credit = Credit::new(64);
         let start = Instant::now();
-        let mut last = start;
+        let mut last = History::new(start);
         let at = |ms: u64| start + Duration::from_millis(ms);
         // Lag, but too soon after the last change: nothing yet.
         credit.observe(Duration::from_millis(10), 0, at(10), &mut last);
-        assert_eq!(credit.now(), 64);
+        assert_eq!(credit.now(), 64.0);
         credit.observe(Duration::from_millis(10), 0, at(60), &mut last);
-        assert_eq!(credit.now(), 32);
+        assert_eq!(credit.now(), 32.0);
         credit.observe(Duration::from_millis(10), 0, at(80), &mut last);
-        assert_eq!(credit.now(), 32, "one halving per 50 ms");
+        assert_eq!(credit.now(), 32.0, "one halving per 50 ms");
         for i in 0..10 {
             credit.observe(Duration::from_millis(10), 0, at(120 + 50 * i), &mut last);
         }
-        assert_eq!(credit.now(), 1, "never below one stream");
+        assert_eq!(credit.now(), 1.0, "never below one stream");
         assert_eq!(credit.shrinks(), 6);
         // Between the thresholds: no change.
         credit.observe(Duration::from_millis(2), 0, at(2000), &mut last);
-        assert_eq!(credit.now(), 1);
-        // No lag: back to full within seconds.
+        assert_eq!(credit.now(), 1.0);
+        // No lag, the last cut long past: back to full within seconds.
         let mut t = 2000;
-        while credit.now() < 64 {
+        while credit.now() < 64.0 {
             t += 100;
             credit.observe(Duration::ZERO, 0, at(t), &mut last);
             assert!(t < 5000, "credit {} after {} ms", credit.now(), t - 2000);
         }
-        assert_eq!(credit.now(), 64);
+        assert_eq!(credit.now(), 64.0);
         assert_eq!(credit.lag(), Duration::ZERO);
+    }
+
+    #[test]
+    fn near_its_limit_the_credit_grows_by_eighths_then_by_quarters() {
+        let credit = Credit::new(64);
+        let start = Instant::now();
+        let mut last = History::new(start);
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        for i in 0..4 {
+            credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(60 + 50 * i), &mut last);
+        }
+        assert_eq!(credit.now(), 4.0);
+        // Within three seconds of the cut at 210 ms: an eighth each 100 ms.
+        for i in 1..=29 {
+            credit.observe(Duration::ZERO, 0, at(210 + 100 * i), &mut last);
+        }
+        assert_eq!(credit.now(), 4.0 + 29.0 / 8.0);
+        // Three seconds without a cut: the server keeps up again.
+        credit.observe(Duration::ZERO, 0, at(3210), &mut last);
+        assert_eq!(
+            credit.now(),
+            9.5,
+            "a quarter more, rounded down to a sixteenth"
+        );
+    }
+
+    #[test]
+    fn connections_round_the_credit_with_offsets_that_average_to_it() {
+        let credit = Credit::new(64);
+        let start = Instant::now();
+        let mut last = History::new(start);
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        for i in 0..4 {
+            credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(60 + 50 * i), &mut last);
+        }
+        credit.observe(Duration::ZERO, 0, at(400), &mut last);
+        credit.observe(Duration::ZERO, 0, at(500), &mut last);
+        assert_eq!(credit.now(), 4.25);
+        let dithers: Vec<u32> = (0..PARTS).map(|_| credit.dither()).collect();
+        let mut sorted = dithers.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..PARTS).collect::<Vec<_>>(), "each offset once");
+        let given: Vec<u32> = dithers.iter().map(|&d| credit.for_connection(d)).collect();
+        assert_eq!(given.iter().filter(|&&g| g == 5).count(), 4);
+        assert_eq!(given.iter().filter(|&&g| g == 4).count(), 12);
+        // Never below one stream or past the configured most.
+        assert_eq!(Credit::new(3).for_connection(PARTS - 1), 3);
+        for i in 0..4 {
+            credit.observe(Duration::from_secs(1), 0, at(600 + 50 * i), &mut last);
+        }
+        assert_eq!(credit.now(), 1.0);
+        assert!(dithers.iter().all(|&d| credit.for_connection(d) == 1));
+    }
+
+    #[test]
+    fn a_cut_starts_from_the_most_any_connection_holds() {
+        let credit = Credit::new(64);
+        let start = Instant::now();
+        let mut last = History::new(start);
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // A flood begins: the connections hold their start credit, far
+        // under the configured most.
+        credit.given(START_CREDIT);
+        credit.given(3);
+        credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(60), &mut last);
+        assert_eq!(credit.now(), f64::from(START_CREDIT) / 2.0);
+        // Nothing given since: from the credit itself.
+        credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(110), &mut last);
+        assert_eq!(credit.now(), f64::from(START_CREDIT) / 4.0);
+        // One connection holds more than the credit: the credit is lower.
+        credit.given(40);
+        credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(160), &mut last);
+        assert_eq!(credit.now(), f64::from(START_CREDIT) / 8.0);
     }
 }

@@ -685,6 +685,8 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
         .credit
         .as_ref()
         .map(|c| crate::overload::START_CREDIT.min(c.max()));
+    // How this connection rounds the server's credit (`Credit::dither`).
+    let dither = shared.credit.as_ref().map_or(0, |c| c.dither());
     let mut own = credit.unwrap_or(0);
     loop {
         tokio::select! {
@@ -697,11 +699,12 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
                         requests.push(request(send, recv, shared.clone(), &terminal, institution));
                         if let (Some(given), Some(c)) = (&mut credit, &shared.credit) {
                             own = crate::overload::own_credit(own, requests.len(), c.max());
-                            let now = c.now().min(own).max(crate::overload::LEAST_CREDIT);
+                            let now = c.for_connection(dither).min(own).max(crate::overload::LEAST_CREDIT);
                             if now != *given {
                                 conn.set_max_concurrent_bi_streams(now.into());
                                 *given = now;
                             }
+                            c.given(now);
                         }
                     }
                     Err(e) => {
