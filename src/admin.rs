@@ -284,7 +284,7 @@ impl Collector for DaemonCollector {
             counter(
                 &mut e,
                 "stream_credit_cuts",
-                "Times the stream credit was halved because the server was behind (scheduling lag or receive queue)",
+                "Times the stream credit was cut because the server was behind (scheduling lag or receive queue)",
                 credit.shrinks(),
             )?;
         }

@@ -442,7 +442,7 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Whether stream credit adapts to the server's load.
     pub adaptive_stream_credit: bool,
-    /// When the adaptive credit is halved and grown.
+    /// When the adaptive credit is cut and grown.
     pub shed_thresholds: crate::overload::Thresholds,
     /// QUIC endpoints on the listen address.
     pub endpoints: usize,

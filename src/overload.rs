@@ -15,8 +15,8 @@
 //! before, which no task has seen yet: where a flood's backlog sits while
 //! the runtime itself keeps up; the kernel's own count, so no terminal can
 //! raise it but by sending). It sets the credit per connection by
-//! additive-increase, multiplicative-decrease: halved while either stays
-//! above its high mark ([`HIGH_LAG`], [`HIGH_QUEUED`]), and while both are
+//! additive-increase, multiplicative-decrease: cut to three quarters
+//! ([`KEEP_ON_CUT`]) while either stays above its high mark ([`HIGH_LAG`], [`HIGH_QUEUED`]), and while both are
 //! below their low marks ([`LOW_LAG`], [`LOW_QUEUED`]) grown every
 //! [`GROW_EVERY`]: by an eighth of a stream ([`PROBE_STEP`]) within
 //! [`RECOVER_AFTER`] of the last cut, where the server is still near its
@@ -44,11 +44,16 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 /// How often the lag is probed.
 pub const PROBE_EVERY: Duration = Duration::from_millis(5);
-/// Lag above which the credit is halved.
+/// Lag above which the credit is cut.
 pub const HIGH_LAG: Duration = Duration::from_millis(3);
 /// Lag below which the credit may grow.
 pub const LOW_LAG: Duration = Duration::from_millis(1);
-/// The least time between two halvings (the last one must show first).
+/// Quarters of the credit a cut keeps: three, as TCP's CUBIC keeps 0.7 of
+/// its window. Halving swung the credit further below the point where the
+/// queue builds and cost a fifth of the goodput under a flood
+/// (BENCHMARKS.md, "Overload").
+pub const KEEP_ON_CUT: u32 = 3;
+/// The least time between two cuts (the last one must show first).
 pub const SHRINK_EVERY: Duration = Duration::from_millis(50);
 /// How often the credit grows while the lag stays low.
 pub const GROW_EVERY: Duration = Duration::from_millis(100);
@@ -59,7 +64,7 @@ pub const PARTS: u32 = 16;
 /// What the credit grows by each [`GROW_EVERY`] within [`RECOVER_AFTER`]
 /// of a cut, in [`PARTS`]: an eighth of a stream.
 pub const PROBE_STEP: u32 = 2;
-/// Bytes queued in the receive queues above which the credit is halved
+/// Bytes queued in the receive queues above which the credit is cut
 /// (the kernel counts each datagram's buffer, about 1-2 KiB for a
 /// request: a few hundred requests, a few milliseconds of work).
 pub const HIGH_QUEUED: u64 = 256 << 10;
@@ -75,18 +80,24 @@ pub const START_CREDIT: u32 = 8;
 /// reception terminal may have a second request open while its first is
 /// answered, so a well-behaved one is not refused while a flood is.
 pub const LEAST_CREDIT: u32 = 2;
+/// The credit a light connection keeps (see [`Credit::accepted`]): one
+/// more than [`LEAST_CREDIT`], so a terminal asking far less than its
+/// share still finds a stream free when its previous answer has not been
+/// acknowledged yet, while the connections that flood hold
+/// [`LEAST_CREDIT`].
+pub const LIGHT_CREDIT: u32 = LEAST_CREDIT + 1;
 /// How often the receive queues are read (`/proc/net/udp`, `udp6`).
 pub const QUEUE_PROBE_EVERY: Duration = Duration::from_millis(20);
 
-/// When the credit is halved and when it may grow again: above `high_*`
+/// When the credit is cut and when it may grow again: above `high_*`
 /// (either) the server is behind, below both `low_*` it keeps up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
-    /// Scheduling lag above which the credit is halved.
+    /// Scheduling lag above which the credit is cut.
     pub high_lag: Duration,
     /// Lag below which it may grow.
     pub low_lag: Duration,
-    /// Receive-queue bytes above which it is halved.
+    /// Receive-queue bytes above which it is cut.
     pub high_queued: u64,
     /// Bytes below which it may grow.
     pub low_queued: u64,
@@ -130,15 +141,23 @@ pub struct Credit {
     /// ([`Credit::given`]): a cut starts from there, since credit no
     /// connection holds limits nothing.
     given_most: AtomicU32,
+    /// Streams accepted by all connections since start.
+    accepted: AtomicU64,
+    /// Counts the [`GROW_EVERY`] periods of the controller (connections
+    /// count their streams per period, [`Usage`]).
+    period: AtomicU32,
+    /// A connection that accepted at most this many streams in the last
+    /// period is light: half the mean over the connections.
+    light_at_most: AtomicU32,
     /// The configured credit (`server.max_streams_per_connection`).
     max: u32,
     /// The last lag measured, microseconds.
     lag_micros: AtomicU64,
     /// The bytes last seen in the receive queues.
     queued: AtomicU64,
-    /// Times the credit was halved.
+    /// Times the credit was cut.
     shrinks: AtomicU64,
-    /// When to halve and when to grow.
+    /// When to cut and when to grow.
     thresholds: Thresholds,
 }
 
@@ -148,7 +167,7 @@ impl Credit {
         Credit::with_thresholds(max, Thresholds::default())
     }
 
-    /// Full credit, `max` streams per connection, halved and grown at
+    /// Full credit, `max` streams per connection, cut and grown at
     /// `thresholds`.
     pub fn with_thresholds(max: u32, thresholds: Thresholds) -> Credit {
         let max = max.max(1);
@@ -156,6 +175,9 @@ impl Credit {
             now: AtomicU32::new(max * PARTS),
             dithers: AtomicU32::new(0),
             given_most: AtomicU32::new(0),
+            accepted: AtomicU64::new(0),
+            period: AtomicU32::new(0),
+            light_at_most: AtomicU32::new(u32::MAX),
             max,
             lag_micros: AtomicU64::new(0),
             queued: AtomicU64::new(0),
@@ -164,7 +186,7 @@ impl Credit {
         }
     }
 
-    /// When it is halved and grown.
+    /// When it is cut and grown.
     pub fn thresholds(&self) -> Thresholds {
         self.thresholds
     }
@@ -200,7 +222,7 @@ impl Credit {
         Duration::from_micros(self.lag_micros.load(Relaxed))
     }
 
-    /// Times the credit was halved since start.
+    /// Times the credit was cut since start.
     pub fn shrinks(&self) -> u64 {
         self.shrinks.load(Relaxed)
     }
@@ -217,6 +239,41 @@ impl Credit {
         if streams > self.given_most.load(Relaxed) {
             self.given_most.fetch_max(streams, Relaxed);
         }
+    }
+
+    /// Counts a stream accepted by the connection whose use is `usage`,
+    /// and says whether that connection is light: in the last period
+    /// ([`GROW_EVERY`]) it accepted at most half the mean number of
+    /// streams over the connections (or none). A light connection keeps
+    /// [`LIGHT_CREDIT`] however far the credit falls: under a flood, a
+    /// reception terminal asking a few requests a second is not refused
+    /// for the flood's sake. A new connection is light until its first
+    /// period ends.
+    #[inline]
+    pub fn accepted(&self, usage: &mut Usage) -> bool {
+        self.accepted.fetch_add(1, Relaxed);
+        let period = self.period.load(Relaxed);
+        if period != usage.period {
+            usage.light = period.wrapping_sub(usage.period) > 1
+                || usage.streams <= self.light_at_most.load(Relaxed);
+            usage.period = period;
+            usage.streams = 0;
+        }
+        usage.streams = usage.streams.saturating_add(1);
+        usage.light
+    }
+
+    /// Ends a period: `connections` connections are open now, and those
+    /// that accepted at most half the mean of the streams accepted since
+    /// the last call are light ([`Credit::accepted`]); `last` holds the
+    /// count then (updated here).
+    pub fn end_period(&self, connections: u64, last: &mut u64) {
+        let accepted = self.accepted.load(Relaxed);
+        let mean = (accepted - *last) / connections.max(1);
+        *last = accepted;
+        self.light_at_most
+            .store(u32::try_from(mean / 2).unwrap_or(u32::MAX), Relaxed);
+        self.period.fetch_add(1, Relaxed);
     }
 
     /// Folds one measurement taken at `at` (the scheduling lag, the bytes
@@ -237,7 +294,7 @@ impl Credit {
             // configured most while connections hold their first few).
             let held = self.given_most.swap(0, Relaxed).saturating_mul(PARTS);
             let from = if held == 0 { now } else { now.min(held) };
-            self.now.store((from / 2).max(least), Relaxed);
+            self.now.store((from * KEEP_ON_CUT / 4).max(least), Relaxed);
             self.shrinks.fetch_add(1, Relaxed);
             history.changed = at;
             history.cut = Some(at);
@@ -257,14 +314,17 @@ impl Credit {
 
     /// Probes the runtime's scheduling lag every [`PROBE_EVERY`] and the
     /// receive queues of the UDP sockets bound to `port` every
-    /// [`QUEUE_PROBE_EVERY`] (none: the lag alone), and sets the credit,
-    /// until the task is dropped.
-    pub async fn run(&self, port: Option<u16>) {
+    /// [`QUEUE_PROBE_EVERY`] (none: the lag alone), and sets the credit;
+    /// ends a period every [`GROW_EVERY`] with `connections` (the open
+    /// connections); until the task is dropped.
+    pub async fn run(&self, port: Option<u16>, connections: &AtomicU64) {
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut history = History::new(Instant::now());
         let mut queued = 0;
         let mut last_read: Option<Instant> = None;
+        let mut period_end = Instant::now() + GROW_EVERY;
+        let mut accepted = 0;
         loop {
             let due = tick.tick().await;
             let now = Instant::now();
@@ -280,6 +340,29 @@ impl Credit {
                 }
             }
             self.observe(lag, queued, now, &mut history);
+            if now >= period_end {
+                self.end_period(connections.load(Relaxed), &mut accepted);
+                period_end = now + GROW_EVERY;
+            }
+        }
+    }
+}
+
+/// A connection's streams in the current period ([`Credit::accepted`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    period: u32,
+    streams: u32,
+    light: bool,
+}
+
+impl Default for Usage {
+    /// A new connection: light.
+    fn default() -> Usage {
+        Usage {
+            period: 0,
+            streams: 0,
+            light: true,
         }
     }
 }
@@ -400,9 +483,9 @@ mod tests {
         );
         assert_eq!(credit.now(), 64.0);
         credit.observe(Duration::from_millis(31), 0, at(120), &mut last);
-        assert_eq!(credit.now(), 32.0);
+        assert_eq!(credit.now(), 48.0, "cut to three quarters");
         credit.observe(Duration::ZERO, (1 << 20) + 1, at(180), &mut last);
-        assert_eq!(credit.now(), 16.0);
+        assert_eq!(credit.now(), 36.0);
         // Under a third of the lag and a quarter of the queue: grows.
         credit.observe(
             Duration::from_millis(9),
@@ -412,7 +495,7 @@ mod tests {
         );
         assert_eq!(
             credit.now(),
-            16.125,
+            36.125,
             "an eighth of a stream, just after a cut"
         );
     }
@@ -424,19 +507,19 @@ mod tests {
         let mut last = History::new(start);
         let at = |ms: u64| start + Duration::from_millis(ms);
         credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(60), &mut last);
-        assert_eq!((credit.now(), credit.queued()), (32.0, HIGH_QUEUED + 1));
+        assert_eq!((credit.now(), credit.queued()), (48.0, HIGH_QUEUED + 1));
         // Between the marks: no change; below both: growth.
         credit.observe(Duration::ZERO, LOW_QUEUED, at(200), &mut last);
-        assert_eq!(credit.now(), 32.0);
+        assert_eq!(credit.now(), 48.0);
         credit.observe(Duration::ZERO, LOW_QUEUED - 1, at(300), &mut last);
-        assert_eq!(credit.now(), 32.125);
-        // Lag still counts alone.
+        assert_eq!(credit.now(), 48.125);
+        // Lag still counts alone: 770 sixteenths cut to 577.
         credit.observe(Duration::from_millis(10), 0, at(400), &mut last);
-        assert_eq!(credit.now(), 16.0625);
+        assert_eq!(credit.now(), 36.0625);
     }
 
     #[test]
-    fn halves_under_lag_and_grows_back_when_it_is_gone() {
+    fn cuts_under_lag_and_grows_back_when_it_is_gone() {
         let credit = Credit::new(64);
         let start = Instant::now();
         let mut last = History::new(start);
@@ -445,23 +528,24 @@ mod tests {
         credit.observe(Duration::from_millis(10), 0, at(10), &mut last);
         assert_eq!(credit.now(), 64.0);
         credit.observe(Duration::from_millis(10), 0, at(60), &mut last);
-        assert_eq!(credit.now(), 32.0);
+        assert_eq!(credit.now(), 48.0);
         credit.observe(Duration::from_millis(10), 0, at(80), &mut last);
-        assert_eq!(credit.now(), 32.0, "one halving per 50 ms");
-        for i in 0..10 {
+        assert_eq!(credit.now(), 48.0, "one cut per 50 ms");
+        for i in 0..20 {
             credit.observe(Duration::from_millis(10), 0, at(120 + 50 * i), &mut last);
         }
         assert_eq!(credit.now(), 1.0, "never below one stream");
-        assert_eq!(credit.shrinks(), 6);
+        assert_eq!(credit.shrinks(), 15);
         // Between the thresholds: no change.
         credit.observe(Duration::from_millis(2), 0, at(2000), &mut last);
         assert_eq!(credit.now(), 1.0);
-        // No lag, the last cut long past: back to full within seconds.
+        // No lag: an eighth each 100 ms until three seconds after the last
+        // cut (at 770 ms), then a quarter: back to full within seconds.
         let mut t = 2000;
         while credit.now() < 64.0 {
             t += 100;
             credit.observe(Duration::ZERO, 0, at(t), &mut last);
-            assert!(t < 5000, "credit {} after {} ms", credit.now(), t - 2000);
+            assert!(t < 6000, "credit {} after {} ms", credit.now(), t - 2000);
         }
         assert_eq!(credit.now(), 64.0);
         assert_eq!(credit.lag(), Duration::ZERO);
@@ -473,22 +557,17 @@ mod tests {
         let start = Instant::now();
         let mut last = History::new(start);
         let at = |ms: u64| start + Duration::from_millis(ms);
-        for i in 0..4 {
-            credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(60 + 50 * i), &mut last);
-        }
-        assert_eq!(credit.now(), 4.0);
-        // Within three seconds of the cut at 210 ms: an eighth each 100 ms.
+        credit.given(8);
+        credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(60), &mut last);
+        assert_eq!(credit.now(), 6.0);
+        // Within three seconds of the cut: an eighth each 100 ms.
         for i in 1..=29 {
-            credit.observe(Duration::ZERO, 0, at(210 + 100 * i), &mut last);
+            credit.observe(Duration::ZERO, 0, at(60 + 100 * i), &mut last);
         }
-        assert_eq!(credit.now(), 4.0 + 29.0 / 8.0);
+        assert_eq!(credit.now(), 6.0 + 29.0 / 8.0);
         // Three seconds without a cut: the server keeps up again.
-        credit.observe(Duration::ZERO, 0, at(3210), &mut last);
-        assert_eq!(
-            credit.now(),
-            9.5,
-            "a quarter more, rounded down to a sixteenth"
-        );
+        credit.observe(Duration::ZERO, 0, at(3060), &mut last);
+        assert_eq!(credit.now(), 12.0, "a quarter more, in sixteenths");
     }
 
     #[test]
@@ -497,11 +576,11 @@ mod tests {
         let start = Instant::now();
         let mut last = History::new(start);
         let at = |ms: u64| start + Duration::from_millis(ms);
-        for i in 0..4 {
-            credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(60 + 50 * i), &mut last);
+        credit.given(5);
+        credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(60), &mut last);
+        for i in 1..=4 {
+            credit.observe(Duration::ZERO, 0, at(60 + 100 * i), &mut last);
         }
-        credit.observe(Duration::ZERO, 0, at(400), &mut last);
-        credit.observe(Duration::ZERO, 0, at(500), &mut last);
         assert_eq!(credit.now(), 4.25);
         let dithers: Vec<u32> = (0..PARTS).map(|_| credit.dither()).collect();
         let mut sorted = dithers.clone();
@@ -512,7 +591,7 @@ mod tests {
         assert_eq!(given.iter().filter(|&&g| g == 4).count(), 12);
         // Never below one stream or past the configured most.
         assert_eq!(Credit::new(3).for_connection(PARTS - 1), 3);
-        for i in 0..4 {
+        for i in 0..10 {
             credit.observe(Duration::from_secs(1), 0, at(600 + 50 * i), &mut last);
         }
         assert_eq!(credit.now(), 1.0);
@@ -530,13 +609,44 @@ mod tests {
         credit.given(START_CREDIT);
         credit.given(3);
         credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(60), &mut last);
-        assert_eq!(credit.now(), f64::from(START_CREDIT) / 2.0);
+        assert_eq!(credit.now(), 6.0, "three quarters of 8, not of 64");
         // Nothing given since: from the credit itself.
         credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(110), &mut last);
-        assert_eq!(credit.now(), f64::from(START_CREDIT) / 4.0);
+        assert_eq!(credit.now(), 4.5);
         // One connection holds more than the credit: the credit is lower.
         credit.given(40);
         credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(160), &mut last);
-        assert_eq!(credit.now(), f64::from(START_CREDIT) / 8.0);
+        assert_eq!(credit.now(), 3.375);
+    }
+    #[test]
+    fn a_connection_asking_under_half_its_share_is_light() {
+        let credit = Credit::new(64);
+        let (mut flood, mut calm, mut idle) =
+            (Usage::default(), Usage::default(), Usage::default());
+        assert!(credit.accepted(&mut flood), "new connections are light");
+        for _ in 1..30 {
+            credit.accepted(&mut flood);
+        }
+        for _ in 0..5 {
+            credit.accepted(&mut calm);
+        }
+        let mut last = 0;
+        // 35 streams over 3 connections: 11 each on average, light at 5.
+        credit.end_period(3, &mut last);
+        assert_eq!(last, 35);
+        assert!(!credit.accepted(&mut flood), "30 streams: heavy");
+        assert!(credit.accepted(&mut calm), "5 streams: light");
+        assert!(credit.accepted(&mut idle));
+        // The flood keeps on; the calm terminal asks nothing for a period.
+        for _ in 0..40 {
+            credit.accepted(&mut flood);
+        }
+        credit.end_period(3, &mut last);
+        assert!(!credit.accepted(&mut flood));
+        credit.end_period(3, &mut last);
+        assert!(
+            credit.accepted(&mut calm),
+            "nothing in the last period: light"
+        );
     }
 }

@@ -144,7 +144,7 @@ impl Shared {
         self.with_adaptive_credit_at(max, crate::overload::Thresholds::default())
     }
 
-    /// [`with_adaptive_credit`](Self::with_adaptive_credit), halved and
+    /// [`with_adaptive_credit`](Self::with_adaptive_credit), cut and
     /// grown at `thresholds`.
     pub fn with_adaptive_credit_at(
         mut self,
@@ -508,7 +508,7 @@ pub async fn serve_many(
             .map(|a| a.port());
         tokio::spawn(async move {
             if let Some(credit) = &shared.credit {
-                credit.run(port).await;
+                credit.run(port, &shared.connections).await;
             }
         })
     });
@@ -685,8 +685,10 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
         .credit
         .as_ref()
         .map(|c| crate::overload::START_CREDIT.min(c.max()));
-    // How this connection rounds the server's credit (`Credit::dither`).
+    // How this connection rounds the server's credit (`Credit::dither`),
+    // and its streams per period (`Credit::accepted`).
     let dither = shared.credit.as_ref().map_or(0, |c| c.dither());
+    let mut usage = crate::overload::Usage::default();
     let mut own = credit.unwrap_or(0);
     loop {
         tokio::select! {
@@ -699,7 +701,12 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
                         requests.push(request(send, recv, shared.clone(), &terminal, institution));
                         if let (Some(given), Some(c)) = (&mut credit, &shared.credit) {
                             own = crate::overload::own_credit(own, requests.len(), c.max());
-                            let now = c.for_connection(dither).min(own).max(crate::overload::LEAST_CREDIT);
+                            let least = if c.accepted(&mut usage) {
+                                crate::overload::LIGHT_CREDIT
+                            } else {
+                                crate::overload::LEAST_CREDIT
+                            };
+                            let now = c.for_connection(dither).min(own).max(least);
                             if now != *given {
                                 conn.set_max_concurrent_bi_streams(now.into());
                                 *given = now;
