@@ -2,10 +2,11 @@
 # Overload: qualcached offered 3x its maximum rate for 20 s, with and
 # without adaptive stream credit (server.adaptive_stream_credit), the
 # issue's max_in_flight = 256 both times. For each: the maximum rate
-# (--find-max), then 20 s of 200 terminals at 3x it while one
-# well-behaved terminal sends 50 requests/s beside them, then 10 s of the
-# well-behaved terminal alone (recovery); the daemon's RSS before, at the
-# end of the overload and after. Prints one table; not part of CI.
+# (--find-max), then 10 s of one well-behaved terminal alone at 50
+# requests/s (its normal latency), then 20 s of 200 terminals at 3x the
+# maximum while that terminal goes on beside them, then 10 s of it alone
+# again (recovery); the daemon's RSS before, at the end of the overload
+# and after. Prints one table; not part of CI.
 #
 #   loadtest/overload.sh
 #
@@ -72,6 +73,9 @@ ${SERVER_EXTRA:-}"
       --slo-error-rate "${SLO_ERRORS:-0.001}" --json "$W/max-$adaptive.json" > /dev/null || true
     max=$(python3 -c "import json; print(int(json.load(open('$W/max-$adaptive.json'))['profile']['rate']))")
   fi
+  # The well-behaved terminal alone: its normal latency.
+  "${GEN[@]}" "${CALM_NICE[@]}" "${LT[@]}" --terminals 1 --profile constant --rate 50 --seconds 10 --seed 4 \
+    --json "$W/before-$adaptive.json" > /dev/null || true
   before=$(rss)
   # The flood and, beside it, one well-behaved terminal (the last certificate).
   "${GEN[@]}" "${FLOOD_NICE[@]}" "${LT[@]}" --terminals "$TERMINALS" --profile constant --rate "$((max * FACTOR))" --seconds 20 \
@@ -97,16 +101,21 @@ w, factor = sys.argv[1], int(sys.argv[2])
 rss = {l.split()[0]: l.split()[1:] for l in open(f"{w}/rss.txt")}
 settings = list(rss)
 print(f"{'adaptive credit':<16} {'max/s':>7} {'offered/s':>9} {'goodput/s':>9} {'goodput/max':>11} "
-      f"{'refused fast':>12} {'timeouts':>8} {'calm p99 ms':>11} {'calm lag p99':>12} {'after p99 ms':>12} {'RSS MiB before/during/after':>28}")
+      f"{'refused fast':>12} {'timeouts':>8} {'calm p99 ms':>11} {'calm lag p99':>12} {'before p99 ms':>13} {'after p99 ms':>12} {'RSS MiB before/during/after':>28}")
 for a in settings:
     f = json.load(open(f"{w}/flood-{a}.json"))
     calm = json.load(open(f"{w}/calm-{a}.json"))
     after = json.load(open(f"{w}/after-{a}.json"))
+    before = json.load(open(f"{w}/before-{a}.json"))
     mx = int(rss[a][0])
     errors = f["errors"]
     good = (f["sent"] - sum(errors.values()) - f["mismatches"]) / f["seconds"]
     fast = errors.get("no_credit", 0) + errors.get("overloaded", 0)
     print(f"{a:<16} {mx:>7} {mx * factor:>9} {good:>9.0f} {good / mx:>11.2f} {fast:>12} {errors.get('timeout', 0):>8} "
-          f"{calm['latency']['p99_ms']:>11.3f} {calm['send_lag']['p99_ms']:>12.3f} {after['latency']['p99_ms']:>12.3f} {'/'.join(rss[a][1:]):>28}")
+          f"{calm['latency']['p99_ms']:>11.3f} {calm['send_lag']['p99_ms']:>12.3f} {before['latency']['p99_ms']:>13.3f} "
+          f"{after['latency']['p99_ms']:>12.3f} {'/'.join(rss[a][1:]):>28}")
     print(f"  flood errors by kind: {dict(errors)}; calm terminal errors: {dict(calm['errors'])}")
+    print("  calm terminal p99 by second, during: "
+          + " ".join(f"{s['p99_ms']:.1f}" for s in calm["timeline"])
+          + "; after: " + " ".join(f"{s['p99_ms']:.1f}" for s in after["timeline"]))
 PY
