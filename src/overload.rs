@@ -80,12 +80,10 @@ pub const START_CREDIT: u32 = 8;
 /// reception terminal may have a second request open while its first is
 /// answered, so a well-behaved one is not refused while a flood is.
 pub const LEAST_CREDIT: u32 = 2;
-/// The credit a light connection keeps (see [`Credit::accepted`]): one
-/// more than [`LEAST_CREDIT`], so a terminal asking far less than its
-/// share still finds a stream free when its previous answer has not been
-/// acknowledged yet, while the connections that flood hold
-/// [`LEAST_CREDIT`].
-pub const LIGHT_CREDIT: u32 = LEAST_CREDIT + 1;
+/// Streams a connection may accept in one period ([`GROW_EVERY`]) and
+/// still count as light whatever the mean over connections: ten requests
+/// a second, far more than a reception terminal asks.
+pub const ALWAYS_LIGHT: u32 = 1;
 /// How often the receive queues are read (`/proc/net/udp`, `udp6`).
 pub const QUEUE_PROBE_EVERY: Duration = Duration::from_millis(20);
 
@@ -241,21 +239,42 @@ impl Credit {
         }
     }
 
+    /// The credit a connection should hold after accepting a stream
+    /// (counted here): its own credit `own` while it is light
+    /// ([`Credit::accepted`]), else the server's credit rounded with its
+    /// `dither`, at most `own` and at least [`LEAST_CREDIT`].
+    ///
+    /// Light connections are left alone: stream credit limits how many
+    /// requests a connection has open at once, and one that asks little
+    /// has one open at most, so cutting its credit sheds nothing. It would
+    /// only cost: every raise of a connection's credit is a `MAX_STREAMS`
+    /// frame, often a datagram of its own, and with 10,000 terminals the
+    /// credit following every step of the server's raised the datagrams a
+    /// request cost by half and lost packets to full receive buffers
+    /// (BENCHMARKS.md, "Overload"). And under a flood a reception terminal
+    /// is not refused for the flood's sake.
+    #[inline]
+    pub fn for_stream(&self, usage: &mut Usage, dither: u32, own: u32) -> u32 {
+        if self.accepted(usage) {
+            own.clamp(1, self.max)
+        } else {
+            self.for_connection(dither).min(own).max(LEAST_CREDIT)
+        }
+    }
+
     /// Counts a stream accepted by the connection whose use is `usage`,
     /// and says whether that connection is light: in the last period
     /// ([`GROW_EVERY`]) it accepted at most half the mean number of
-    /// streams over the connections (or none). A light connection keeps
-    /// [`LIGHT_CREDIT`] however far the credit falls: under a flood, a
-    /// reception terminal asking a few requests a second is not refused
-    /// for the flood's sake. A new connection is light until its first
-    /// period ends.
+    /// streams over the connections, or at most [`ALWAYS_LIGHT`], or it
+    /// accepted none. A new connection is light until its first period
+    /// ends.
     #[inline]
     pub fn accepted(&self, usage: &mut Usage) -> bool {
         self.accepted.fetch_add(1, Relaxed);
         let period = self.period.load(Relaxed);
         if period != usage.period {
             usage.light = period.wrapping_sub(usage.period) > 1
-                || usage.streams <= self.light_at_most.load(Relaxed);
+                || usage.streams <= self.light_at_most.load(Relaxed).max(ALWAYS_LIGHT);
             usage.period = period;
             usage.streams = 0;
         }
@@ -647,6 +666,58 @@ mod tests {
         assert!(
             credit.accepted(&mut calm),
             "nothing in the last period: light"
+        );
+        // Few requests from many connections: a mean under one, and one
+        // request in a period is still light, two are not.
+        credit.end_period(10_000, &mut last);
+        credit.accepted(&mut idle);
+        credit.end_period(10_000, &mut last);
+        assert!(credit.accepted(&mut idle), "one request in a period: light");
+        credit.accepted(&mut idle);
+        credit.end_period(10_000, &mut last);
+        assert!(!credit.accepted(&mut idle), "two: heavy");
+    }
+
+    #[test]
+    fn light_connections_keep_their_own_credit_and_heavy_ones_follow_the_server() {
+        let credit = Credit::new(64);
+        let start = Instant::now();
+        let mut last = History::new(start);
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        credit.given(START_CREDIT);
+        for i in 0..4 {
+            credit.observe(Duration::ZERO, HIGH_QUEUED + 1, at(60 + 50 * i), &mut last);
+        }
+        assert_eq!(credit.now(), 2.5, "8 cut to three quarters four times");
+        let (mut flood, mut calm) = (Usage::default(), Usage::default());
+        assert_eq!(
+            credit.for_stream(&mut flood, 0, START_CREDIT),
+            START_CREDIT,
+            "new: light"
+        );
+        for _ in 0..20 {
+            credit.for_stream(&mut flood, 0, START_CREDIT);
+        }
+        credit.for_stream(&mut calm, 0, START_CREDIT);
+        let mut accepted = 0;
+        credit.end_period(2, &mut accepted);
+        assert_eq!(credit.for_stream(&mut flood, 0, START_CREDIT), 2);
+        assert_eq!(
+            credit.for_stream(&mut flood, 15, START_CREDIT),
+            3,
+            "rounded up"
+        );
+        assert_eq!(
+            credit.for_stream(&mut flood, 0, 1),
+            LEAST_CREDIT,
+            "never under the least"
+        );
+        assert_eq!(credit.for_stream(&mut calm, 0, START_CREDIT), START_CREDIT);
+        let small = Credit::new(4);
+        assert_eq!(
+            small.for_stream(&mut Usage::default(), 0, 8),
+            4,
+            "at most the configured most"
         );
     }
 }

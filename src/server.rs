@@ -701,12 +701,7 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, stop: Cancel
                         requests.push(request(send, recv, shared.clone(), &terminal, institution));
                         if let (Some(given), Some(c)) = (&mut credit, &shared.credit) {
                             own = crate::overload::own_credit(own, requests.len(), c.max());
-                            let least = if c.accepted(&mut usage) {
-                                crate::overload::LIGHT_CREDIT
-                            } else {
-                                crate::overload::LEAST_CREDIT
-                            };
-                            let now = c.for_connection(dither).min(own).max(least);
+                            let now = c.for_stream(&mut usage, dither, own);
                             if now != *given {
                                 conn.set_max_concurrent_bi_streams(now.into());
                                 *given = now;
