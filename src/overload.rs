@@ -16,8 +16,9 @@
 //! the runtime itself keeps up; the kernel's own count, so no terminal can
 //! raise it but by sending). It sets the credit per connection by
 //! additive-increase, multiplicative-decrease: cut to three quarters
-//! ([`KEEP_ON_CUT`]) while either stays above its high mark ([`HIGH_LAG`], [`HIGH_QUEUED`]), and while both are
-//! below their low marks ([`LOW_LAG`], [`LOW_QUEUED`]) grown every
+//! ([`KEEP_ON_CUT`]) while either stays above its high mark
+//! ([`HIGH_LAG`], [`HIGH_QUEUED`]), and while both are below their low
+//! marks ([`LOW_LAG`], [`LOW_QUEUED`]) grown every
 //! [`GROW_EVERY`]: by an eighth of a stream ([`PROBE_STEP`]) within
 //! [`RECOVER_AFTER`] of the last cut, where the server is still near its
 //! limit, by a quarter after that, to return to full credit within
@@ -30,12 +31,16 @@
 //! of work in the queue; the fractions let the credit settle between whole
 //! numbers instead of swinging past the point where the queue builds.
 //!
-//! A connection holds the lower of that and its own credit, which starts
-//! at [`START_CREDIT`] and grows only as the terminal uses it
-//! ([`own_credit`]). Connections apply the current credit when they accept
-//! their next stream (credit already granted cannot be taken back; a lower
-//! limit stops new credit until the terminal's open streams fall under
-//! it).
+//! A heavy connection holds the lower of that and its own credit, which
+//! starts at [`START_CREDIT`] and grows only as the terminal uses it
+//! ([`own_credit`]), and at least [`LEAST_CREDIT`]; a light one (asking
+//! little: [`Credit::accepted`]) holds its own credit alone, since it has
+//! one request open at most and cutting its credit would shed nothing
+//! ([`Credit::for_stream`]). While no connection is heavy the receive
+//! queues are not read. Connections apply the current credit when they
+//! accept their next stream (credit already granted cannot be taken back;
+//! a lower limit stops new credit until the terminal's open streams fall
+//! under it).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -76,9 +81,9 @@ pub const LOW_QUEUED: u64 = 64 << 10;
 /// never needed more cannot pile up more than this the moment a flood
 /// begins.
 pub const START_CREDIT: u32 = 8;
-/// The credit every connection keeps, however far the server's falls: a
-/// reception terminal may have a second request open while its first is
-/// answered, so a well-behaved one is not refused while a flood is.
+/// The credit every heavy connection keeps, however far the server's
+/// falls: a request may still be open while the answer to the one before
+/// waits for the terminal's acknowledgement.
 pub const LEAST_CREDIT: u32 = 2;
 /// Streams a connection may accept in one period ([`GROW_EVERY`]) and
 /// still count as light whatever the mean over connections: forty
