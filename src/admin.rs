@@ -278,7 +278,7 @@ impl Collector for DaemonCollector {
             gauge(
                 &mut e,
                 "receive_queue_bytes",
-                "Bytes last seen waiting in the server's UDP receive queues",
+                "Bytes last seen waiting in the server's UDP receive queues (read only while some connection is heavy; 0 otherwise)",
                 credit.queued() as f64,
             )?;
             counter(
